@@ -1,0 +1,290 @@
+"""Typed configuration: YAML files in ``configs/`` loaded into dataclasses, ``--set a.b=c`` overrides.
+
+Every field declares its type in the annotation and its valid range in ``opt(...)``; loading checks
+both and names the file (or ``--set``), the dotted key and the expected form on any mistake.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def opt(default: Any = dataclasses.MISSING, *, factory: Any = None, min: float | None = None,
+        max: float | None = None, choices: tuple | None = None, help: str = "") -> Any:
+    meta = {"min": min, "max": max, "choices": choices, "help": help}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SyntheticConfig:
+    num_samples: int = opt(2000, min=1, help="number of generated figures")
+    image_size: int = opt(128, min=32, max=4096, help="side of the square rendered image, px")
+    seed: int = opt(0, min=0, help="generation seed; same seed, same bytes")
+    poses_from: str | None = opt(None, help="optional LSP / LSP-extended joints.mat to draw poses from")
+    cue_prob: float = opt(0.6, min=0.0, max=1.0, help="probability that a figure carries noise cues")
+    max_cues: int = opt(2, min=0, max=6, help="most limbs with a cue (occluder, blur, fade) per figure")
+    clean_noise: float = opt(0.006, min=1e-5, max=0.2,
+                             help="std of clean joints' label noise, as a fraction of figure height")
+    cue_noise: float = opt(0.05, min=0.0, max=0.5,
+                           help="std along the limb at full cue severity, as a fraction of figure height")
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = opt(True, help="turn all augmentation off (evaluation) or on")
+    rotation: float = opt(30.0, min=0.0, max=180.0, help="max absolute rotation, degrees")
+    scale: tuple[float, float] = opt(factory=lambda: (0.8, 1.2), help="scale range (lo, hi), lo <= hi")
+    flip_prob: float = opt(0.5, min=0.0, max=1.0, help="horizontal flip probability (swaps left/right)")
+    color_jitter_prob: float = opt(0.5, min=0.0, max=1.0)
+    blur_prob: float = opt(0.1, min=0.0, max=1.0)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = opt("synthetic", choices=("synthetic",), help="which data source trains the model")
+    input_size: int = opt(128, min=32, max=2048, help="side of the square network input, px (multiple of 4)")
+    padding: float = opt(1.25, min=1.0, max=3.0, help="crop side = padding x person size")
+    heatmap_stride: int = opt(4, choices=(1, 2, 4, 8))
+    heatmap_sigma: float = opt(2.0, min=0.25, max=16.0, help="Gaussian heatmap sigma, heatmap px")
+    batch_size: int = opt(32, min=1)
+    num_workers: int = opt(2, min=0, max=64)
+    synthetic: SyntheticConfig = opt(factory=SyntheticConfig)
+    augment: AugmentConfig = opt(factory=AugmentConfig)
+
+
+@dataclass
+class Config:
+    data: DataConfig = opt(factory=DataConfig)
+
+    def validate(self, source: str) -> None:
+        lo, hi = self.data.augment.scale
+        if not 0 < lo <= hi:
+            raise ConfigError(f"{source}: key 'data.augment.scale': expected (lo, hi) with 0 < lo <= hi, "
+                              f"got {list(self.data.augment.scale)}")
+        if self.data.input_size % self.data.heatmap_stride:
+            raise ConfigError(f"{source}: key 'data.input_size': expected a multiple of heatmap_stride "
+                              f"({self.data.heatmap_stride}), got {self.data.input_size}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading and checking
+# --------------------------------------------------------------------------------------------------
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is bool:
+        return "true or false"
+    if tp is str:
+        return "a string"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping with keys {[f.name for f in dataclasses.fields(tp)]}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        return f"a list of {len(args)} values ({', '.join(_describe(a) for a in args)})"
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    return str(tp)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Check ``value`` against type ``tp``; return it converted (lists to tuples, dicts to dataclasses)."""
+    origin = typing.get_origin(tp)
+    fail = ConfigError(f"{where}: expected {_describe(tp)}, got {value!r}")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, where)
+            except ConfigError:
+                pass
+        raise fail
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise fail
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise fail
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise fail
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise fail
+        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=False)))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise fail
+        (a,) = typing.get_args(tp)
+        return [_coerce(a, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise fail
+        return _build(tp, value, where)
+    raise ConfigError(f"{where}: unsupported schema type {tp}")
+
+
+def _check_range(f: dataclasses.Field, value: Any, where: str) -> None:
+    lo, hi, choices = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{where}: expected one of {list(choices)}, got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            rng = " and ".join(p for p in ((f">= {lo}" if lo is not None else ""),
+                                          (f"<= {hi}" if hi is not None else "")) if p)
+            raise ConfigError(f"{where}: expected {_describe(type(value))} {rng}, got {value!r}")
+
+
+def _build(cls: type, data: dict, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    key_prefix = where.rsplit("key '", 1)[-1].rstrip("'") if "key '" in where else ""
+    source = where.split(": key '")[0]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{key_prefix}.{key}" if key_prefix else str(key)
+        here = f"{source}: key '{dotted}'"
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key '{dotted}'; expected one of {sorted(fields)}")
+        value = _coerce(hints[key], value, here)
+        _check_range(fields[key], value, here)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _parse_override(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected the form section.key=value")
+    key, raw = item.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"--set {item!r}: expected the form section.key=value")
+    return key.strip(), raw
+
+
+def apply_override(cfg: Any, item: str) -> None:
+    """Apply one ``dotted.key=value`` override in place; the value is read as YAML."""
+    key, raw = _parse_override(item)
+    source = f"--set {item}"
+    parts = key.split(".")
+    node = cfg
+    for depth, part in enumerate(parts):
+        here = ".".join(parts[: depth + 1])
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{source}: key '{here}': expected a list index below {len(node)}")
+            if last:
+                raise ConfigError(f"{source}: key '{here}': replacing a whole list item is not supported")
+            node = node[int(part)]
+            continue
+        if not dataclasses.is_dataclass(node):
+            raise ConfigError(f"{source}: key '{here}' is not a section")
+        fields = {f.name: f for f in dataclasses.fields(node)}
+        if part not in fields:
+            raise ConfigError(f"{source}: unknown key '{here}'; expected one of {sorted(fields)}")
+        if not last:
+            node = getattr(node, part)
+            continue
+        tp = typing.get_type_hints(type(node))[part]
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: key '{key}': value is not valid YAML ({e})") from None
+        # Strings stay strings: `--set x.path=001` must not become the integer 1.
+        if value is not None and _accepts_str(tp) and not isinstance(value, str):
+            value = raw
+        value = _coerce(tp, value, f"{source}: key '{key}'")
+        _check_range(fields[part], value, f"{source}: key '{key}'")
+        setattr(node, part, value)
+
+
+def _accepts_str(tp: Any) -> bool:
+    return tp is str or str in typing.get_args(tp)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: typing.Iterable[str] = (),
+                cls: type = Config) -> Any:
+    """Load ``path`` (or the defaults when None), apply ``overrides``, validate, return the dataclass."""
+    source = "defaults"
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({e})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections at the top level, got {type(loaded).__name__}")
+        data = loaded
+    cfg = _build(cls, data, source)
+    for item in overrides:
+        apply_override(cfg, item)
+    if hasattr(cfg, "validate"):
+        cfg.validate(source if not overrides else f"{source} with --set {' '.join(overrides)}")
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict:
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(cfg)
+
+
+def dump_config(cfg: Any) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (atomically) so every output says how it was made."""
+    from pose_toss.io import atomic_write_text
+
+    atomic_write_text(path, dump_config(cfg))

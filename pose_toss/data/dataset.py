@@ -1,0 +1,94 @@
+"""The torch Dataset: record -> crop + augmentation -> tensors the model and losses consume."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pose_toss.data.codec import HeatmapCodec
+from pose_toss.data.transforms import TopDownTransform, box_to_center_size, center_scale_to_size
+from pose_toss.skeletons import Skeleton, get_skeleton
+
+
+def load_image_rgb(path: str) -> np.ndarray:
+    """H x W x 3 uint8 RGB from any file OpenCV reads (grey, CMYK, alpha are converted)."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)  # drops alpha, expands grey, converts CMYK
+    if img is None:
+        raise OSError(f"cannot read image {path}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def record_crop_source(record: dict, padding: float) -> tuple[np.ndarray, float]:
+    """Centre and square side of the person crop, from ``bbox`` or MPII-style ``center`` + ``scale``."""
+    if record.get("bbox") is not None:
+        return box_to_center_size(np.asarray(record["bbox"], dtype=np.float64), padding)
+    if record.get("center") is not None and record.get("scale") is not None:
+        return center_scale_to_size(record["center"], record["scale"], padding)
+    raise KeyError("record has neither 'bbox' nor 'center' + 'scale' to crop the person from")
+
+
+class PoseDataset(Dataset):
+    """Yields dicts of tensors for one person each.
+
+    Keys: ``image`` (3 x S x S float in [0, 1]), ``heatmaps`` (J x S/stride x S/stride), ``target``
+    (2J, input px, [x0, y0, x1, y1, ...]), ``visibility`` (J), ``affine`` (2 x 3, original image ->
+    input), ``index``, and ``cov_true`` (2J x 2J, input px^2) when the source knows its label noise.
+
+    Augmentation is seeded from ``(seed, epoch, index)``: the same epoch gives the same samples in any
+    worker layout, which makes resumed runs reproducible. Call ``set_epoch`` once per epoch.
+    """
+
+    def __init__(self, records: Sequence[dict], transform: TopDownTransform, codec: HeatmapCodec,
+                 skeleton: Skeleton | None = None, padding: float = 1.25, seed: int = 0) -> None:
+        self.records = records
+        self.transform = transform
+        self.codec = codec
+        self.skeleton = skeleton or transform.skeleton
+        self.padding = padding
+        self.seed = seed
+        self.epoch = 0
+
+    @classmethod
+    def from_config(cls, records: Sequence[dict], data_cfg, train: bool, skeleton: Skeleton | str = "lsp14",
+                    seed: int = 0) -> PoseDataset:
+        sk = get_skeleton(skeleton) if isinstance(skeleton, str) else skeleton
+        transform = TopDownTransform.from_config(data_cfg, sk, train)
+        codec = HeatmapCodec(data_cfg.input_size, data_cfg.heatmap_stride, data_cfg.heatmap_sigma)
+        return cls(records, transform, codec, sk, data_cfg.padding, seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def sample_seed(self, index: int) -> int:
+        return zlib.crc32(np.array([self.seed, self.epoch, index], dtype=np.int64).tobytes())
+
+    def __getitem__(self, index: int) -> dict:
+        rec = self.records[index]
+        image = rec["image"] if rec.get("image") is not None else load_image_rgb(rec["image_path"])
+        joints = np.asarray(rec["joints"], dtype=np.float64)
+        vis = np.asarray(rec["visibility"], dtype=np.float32)
+        vis = vis * np.isfinite(joints).all(axis=1)  # NaN joints are masked, never trained on
+        joints = np.nan_to_num(joints)
+        cov = rec.get("cov_true")
+        center, size = record_crop_source(rec, self.padding)
+        out = self.transform(image, joints, vis, center, size, cov=None if cov is None else np.asarray(cov),
+                             seed=self.sample_seed(index))
+        sample = {
+            "image": torch.from_numpy(np.ascontiguousarray(out.image)).permute(2, 0, 1).float().div_(255.0),
+            "heatmaps": torch.from_numpy(self.codec.encode(out.joints, out.visibility)),
+            "target": torch.from_numpy(out.joints.reshape(-1).astype(np.float32)),
+            "visibility": torch.from_numpy(out.visibility.astype(np.float32)),
+            "affine": torch.from_numpy(out.affine.astype(np.float32)),
+            "index": index,
+        }
+        if out.cov is not None:
+            sample["cov_true"] = torch.from_numpy(out.cov.astype(np.float32))
+        return sample

@@ -1,0 +1,101 @@
+"""Synthetic data on disk: PNG images plus one JSON annotation file, and the reader for it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pose_toss.data.synthetic import SyntheticPoseDataset
+from pose_toss.io import atomic_write_text
+from pose_toss.skeletons import LSP14
+from pose_toss.viz.draw import contact_sheet, draw_pose, write_png
+
+FORMAT = "pose-toss-synthetic/1"
+ANNOTATION_FILE = "annotations.json"
+
+
+def _num(a) -> str:
+    """JSON for a float array with 7 significant digits (float32-exact, far smaller than repr)."""
+    arr = np.asarray(a, dtype=np.float64)
+    if arr.ndim == 0:
+        return f"{float(arr):.7g}"
+    return "[" + ",".join(_num(x) for x in arr) + "]"
+
+
+def write_synthetic(dataset: SyntheticPoseDataset, out_dir: str | Path, sheet_count: int = 16,
+                    progress: bool = True) -> dict:
+    """Render every sample to ``out_dir/images/NNNNNN.png`` and write ``annotations.json``.
+
+    Returns the paths written (``annotations``, ``contact_sheet``).
+    """
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    header = {
+        "format": FORMAT, "skeleton": LSP14.name, "joint_names": list(LSP14.joint_names),
+        "image_size": dataset.image_size, "seed": dataset.seed, "num_samples": len(dataset),
+        "units": "pixels; cov_true in pixels^2, order [x0, y0, x1, y1, ...]",
+        "generator": {"cue_prob": dataset.cue_prob, "max_cues": dataset.max_cues,
+                      "clean_noise": dataset.clean_noise, "cue_noise": dataset.cue_noise,
+                      "poses_from": dataset.poses_from},
+    }
+    samples, tiles = [], []
+    for i in tqdm(range(len(dataset)), desc="rendering", unit="img", disable=not progress):
+        rec = dataset.record(i)
+        name = f"images/{i:06d}.png"
+        write_png(out / name, rec["image"])
+        cues = [{"kind": c.kind, "limb": list(c.limb), "severity": round(c.severity, 4)} for c in rec["cues"]]
+        samples.append(
+            "{" + f'"index":{i},"file":"{name}","joints":{_num(rec["joints"])},'
+            f'"joints_true":{_num(rec["joints_true"])},"visibility":{_num(rec["visibility"])},'
+            f'"bbox":{_num(rec["bbox"])},"person_height":{_num(rec["person_height"])},'
+            f'"cues":{json.dumps(cues)},"cov_true":{_num(rec["cov_true"])}' + "}"
+        )
+        if len(tiles) < sheet_count:
+            tiles.append(draw_pose(np.repeat(np.repeat(rec["image"], 2, 0), 2, 1), rec["joints_true"] * 2 + 0.5,
+                                   rec["cov_true"] * 4, visibility=rec["visibility"], levels=(0.5, 0.9)))
+    text = json.dumps(header)[:-1] + ',"samples":[\n' + ",\n".join(samples) + "\n]}\n"
+    atomic_write_text(out / ANNOTATION_FILE, text)
+    sheet_path = out / "contact_sheet.png"
+    if tiles:
+        write_png(sheet_path, contact_sheet(tiles, cols=4, tile_size=256))
+    return {"annotations": out / ANNOTATION_FILE, "contact_sheet": sheet_path}
+
+
+def read_synthetic(root: str | Path) -> list[dict]:
+    """Records (with ``image_path``, loaded lazily) from a directory written by ``make-synthetic``."""
+    root = Path(root)
+    path = root / ANNOTATION_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: annotation file not found "
+                                "(expected the output of `pose-toss make-synthetic`)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{path}: field 'format' is {data.get('format')!r}, expected {FORMAT!r}")
+    if "samples" not in data:
+        raise ValueError(f"{path}: missing field 'samples'")
+    j = len(LSP14.joint_names)
+    records = []
+    for n, s in enumerate(data["samples"]):
+        for key, shape in (("joints", (j, 2)), ("joints_true", (j, 2)), ("visibility", (j,)),
+                           ("cov_true", (2 * j, 2 * j)), ("bbox", (4,))):
+            if key not in s:
+                raise ValueError(f"{path}: samples[{n}] missing field '{key}'")
+            if np.shape(s[key]) != shape:
+                raise ValueError(f"{path}: samples[{n}].{key} has shape {np.shape(s[key])}, expected {shape}")
+        records.append({
+            "image_path": str(root / s["file"]),
+            "joints": np.asarray(s["joints"], dtype=np.float64),
+            "joints_true": np.asarray(s["joints_true"], dtype=np.float64),
+            "visibility": np.asarray(s["visibility"], dtype=np.float32),
+            "cov_true": np.asarray(s["cov_true"], dtype=np.float64),
+            "bbox": np.asarray(s["bbox"], dtype=np.float64),
+            "index": s.get("index", n),
+            "skeleton": LSP14.name,
+        })
+    return records

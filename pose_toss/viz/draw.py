@@ -1,0 +1,112 @@
+"""Poses and joint covariance ellipses drawn with OpenCV (RGB uint8 images in, copies out)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from pose_toss.skeletons import LSP14, Skeleton
+
+SIDE_COLOURS = {"right": (255, 128, 0), "left": (0, 160, 255), "centre": (60, 220, 60)}
+_SHIFT = 4  # sub-pixel bits for OpenCV drawing
+
+
+def chi2_2dof(level: float) -> float:
+    """Squared Mahalanobis radius holding probability ``level`` of a 2-D Gaussian."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"probability level must be in (0, 1), got {level}")
+    return -2.0 * math.log1p(-level)
+
+
+def ellipse_axes(cov2: np.ndarray, level: float) -> tuple[float, float, float]:
+    """(major half-axis, minor half-axis, angle of the major axis in degrees) of the ``level`` ellipse."""
+    cov2 = 0.5 * (np.asarray(cov2, dtype=np.float64) + np.asarray(cov2, dtype=np.float64).T)
+    evals, evecs = np.linalg.eigh(cov2)
+    evals = np.clip(evals, 0.0, None)
+    r2 = chi2_2dof(level)
+    major, minor = math.sqrt(evals[1] * r2), math.sqrt(evals[0] * r2)
+    angle = math.degrees(math.atan2(evecs[1, 1], evecs[0, 1]))
+    return major, minor, angle
+
+
+def _pt(p: Sequence[float]) -> tuple[int, int]:
+    return int(round(p[0] * (1 << _SHIFT))), int(round(p[1] * (1 << _SHIFT)))
+
+
+def line_width(image: np.ndarray) -> int:
+    """Stroke width that stays legible from thumbnails to full photos."""
+    return max(1, int(round(min(image.shape[:2]) / 160)))
+
+
+def draw_pose(image: np.ndarray, joints: np.ndarray, cov: np.ndarray | None = None, skeleton: Skeleton = LSP14,
+              visibility: np.ndarray | None = None, levels: Sequence[float] = (0.5, 0.9),
+              labels: bool = False, thickness: int | None = None) -> np.ndarray:
+    """The skeleton, and for each joint the ellipses of its 2x2 marginal at each probability level.
+
+    ``joints`` is J x 2 (or flat 2J) in the image's pixels; ``cov`` is 2J x 2J in pixels^2.
+    """
+    img = np.ascontiguousarray(image).copy()
+    joints = np.asarray(joints, dtype=np.float64).reshape(-1, 2)
+    j = skeleton.num_joints
+    if joints.shape[0] != j:
+        raise ValueError(f"expected {j} joints for skeleton {skeleton.name!r}, got {joints.shape[0]}")
+    vis = np.ones(j, bool) if visibility is None else np.asarray(visibility).reshape(-1) > 0
+    lw = thickness or line_width(img)
+    joint_side = ["centre"] * j
+    for (a, b), side in zip(skeleton.limbs, skeleton.limb_sides, strict=False):
+        if vis[a] and vis[b]:
+            cv2.line(img, _pt(joints[a]), _pt(joints[b]), SIDE_COLOURS[side], lw, cv2.LINE_AA, _SHIFT)
+        for k in (a, b):
+            name = skeleton.joint_names[k]
+            joint_side[k] = "right" if name.startswith("r_") else "left" if name.startswith("l_") else "centre"
+    if cov is not None:
+        cov = np.asarray(cov, dtype=np.float64)
+        for k in range(j):
+            if not vis[k]:
+                continue
+            block = cov[2 * k: 2 * k + 2, 2 * k: 2 * k + 2]
+            colour = SIDE_COLOURS[joint_side[k]]
+            for n, level in enumerate(sorted(levels)):
+                major, minor, angle = ellipse_axes(block, level)
+                axes = (int(round(major * (1 << _SHIFT))), int(round(minor * (1 << _SHIFT))))
+                width = max(1, lw - n) if n else lw
+                cv2.ellipse(img, _pt(joints[k]), axes, angle, 0, 360, colour, width, cv2.LINE_AA, _SHIFT)
+    radius = max(1.5, 1.2 * lw)
+    for k in range(j):
+        if vis[k]:
+            cv2.circle(img, _pt(joints[k]), int(radius * (1 << _SHIFT)), (255, 255, 255), -1, cv2.LINE_AA, _SHIFT)
+            cv2.circle(img, _pt(joints[k]), int(radius * (1 << _SHIFT)), (0, 0, 0), 1, cv2.LINE_AA, _SHIFT)
+            if labels:
+                cv2.putText(img, skeleton.joint_names[k], (int(joints[k][0]) + 3, int(joints[k][1]) - 3),
+                            cv2.FONT_HERSHEY_SIMPLEX, 0.3 * lw, (255, 255, 255), 1, cv2.LINE_AA)
+    return img
+
+
+def contact_sheet(tiles: Sequence[np.ndarray], cols: int = 4, tile_size: int = 256, pad: int = 4) -> np.ndarray:
+    """Tiles resized to ``tile_size`` and laid out in a grid on a dark background."""
+    if not tiles:
+        raise ValueError("contact_sheet needs at least one image")
+    cols = max(1, min(cols, len(tiles)))
+    rows = math.ceil(len(tiles) / cols)
+    sheet = np.full((rows * (tile_size + pad) + pad, cols * (tile_size + pad) + pad, 3), 24, np.uint8)
+    for n, tile in enumerate(tiles):
+        h, w = tile.shape[:2]
+        k = tile_size / max(h, w)
+        small = cv2.resize(tile, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
+        r, c = divmod(n, cols)
+        y, x = pad + r * (tile_size + pad), pad + c * (tile_size + pad)
+        sheet[y: y + small.shape[0], x: x + small.shape[1]] = small
+    return sheet
+
+
+def write_png(path, image_rgb: np.ndarray) -> None:
+    """Write an RGB image as PNG atomically."""
+    from pose_toss.io import atomic_write_bytes
+
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"could not encode PNG for {path}")
+    atomic_write_bytes(path, buf.tobytes())

@@ -1,0 +1,80 @@
+import pytest
+
+from pose_toss.config import Config, ConfigError, config_to_dict, dump_config, load_config
+
+
+def write(tmp_path, text, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_defaults_and_file_values(tmp_path):
+    assert load_config().data.input_size == 128
+    p = write(tmp_path, "data:\n  input_size: 96\n  synthetic:\n    num_samples: 7\n")
+    cfg = load_config(p)
+    assert cfg.data.input_size == 96 and cfg.data.synthetic.num_samples == 7
+    assert cfg.data.synthetic.image_size == 128  # untouched keys keep their defaults
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    p = write(tmp_path, "data:\n  synthetic:\n    num_sampels: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) in msg and "data.synthetic.num_sampels" in msg and "num_samples" in msg
+
+
+def test_wrong_type_names_expected_form(tmp_path):
+    p = write(tmp_path, "data:\n  input_size: big\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: key 'data\.input_size': expected an integer, got 'big'"):
+        load_config(p)
+    p = write(tmp_path, "data:\n  augment:\n    enabled: 1\n")
+    with pytest.raises(ConfigError, match="expected true or false"):
+        load_config(p)
+
+
+def test_out_of_range_and_choices(tmp_path):
+    with pytest.raises(ConfigError, match=r"'data\.synthetic\.num_samples': expected an integer >= 1, got 0"):
+        load_config(write(tmp_path, "data:\n  synthetic:\n    num_samples: 0\n"))
+    with pytest.raises(ConfigError, match=r"expected one of \[1, 2, 4, 8\], got 3"):
+        load_config(write(tmp_path, "data:\n  heatmap_stride: 3\n"))
+    with pytest.raises(ConfigError, match=r"data\.augment\.scale.*lo <= hi"):
+        load_config(write(tmp_path, "data:\n  augment:\n    scale: [1.3, 0.9]\n"))
+    with pytest.raises(ConfigError, match=r"multiple of heatmap_stride"):
+        load_config(write(tmp_path, "data:\n  input_size: 130\n"))
+
+
+def test_missing_file_is_named(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match=f"config file not found: {missing}"):
+        load_config(missing)
+
+
+def test_not_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_overrides():
+    cfg = load_config(overrides=["data.synthetic.seed=5", "data.augment.scale=[0.5, 2]",
+                                 "data.synthetic.poses_from=007", "data.augment.enabled=false"])
+    assert cfg.data.synthetic.seed == 5
+    assert cfg.data.augment.scale == (0.5, 2.0)
+    assert cfg.data.synthetic.poses_from == "007"  # strings stay strings
+    assert cfg.data.augment.enabled is False
+    with pytest.raises(ConfigError, match=r"--set data\.nope=1: unknown key 'data\.nope'"):
+        load_config(overrides=["data.nope=1"])
+    with pytest.raises(ConfigError, match=r"expected the form section\.key=value"):
+        load_config(overrides=["data.input_size"])
+    with pytest.raises(ConfigError,
+                       match=r"--set data\.input_size=-4: key 'data\.input_size': expected an integer >= 32"):
+        load_config(overrides=["data.input_size=-4"])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(overrides=["data.synthetic.num_samples=11", "data.augment.scale=[0.7, 1.1]"])
+    p = write(tmp_path, dump_config(cfg), "resolved.yaml")
+    again = load_config(p)
+    assert config_to_dict(again) == config_to_dict(cfg)
+    assert isinstance(again, Config)

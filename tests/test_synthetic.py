@@ -1,0 +1,145 @@
+import numpy as np
+import pytest
+
+from pose_toss.data.synthetic import CUE_LIMBS, SyntheticPoseDataset, load_lsp_poses
+
+
+@pytest.fixture(scope="module")
+def labels():
+    ds = SyntheticPoseDataset(3000, 128, seed=3)
+    return [ds.annotation(i) for i in range(len(ds))]
+
+
+def test_record_fields_and_types():
+    rec = SyntheticPoseDataset(4, 96, seed=1).record(2)
+    assert rec["image"].shape == (96, 96, 3) and rec["image"].dtype == np.uint8
+    assert rec["joints"].shape == rec["joints_true"].shape == (14, 2)
+    assert rec["visibility"].shape == (14,)
+    cov = rec["cov_true"]
+    assert cov.shape == (28, 28)
+    assert np.allclose(cov, cov.T)
+    assert np.linalg.eigvalsh(cov).min() > 0
+
+
+def test_same_seed_same_bytes_and_order_independence():
+    a, b = SyntheticPoseDataset(6, 128, seed=9), SyntheticPoseDataset(6, 128, seed=9)
+    ra, rb = a.record(4), b.record(4)
+    assert ra["image"].tobytes() == rb["image"].tobytes()
+    assert ra["joints"].tobytes() == rb["joints"].tobytes()
+    assert ra["cov_true"].tobytes() == rb["cov_true"].tobytes()
+    for i in (5, 0, 3):  # access order does not matter
+        b.record(i)
+    assert b.record(4)["image"].tobytes() == ra["image"].tobytes()
+    c = SyntheticPoseDataset(6, 128, seed=10).record(4)
+    assert c["image"].tobytes() != ra["image"].tobytes()
+
+
+def test_annotation_equals_record_labels():
+    ds = SyntheticPoseDataset(5, 128, seed=2)
+    for i in range(5):
+        ann, rec = ds.annotation(i), ds.record(i)
+        for k in ("joints", "joints_true", "cov_true", "visibility", "bbox"):
+            assert np.array_equal(ann[k], rec[k])
+
+
+def test_whitened_noise_has_identity_covariance(labels):
+    """Label noise whitened by cov_true must be N(0, I): catches a wrong scale, a missing factor or a transpose."""
+    def whitened(scale):
+        rows = []
+        for r in labels:
+            chol = np.linalg.cholesky(scale * r["cov_true"])
+            rows.append(np.linalg.solve(chol, (r["joints"] - r["joints_true"]).reshape(-1)))
+        return np.array(rows)
+
+    w = whitened(1.0)
+    emp = np.cov(w, rowvar=False)
+    var = np.diag(emp)
+    assert np.abs(w.mean(axis=0)).max() < 0.08
+    assert 0.9 < var.min() and var.max() < 1.1, (var.min(), var.max())
+    assert np.abs(emp - np.diag(var)).max() < 0.1
+    # The same check with the covariance off by a factor of 2 fails clearly.
+    var2 = np.diag(np.cov(whitened(2.0), rowvar=False))
+    assert var2.max() < 0.6
+
+
+def test_heteroscedastic_and_correlated(labels):
+    # The noise scale of the worst joint varies strongly from figure to figure.
+    worst = np.array([max(np.trace(r["cov_true"][2 * k:2 * k + 2, 2 * k:2 * k + 2]) for k in range(14))
+                      for r in labels])
+    assert np.percentile(worst, 90) / np.percentile(worst, 10) > 10
+    checked = 0
+    for r in labels:
+        cued_joints = [j for c in r["cues"] for j in c.limb]
+        for cue in r["cues"]:
+            a, b = cue.limb
+            cov, jt = r["cov_true"], r["joints_true"]
+            cross = cov[2 * a:2 * a + 2, 2 * b:2 * b + 2]
+            assert np.abs(cross).max() > 0.1  # joints of a cued limb are correlated
+            if cued_joints.count(b) > 1:  # the distal joint also ends another cued limb
+                continue
+            along = (jt[b] - jt[a]) / np.linalg.norm(jt[b] - jt[a])
+            evals, evecs = np.linalg.eigh(cov[2 * b:2 * b + 2, 2 * b:2 * b + 2])
+            assert abs(evecs[:, 1] @ along) > 0.99  # elongated along the limb
+            assert evals[1] > 2 * evals[0]
+            if cue.kind == "occluder" and cue.severity > 0.6:
+                assert evals[1] > 8 * evals[0]
+            checked += 1
+    assert checked > 500
+    clean = [r for r in labels if not r["cues"]]
+    for r in clean[:50]:
+        cov = r["cov_true"]
+        assert np.allclose(cov, cov[0, 0] * np.eye(28))  # clean figures: small isotropic noise
+
+
+def test_cues_cover_all_kinds_and_limbs(labels):
+    kinds = {c.kind for r in labels for c in r["cues"]}
+    limbs = {c.limb for r in labels for c in r["cues"]}
+    assert kinds == {"occluder", "blur", "fade"}
+    assert limbs == set(CUE_LIMBS)
+
+
+def test_figure_is_in_frame(labels):
+    vis = np.array([r["visibility"] for r in labels])
+    assert vis.mean() > 0.97
+
+
+def test_occluder_changes_the_image_where_the_noise_grows():
+    """The cue is visible: pixels near an occluded distal joint differ from the limb's own colour."""
+    ds = SyntheticPoseDataset(200, 128, seed=0)
+    found = 0
+    for i in range(200):
+        ann = ds.annotation(i)
+        occ = [c for c in ann["cues"] if c.kind == "occluder"]
+        if not occ:
+            continue
+        rec = ds.record(i)
+        a, b = occ[0].limb
+        x, y = np.round(rec["joints_true"][b]).astype(int)
+        if 4 <= x < 124 and 4 <= y < 124:
+            patch = rec["image"][y - 2:y + 3, x - 2:x + 3].astype(float)
+            # a solid patch: low spread once the sensor noise is averaged out
+            assert patch.std(axis=(0, 1)).max() < 40
+            found += 1
+    assert found >= 5
+
+
+def test_poses_from_lsp(shared_data):
+    poses = load_lsp_poses(str(shared_data / "lsp" / "joints.mat"))
+    assert poses.shape[1:] == (14, 2) and len(poses) > 1500
+    ds = SyntheticPoseDataset(20, 128, seed=0, poses_from=str(shared_data / "lspet" / "joints.mat"))
+    rec = ds.record(3)
+    assert np.linalg.eigvalsh(rec["cov_true"]).min() > 0
+    assert rec["visibility"].mean() > 0.5
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="num_samples must be >= 1"):
+        SyntheticPoseDataset(0)
+    with pytest.raises(IndexError):
+        SyntheticPoseDataset(3).record(3)
+    with pytest.raises(ValueError, match="cannot read as a MATLAB file"):
+        import tempfile
+        with tempfile.NamedTemporaryFile(suffix=".mat") as f:
+            f.write(b"not a mat file")
+            f.flush()
+            load_lsp_poses(f.name)
