@@ -44,3 +44,75 @@ def data_throughput(input_size: int, num: int = 400, warmup: int = 20, seed: int
     finally:
         torch.set_num_threads(threads[0])
         cv2.setNumThreads(threads[1])
+
+
+def _median_seconds(fn, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def step_costs(backbone: str = "resnet18", input_size: int = 128, batch: int = 16, deconv_channels: int = 128,
+               embed_dim: int = 64, repeats: int = 5, warmup: int = 2, device: str = "cpu",
+               jacobian_loop: bool = True) -> dict:
+    """Median seconds of an MSE and an NLL-TIC training step on the same model and batch, their
+    ratio, the batched Jacobian alone, and (optionally) the per-sample autograd Jacobian loop."""
+    from pose_toss.covariance import jacobian
+    from pose_toss.losses import gaussian_nll, mse
+    from pose_toss.models import build_pose_model
+    from pose_toss.models.covariance_heads import eval_mode
+
+    torch.manual_seed(0)
+    model = build_pose_model(backbone, 14, covariance="tic", input_size=input_size, embed_dim=embed_dim,
+                             deconv_channels=deconv_channels).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    images = torch.rand(batch, 3, input_size, input_size, device=device)
+    target = torch.rand(batch, 28, device=device) * input_size
+    mask = torch.ones(batch, 14, device=device)
+
+    def mse_step():
+        opt.zero_grad(set_to_none=True)
+        feats = model.features(images)
+        loss = mse(model.decode(model.embed(feats), feats), target, mask).mean()
+        loss.backward()
+        opt.step()
+
+    def nll_tic_step():
+        opt.zero_grad(set_to_none=True)
+        out = model(images)
+        gaussian_nll(out.mean, out.cov, target, mask).mean().backward()
+        opt.step()
+
+    with torch.no_grad():
+        feats = model.features(images)
+        z = model.embed(feats)
+
+    def batched_jacobian():
+        with eval_mode((model.bottleneck, model.head)):
+            jacobian(model.decode, z, feats)
+
+    def loop_jacobian():
+        with eval_mode((model.bottleneck, model.head)):
+            for i in range(batch):
+                torch.autograd.functional.jacobian(lambda zi, i=i: model.decode(zi, feats[i:i + 1]), z[i:i + 1],
+                                                   vectorize=False)
+
+    result = {"backbone": backbone, "input_size": input_size, "batch": batch, "deconv_channels": deconv_channels,
+              "embed_dim": embed_dim, "device": device}
+    result["mse_step_s"] = _median_seconds(mse_step, repeats, warmup)
+    result["nll_tic_step_s"] = _median_seconds(nll_tic_step, repeats, warmup)
+    result["nll_tic_over_mse"] = result["nll_tic_step_s"] / result["mse_step_s"]
+    result["jacobian_batched_s"] = _median_seconds(batched_jacobian, repeats, warmup)
+    result["jacobian_share_of_nll_tic_step"] = result["jacobian_batched_s"] / result["nll_tic_step_s"]
+    if jacobian_loop:
+        result["jacobian_loop_s"] = _median_seconds(loop_jacobian, max(1, repeats // 2), 1)
+        result["jacobian_loop_over_batched"] = result["jacobian_loop_s"] / result["jacobian_batched_s"]
+    return result

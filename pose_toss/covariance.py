@@ -1,0 +1,124 @@
+"""Covariance math as pure functions: batched Jacobians of a decoder, TIC assembly, parameterisations.
+
+Shapes: B samples, D = 2J output coordinates ([x0, y0, x1, y1, ...]), E embedding dims.
+Everything here takes tensors and returns tensors; none of it holds state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.func import jacfwd, jacrev, vjp, vmap
+
+
+def _per_sample(decode_fn: Callable, n_args: int) -> Callable:
+    def f(z: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+        out = decode_fn(z.unsqueeze(0), *(a.unsqueeze(0) for a in args))
+        return out.reshape(-1)
+
+    return f
+
+
+def jacobian(decode_fn: Callable[..., torch.Tensor], z: torch.Tensor, *args: torch.Tensor,
+             chunk_size: int | None = None, mode: str = "batched") -> torch.Tensor:
+    """Batched Jacobian ``d decode_fn(z, *args) / d z`` -> B x D x E, with torch.func.
+
+    ``decode_fn`` maps a batch (B x E, then B x ... per extra argument) to B x D.
+
+    ``mode``:
+      - ``"batched"`` (default): samples are independent (an eval-mode decoder), so one batched
+        ``torch.func.vjp`` is taken and its pullback is applied to the D one-hot cotangents, ``chunk_size``
+        at a time (vmapped) or one at a time (``chunk_size=None``: fastest on CPU, where vmap over
+        convolution backward is slow). No loop over samples.
+      - ``"reverse"`` / ``"forward"``: per-sample ``vmap(jacrev)`` / ``vmap(jacfwd)``; ``"auto"`` picks
+        reverse when D <= E (fewer passes). These make no independence assumption.
+    The result is detached: TIC uses J as a fixed basis, no gradient flows through it.
+    """
+    if z.dim() != 2:
+        raise ValueError(f"z must be B x E, got shape {tuple(z.shape)}")
+    for i, a in enumerate(args):
+        if a.shape[0] != z.shape[0]:
+            raise ValueError(f"argument {i} has batch size {a.shape[0]}, expected {z.shape[0]} like z")
+    z = z.detach()
+    args = tuple(a.detach() for a in args)
+    with torch.enable_grad():
+        if mode == "batched":
+            return _batched_reverse_jacobian(decode_fn, z, args, chunk_size)
+        f = _per_sample(decode_fn, len(args))
+        if mode == "auto":
+            with torch.no_grad():
+                d = decode_fn(z[:1], *(a[:1] for a in args)).numel()
+            mode = "reverse" if d <= z.shape[1] else "forward"
+        if mode == "reverse":
+            jac_fn = jacrev(f, argnums=0, chunk_size=chunk_size)
+        elif mode == "forward":
+            jac_fn = jacfwd(f, argnums=0)
+        else:
+            raise ValueError(f"mode must be 'batched', 'auto', 'reverse' or 'forward', got {mode!r}")
+        in_dims = (0,) * (1 + len(args))
+        jac = vmap(jac_fn, in_dims=in_dims, chunk_size=None if mode == "reverse" else chunk_size)(z, *args)
+    return jac.detach()
+
+
+def _batched_reverse_jacobian(decode_fn: Callable, z: torch.Tensor, args: tuple, chunk_size: int | None):
+    out, pullback = vjp(lambda zz: decode_fn(zz, *args), z)
+    b, d = out.shape
+    eye = torch.eye(d, device=out.device, dtype=out.dtype)
+    if chunk_size is None:  # one reverse pass per output coordinate, each over the whole batch
+        rows = [pullback(eye[k].expand(b, d))[0] for k in range(d)]
+        return torch.stack(rows, dim=1).detach()
+    rows = []
+    for start in range(0, d, chunk_size):
+        basis = eye[start:start + chunk_size].unsqueeze(1).expand(-1, b, d)
+        rows.append(vmap(pullback)(basis)[0].transpose(0, 1))
+    return torch.cat(rows, dim=1).detach()
+
+
+def hessian_gram(decode_fn: Callable[..., torch.Tensor], z: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+    """``H~_ab = tr(H_a H_b)`` with H_a the E x E Hessian of output a w.r.t. z -> B x D x D (costly)."""
+    z = z.detach()
+    args = tuple(a.detach() for a in args)
+    f = _per_sample(decode_fn, len(args))
+    with torch.enable_grad():
+        hess = vmap(jacfwd(jacrev(f, argnums=0), argnums=0))(z, *args)  # B x D x E x E
+    return torch.einsum("bdij,beij->bde", hess, hess).detach()
+
+
+def tic_covariance(jac: torch.Tensor, eps1: torch.Tensor, chol: torch.Tensor, eps2: torch.Tensor | None = None,
+                   hess_gram: torch.Tensor | None = None, floor: float = 1e-3) -> torch.Tensor:
+    """TIC: ``eps1^2 J J^T + eps2^2 H~ + L L^T + floor I`` (B x D x D), in float32 whatever autocast says."""
+    with torch.autocast(device_type=jac.device.type, enabled=False):
+        jac, chol, eps1 = jac.float(), chol.float(), eps1.float()
+        cov = eps1.reshape(-1, 1, 1) ** 2 * (jac @ jac.transpose(-1, -2)) + chol @ chol.transpose(-1, -2)
+        if hess_gram is not None:
+            if eps2 is None:
+                raise ValueError("a Hessian term needs eps2")
+            cov = cov + eps2.float().reshape(-1, 1, 1) ** 2 * hess_gram.float()
+        return symmetrise_with_floor(cov, floor)
+
+
+def cholesky_from_vector(vec: torch.Tensor, dim: int, floor: float = 1e-3) -> torch.Tensor:
+    """Lower-triangular factor with a positive diagonal from B x dim(dim+1)/2 unconstrained values."""
+    b = vec.shape[0]
+    rows, cols = torch.tril_indices(dim, dim, device=vec.device)
+    low = vec.new_zeros(b, dim, dim)
+    low[:, rows, cols] = vec.float()
+    diag = torch.nn.functional.softplus(torch.diagonal(low, dim1=-2, dim2=-1)) + floor**0.5
+    return torch.diagonal_scatter(low, diag, dim1=-2, dim2=-1)
+
+
+def full_covariance(vec: torch.Tensor, dim: int, floor: float = 1e-3, scale: float = 1.0) -> torch.Tensor:
+    """``scale^2 L L^T + floor I`` with L from ``cholesky_from_vector(vec)``."""
+    low = cholesky_from_vector(vec, dim, 0.0) * scale
+    return symmetrise_with_floor(low @ low.transpose(-1, -2), floor)
+
+
+def diagonal_covariance(raw: torch.Tensor, floor: float = 1e-3, scale: float = 1.0) -> torch.Tensor:
+    """``diag(scale * softplus(raw)) + floor I``."""
+    return torch.diag_embed(torch.nn.functional.softplus(raw.float()) * scale + floor)
+
+
+def symmetrise_with_floor(cov: torch.Tensor, floor: float) -> torch.Tensor:
+    cov = 0.5 * (cov + cov.transpose(-1, -2))
+    return cov + floor * torch.eye(cov.shape[-1], device=cov.device, dtype=cov.dtype)

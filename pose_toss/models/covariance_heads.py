@@ -1,0 +1,138 @@
+"""Covariance parameterisations as modules on the embedding z: identity, diagonal, full, TIC.
+
+Each returns B x D x D symmetric positive definite matrices in input pixels^2, computed in float32.
+The TIC head is usable on any model: give it the model's embedding and a ``decode_fn(z) -> B x 2J``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from pose_toss.covariance import (
+    cholesky_from_vector,
+    diagonal_covariance,
+    full_covariance,
+    hessian_gram,
+    jacobian,
+    tic_covariance,
+)
+
+# Pre-activations are clamped so that no embedding, however large, gives inf or NaN.
+_CLAMP = 30.0
+# softplus(0): zero pre-activations (the initial state) give exactly the initial scale.
+LN2 = 0.6931471805599453
+
+
+def _mlp(embed_dim: int, hidden: int, out: int) -> nn.Sequential:
+    mlp = nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, out))
+    nn.init.zeros_(mlp[-1].weight)  # start from the bias: a calm, isotropic initial covariance
+    nn.init.zeros_(mlp[-1].bias)
+    return mlp
+
+
+def _clean(z: torch.Tensor) -> torch.Tensor:
+    z = torch.nan_to_num(z.float(), nan=0.0, posinf=1e4, neginf=-1e4)
+    return z.clamp(-1e4, 1e4)
+
+
+@contextlib.contextmanager
+def eval_mode(modules: Iterable[nn.Module]):
+    """Temporarily put ``modules`` in eval mode (batch statistics must not couple samples in J)."""
+    modules = [m for m in modules if m is not None]
+    states = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, s in zip(modules, states, strict=True):
+            m.train(s)
+
+
+class IdentityCovariance(nn.Module):
+    def __init__(self, num_joints: int) -> None:
+        super().__init__()
+        self.dim = 2 * num_joints
+
+    def forward(self, z: torch.Tensor, *_, **__) -> torch.Tensor:
+        return torch.eye(self.dim, device=z.device).expand(z.shape[0], -1, -1)
+
+
+class DiagonalCovariance(nn.Module):
+    def __init__(self, embed_dim: int, num_joints: int, hidden: int = 128, init_std: float = 4.0,
+                 floor: float = 1e-3) -> None:
+        super().__init__()
+        self.mlp = _mlp(embed_dim, hidden, 2 * num_joints)
+        self.scale = init_std**2 / LN2
+        self.floor = floor
+
+    def forward(self, z: torch.Tensor, *_, **__) -> torch.Tensor:
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            raw = self.mlp(_clean(z)).clamp(-_CLAMP, _CLAMP)
+            return diagonal_covariance(raw, self.floor, self.scale)
+
+
+class FullCovariance(nn.Module):
+    """Cholesky factor with a positive diagonal, predicted from z."""
+
+    def __init__(self, embed_dim: int, num_joints: int, hidden: int = 128, init_std: float = 4.0,
+                 floor: float = 1e-3) -> None:
+        super().__init__()
+        self.dim = 2 * num_joints
+        self.mlp = _mlp(embed_dim, hidden, self.dim * (self.dim + 1) // 2)
+        self.init_std = init_std
+        self.floor = floor
+
+    def forward(self, z: torch.Tensor, *_, **__) -> torch.Tensor:
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            raw = self.mlp(_clean(z)).clamp(-_CLAMP, _CLAMP)
+            return full_covariance(raw, self.dim, self.floor, self.init_std / LN2)
+
+
+class TICCovarianceHead(nn.Module):
+    """Taylor Induced Covariance: ``eps1^2 J J^T (+ eps2^2 H~) + L L^T + floor I``.
+
+    J = d decode_fn / d z is computed per sample with torch.func and no gradient; eps1, eps2 and the
+    Cholesky factor L come from a small MLP on z. Pass ``eval_modules`` (the decoder's modules) to run
+    the decoder in eval mode while J is taken.
+    """
+
+    def __init__(self, embed_dim: int, num_joints: int, hidden: int = 128, use_hessian: bool = False,
+                 floor: float = 1e-3, init_std: float = 4.0, chunk_size: int | None = None) -> None:
+        super().__init__()
+        if embed_dim < 1:
+            raise ValueError(f"embed_dim must be >= 1, got {embed_dim}")
+        self.embed_dim = embed_dim
+        self.dim = 2 * num_joints
+        self.use_hessian = use_hessian
+        self.floor = floor
+        self.init_std = init_std
+        self.chunk_size = chunk_size
+        self.mlp = _mlp(embed_dim, hidden, 2 + self.dim * (self.dim + 1) // 2)
+
+    def parameters_from_embedding(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(eps1 B, eps2 B, L B x D x D) from z."""
+        raw = self.mlp(_clean(z)).clamp(-_CLAMP, _CLAMP)
+        eps1 = torch.nn.functional.softplus(raw[:, 0]) / LN2
+        eps2 = torch.nn.functional.softplus(raw[:, 1]) / LN2
+        low = cholesky_from_vector(raw[:, 2:], self.dim, 0.0) * (self.init_std / LN2)
+        return eps1, eps2, low
+
+    def forward(self, z: torch.Tensor, decode_fn: Callable[..., torch.Tensor], *decode_args: torch.Tensor,
+                eval_modules: Iterable[nn.Module] = ()) -> torch.Tensor:
+        if z.dim() != 2 or z.shape[1] != self.embed_dim:
+            raise ValueError(f"z must be B x {self.embed_dim}, got shape {tuple(z.shape)}")
+        with eval_mode(eval_modules):
+            jac = jacobian(decode_fn, z, *decode_args, chunk_size=self.chunk_size)
+            if jac.shape[1] != self.dim:
+                raise ValueError(f"decode_fn returned {jac.shape[1]} values per sample, expected 2 x num_joints = "
+                                 f"{self.dim}")
+            hess = hessian_gram(decode_fn, z, *decode_args) if self.use_hessian else None
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            eps1, eps2, low = self.parameters_from_embedding(z.float())
+            return tic_covariance(torch.nan_to_num(jac.float()), eps1, low, eps2 if hess is not None else None,
+                                  hess, self.floor)

@@ -1,0 +1,190 @@
+"""The pose model: backbone -> bottleneck z -> decode(z, features) -> mean; covariance from z."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from pose_toss.data.transforms import (
+    affine_covariance,
+    affine_points,
+    box_to_center_size,
+    crop_affine,
+    invert_affine,
+)
+from pose_toss.models.backbones import Backbone
+from pose_toss.models.covariance_heads import (
+    DiagonalCovariance,
+    FullCovariance,
+    IdentityCovariance,
+    TICCovarianceHead,
+)
+from pose_toss.models.heads import Bottleneck, HeatmapHead, RegressionHead
+
+HEADS = ("heatmap", "regression")
+COVARIANCES = ("tic", "full", "diagonal", "identity")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class PoseOutput:
+    mean: torch.Tensor  # B x 2J, input-crop pixels, [x0, y0, x1, y1, ...]
+    cov: torch.Tensor  # B x 2J x 2J, symmetric positive definite, pixels^2
+    embedding: torch.Tensor  # B x E
+    heatmaps: torch.Tensor | None = None  # B x J x S/4 x S/4 (heatmap head)
+
+
+class PoseModel(nn.Module):
+    """Takes images as B x 3 x S x S floats in [0, 1] (normalisation happens inside)."""
+
+    def __init__(self, backbone: str = "resnet18", num_joints: int = 14, head: str = "heatmap", embed_dim: int = 64,
+                 covariance: str = "tic", input_size: int = 256, pretrained: bool | str = False,
+                 deconv_channels: int = 128, cov_hidden: int = 128, use_hessian: bool = False,
+                 cov_floor: float = 1e-2, jacobian_chunk: int | None = None) -> None:
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if covariance not in COVARIANCES:
+            raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
+        if not isinstance(embed_dim, int) or embed_dim < 1:
+            raise ValueError(f"embed_dim must be an integer >= 1, got {embed_dim!r}")
+        if num_joints < 1:
+            raise ValueError(f"num_joints must be >= 1, got {num_joints}")
+        self.config = {
+            "backbone": backbone, "num_joints": num_joints, "head": head, "embed_dim": embed_dim,
+            "covariance": covariance, "input_size": input_size, "deconv_channels": deconv_channels,
+            "cov_hidden": cov_hidden, "use_hessian": use_hessian, "cov_floor": cov_floor,
+            "jacobian_chunk": jacobian_chunk,
+        }
+        self.num_joints = num_joints
+        self.input_size = input_size
+        self.backbone = Backbone(backbone, input_size, pretrained)
+        c = self.backbone.channels
+        self.bottleneck = Bottleneck(c, embed_dim)
+        if head == "heatmap":
+            self.head = HeatmapHead(c, num_joints, self.backbone.stride, deconv_channels)
+        else:
+            self.head = RegressionHead(c, num_joints, input_size)
+        init_std = input_size / 32.0  # initial spread: a few pixels on the crop
+        if covariance == "tic":
+            self.cov_head = TICCovarianceHead(embed_dim, num_joints, cov_hidden, use_hessian, cov_floor, init_std,
+                                              jacobian_chunk)
+        elif covariance == "full":
+            self.cov_head = FullCovariance(embed_dim, num_joints, cov_hidden, init_std, cov_floor)
+        elif covariance == "diagonal":
+            self.cov_head = DiagonalCovariance(embed_dim, num_joints, cov_hidden, init_std, cov_floor)
+        else:
+            self.cov_head = IdentityCovariance(num_joints)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    # -- the pieces -------------------------------------------------------------------------------
+
+    def check_images(self, images: torch.Tensor) -> None:
+        s = self.input_size
+        if not torch.is_tensor(images) or images.dim() != 4 or images.shape[1] != 3 or images.shape[2:] != (s, s):
+            shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+            raise ValueError(f"expected images as a B x 3 x {s} x {s} float tensor in [0, 1], got {shape}")
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        self.check_images(images)
+        return self.backbone((images - self.pixel_mean) / self.pixel_std)
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        return self.bottleneck.embed(features)
+
+    def decode_all(self, z: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.head(self.bottleneck.inject(z, features))
+
+    def decode(self, z: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The mean (B x 2J) as a function of the embedding: what TIC's Jacobian differentiates."""
+        return self.decode_all(z, features)[0].float()
+
+    def covariance(self, z: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.cov_head, TICCovarianceHead):
+            return self.cov_head(z, self.decode, features, eval_modules=(self.bottleneck, self.head))
+        return self.cov_head(z)
+
+    def forward(self, images: torch.Tensor) -> PoseOutput:
+        feats = self.features(images)
+        z = self.embed(feats)
+        mean, heat = self.decode_all(z, feats)
+        cov = self.covariance(z, feats)
+        return PoseOutput(mean.float(), cov, z, heat)
+
+    # -- inference on whole images ------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray | Sequence[np.ndarray], boxes: Sequence | None = None,
+                padding: float = 1.25, batch_size: int = 32) -> list[dict]:
+        """Joints and covariances in original-image pixels.
+
+        ``images``: one H x W x 3 uint8 RGB array or a list of them. ``boxes``: None (the whole image
+        is the person) or, per image, an N x 4 array of ``[x, y, w, h]`` person boxes.
+        Returns, per image, ``{"joints": N x J x 2, "cov": N x 2J x 2J, "boxes": N x 4}`` (numpy).
+        """
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            images = [images]
+            boxes = None if boxes is None else [boxes]
+        if boxes is not None and len(boxes) != len(images):
+            raise ValueError(f"got {len(boxes)} box lists for {len(images)} images")
+        crops, affines, owners, all_boxes = [], [], [], []
+        for i, img in enumerate(images):
+            if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3:
+                shape = getattr(img, "shape", type(img).__name__)
+                raise ValueError(f"image {i}: expected an H x W x 3 uint8 RGB array, got {shape}")
+            h, w = img.shape[:2]
+            if boxes is None:
+                bxs = np.array([[0.0, 0.0, w, h]])
+            else:
+                bxs = np.asarray(boxes[i], dtype=np.float64).reshape(-1, 4)
+            all_boxes.append(bxs)
+            for box in bxs:
+                center, size = box_to_center_size(box, 1.0 if boxes is None else padding)
+                a = crop_affine(center, size, self.input_size)
+                crops.append(cv2.warpAffine(img, a, (self.input_size,) * 2, flags=cv2.INTER_LINEAR))
+                affines.append(a)
+                owners.append(i)
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        means, covs = [], []
+        try:
+            for k in range(0, len(crops), batch_size):
+                batch = torch.from_numpy(np.stack(crops[k:k + batch_size])).to(device)
+                out = self(batch.permute(0, 3, 1, 2).float() / 255.0)
+                means.append(out.mean.double().cpu().numpy())
+                covs.append(out.cov.double().cpu().numpy())
+        finally:
+            self.train(was_training)
+        mean = np.concatenate(means) if means else np.zeros((0, 2 * self.num_joints))
+        cov = np.concatenate(covs) if covs else np.zeros((0, 2 * self.num_joints, 2 * self.num_joints))
+        results = [{"joints": [], "cov": [], "boxes": b} for b in all_boxes]
+        for n, (a, i) in enumerate(zip(affines, owners, strict=True)):
+            inv = invert_affine(a)  # A^-1 for the points, A^-1 S A^-T for the covariance
+            results[i]["joints"].append(affine_points(inv, mean[n].reshape(-1, 2)))
+            results[i]["cov"].append(affine_covariance(inv, cov[n]))
+        for r in results:
+            j = self.num_joints
+            r["joints"] = np.stack(r["joints"]) if r["joints"] else np.zeros((0, j, 2))
+            r["cov"] = np.stack(r["cov"]) if r["cov"] else np.zeros((0, 2 * j, 2 * j))
+        return results
+
+
+def build_pose_model(backbone: str = "resnet18", num_joints: int = 14, head: str = "heatmap", embed_dim: int = 64,
+                     covariance: str = "tic", input_size: int = 256, pretrained: bool | str = False,
+                     **kwargs) -> PoseModel:
+    """Create a pose model on a timm backbone (the ``timm.create_model`` of this package).
+
+    ``backbone``: any timm name with ``features_only`` (resnet*, hrnet_w32, convnext_*) or a ViT
+    (``vit_small_patch16_224``, run at ``input_size``). ``pretrained``: False, a local weights file,
+    or True (downloads from timm's hub). Extra keywords: ``deconv_channels``, ``cov_hidden``,
+    ``use_hessian``, ``cov_floor``, ``jacobian_chunk``.
+    """
+    return PoseModel(backbone, num_joints, head, embed_dim, covariance, input_size, pretrained, **kwargs)

@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+from pose_toss.covariance import (
+    cholesky_from_vector,
+    full_covariance,
+    hessian_gram,
+    jacobian,
+    tic_covariance,
+)
+
+torch.manual_seed(0)
+B, E, D, C = 5, 6, 8, 3
+
+
+class Decoder(torch.nn.Module):
+    """A smooth nonlinear decoder of (z, features), samples independent."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(E + C, 16).double()
+        self.b = torch.nn.Linear(16, D).double()
+
+    def forward(self, z, feats):
+        return self.b(torch.tanh(self.a(torch.cat([z, feats], -1))))
+
+
+@pytest.fixture(scope="module")
+def problem():
+    dec = Decoder()
+    return dec, torch.randn(B, E, dtype=torch.float64), torch.randn(B, C, dtype=torch.float64)
+
+
+def finite_differences(f, z, h=1e-5):
+    cols = []
+    for k in range(z.shape[1]):
+        dz = torch.zeros_like(z)
+        dz[:, k] = h
+        cols.append((f(z + dz) - f(z - dz)) / (2 * h))
+    return torch.stack(cols, -1)
+
+
+def autograd_loop(f, z, feats):
+    return torch.stack([torch.autograd.functional.jacobian(lambda zi, i=i: f(zi[None], feats[i:i + 1])[0], z[i])
+                        for i in range(z.shape[0])])
+
+
+@pytest.mark.parametrize("mode,chunk", [("batched", None), ("batched", 3), ("reverse", None), ("reverse", 2),
+                                        ("forward", None), ("auto", None)])
+def test_jacobian_matches_finite_differences_and_loop(problem, mode, chunk):
+    dec, z, feats = problem
+    jac = jacobian(dec, z, feats, mode=mode, chunk_size=chunk)
+    assert jac.shape == (B, D, E) and not jac.requires_grad
+    with torch.no_grad():
+        fd = finite_differences(lambda zz: dec(zz, feats), z)
+    assert torch.allclose(jac, fd, atol=1e-8)
+    assert torch.allclose(jac, autograd_loop(dec, z, feats), atol=1e-12)
+
+
+def test_jacobian_bad_input(problem):
+    dec, z, feats = problem
+    with pytest.raises(ValueError, match="batch size 2, expected 5"):
+        jacobian(dec, z, feats[:2])
+    with pytest.raises(ValueError, match="z must be B x E"):
+        jacobian(dec, z[0], feats)
+    with pytest.raises(ValueError, match="mode must be"):
+        jacobian(dec, z, feats, mode="sideways")
+
+
+def test_hessian_gram_matches_autograd(problem):
+    dec, z, feats = problem
+    gram = hessian_gram(dec, z, feats)
+    for i in (0, 3):
+        def output(zi, a, i=i):
+            return dec(zi[None], feats[i:i + 1])[0, a]
+
+        hs = torch.stack([torch.autograd.functional.hessian(lambda zi, a=a: output(zi, a), z[i]) for a in range(D)])
+        assert torch.allclose(gram[i], torch.einsum("aij,bji->ab", hs, hs), atol=1e-10)
+
+
+def test_tic_assembly_and_float32_under_autocast():
+    jac = torch.randn(B, D, E)
+    eps1 = torch.rand(B) + 0.5
+    low = torch.tril(torch.randn(B, D, D))
+    hess = torch.randn(B, D, D)
+    hess = hess @ hess.transpose(-1, -2)
+    eps2 = torch.rand(B)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cov = tic_covariance(jac.bfloat16(), eps1, low, eps2, hess, floor=0.01)
+    assert cov.dtype == torch.float32
+    expected = (eps1[:, None, None] ** 2 * jac.bfloat16().float() @ jac.bfloat16().float().transpose(1, 2)
+                + low @ low.transpose(1, 2) + eps2[:, None, None] ** 2 * hess + 0.01 * torch.eye(D))
+    assert torch.allclose(cov, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_cholesky_parameterisation_is_positive_definite():
+    vec = torch.randn(4, D * (D + 1) // 2) * 10
+    low = cholesky_from_vector(vec, D, floor=1e-3)
+    assert torch.equal(low, torch.tril(low)) and (torch.diagonal(low, dim1=1, dim2=2) > 0).all()
+    cov = full_covariance(vec, D, floor=1e-3, scale=2.0)
+    low0 = cholesky_from_vector(vec, D, floor=0.0)
+    assert torch.allclose(cov, 4 * low0 @ low0.transpose(1, 2) + 1e-3 * torch.eye(D), rtol=1e-5, atol=1e-4)
+    assert torch.linalg.eigvalsh(cov.double()).min() > 0

@@ -1,0 +1,176 @@
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pose_toss import TICCovarianceHead, build_pose_model, load_model, save_model
+from pose_toss.data.transforms import box_to_center_size
+from pose_toss.models import PoseOutput
+
+TINY = {"input_size": 64, "embed_dim": 8, "deconv_channels": 16, "cov_hidden": 16}
+
+
+def tiny(covariance="tic", head="heatmap", backbone="resnet18", **kw):
+    torch.manual_seed(0)
+    return build_pose_model(backbone, 14, head=head, covariance=covariance, **{**TINY, **kw})
+
+
+@pytest.mark.parametrize("head", ["heatmap", "regression"])
+@pytest.mark.parametrize("covariance", ["tic", "full", "diagonal", "identity"])
+def test_shapes_and_spd(head, covariance):
+    model = tiny(covariance, head)
+    out = model(torch.rand(3, 3, 64, 64))
+    assert out.mean.shape == (3, 28) and out.cov.shape == (3, 28, 28) and out.embedding.shape == (3, 8)
+    assert (out.heatmaps.shape == (3, 14, 16, 16)) if head == "heatmap" else out.heatmaps is None
+    assert torch.allclose(out.cov, out.cov.transpose(1, 2))
+    assert torch.linalg.eigvalsh(out.cov.double()).min() > 0
+    loss = out.mean.sum() + out.cov.diagonal(dim1=1, dim2=2).sum()
+    loss.backward()  # everything trainable gets a gradient path
+
+
+def test_vit_backbone_at_configured_size():
+    model = tiny(backbone="vit_tiny_patch16_224", input_size=64)
+    assert model.backbone.stride == 16
+    out = model(torch.rand(2, 3, 64, 64))
+    assert out.mean.shape == (2, 28) and torch.isfinite(out.cov).all()
+
+
+def test_tic_equals_formula_by_hand():
+    model = tiny("tic").eval()
+    images = torch.rand(2, 3, 64, 64)
+    out = model(images)
+    with torch.no_grad():
+        feats = model.features(images)
+        z = model.embed(feats)
+        eps1, _, low = model.cov_head.parameters_from_embedding(z)
+    for i in range(2):
+        jac = torch.autograd.functional.jacobian(lambda zi, i=i: model.decode(zi[None], feats[i:i + 1])[0], z[i])
+        expected = eps1[i] ** 2 * jac @ jac.T + low[i] @ low[i].T + model.cov_head.floor * torch.eye(28)
+        assert torch.allclose(out.cov[i], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_jacobian_is_taken_in_eval_mode_without_gradient():
+    model = tiny("tic").train()
+    images = torch.rand(4, 3, 64, 64)
+    a = model(images).cov
+    b = model(images[:2]).cov  # with batch statistics in J, the first two samples would change
+    assert torch.allclose(a[:2], b, rtol=1e-4, atol=1e-3)
+    assert model.training and model.head.training  # modes restored
+
+
+def test_no_nan_for_zero_or_huge_embedding():
+    head = TICCovarianceHead(embed_dim=4, num_joints=3)
+    lin = torch.nn.Linear(4, 6)
+    for z in (torch.zeros(2, 4), torch.full((2, 4), 1e12), torch.tensor([[float("inf"), 0, 0, 0]] * 2)):
+        cov = head(z, lambda zz: torch.tanh(lin(zz)) * 50)
+        assert torch.isfinite(cov).all() and torch.linalg.eigvalsh(cov.double()).min() > 0
+    for cov_type in ("full", "diagonal"):
+        m = tiny(cov_type)
+        cov = m.cov_head(torch.full((2, 8), 1e12))
+        assert torch.isfinite(cov).all() and torch.linalg.eigvalsh(cov.double()).min() > 0
+
+
+class FixedOutput(torch.nn.Module):
+    """Stands in for a network: joints at fixed crop coordinates, a known covariance."""
+
+    def __init__(self, model, mean, cov):
+        super().__init__()
+        self.model, self.mean, self.cov = model, mean, cov
+
+    def __call__(self, images):
+        b = images.shape[0]
+        return PoseOutput(self.mean.expand(b, -1), self.cov.expand(b, -1, -1), torch.zeros(b, 8))
+
+
+def test_predict_maps_back_to_original_pixels(monkeypatch):
+    model = tiny("diagonal")
+    crop_mean = torch.tensor([[10.0, 20.0] * 14])
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(28, 28))
+    crop_cov = torch.tensor(a @ a.T, dtype=torch.float32)[None]
+    stub = FixedOutput(model, crop_mean, crop_cov)
+    monkeypatch.setattr(type(model), "__call__", lambda self, x: stub(x))
+    image = np.zeros((300, 200, 3), np.uint8)
+    box = np.array([40.0, 60.0, 80.0, 120.0])
+    res = model.predict([image], boxes=[[box]])[0]
+    center, size = box_to_center_size(box, 1.25)
+    k = size / 64.0  # original pixels per crop pixel
+    expected = center + (np.array([10.0, 20.0]) - 31.5) * k
+    assert np.allclose(res["joints"][0], np.tile(expected, (14, 1)), atol=1e-4)
+    assert np.allclose(res["cov"][0], crop_cov[0].numpy() * k**2, rtol=1e-5)
+    whole = model.predict(image)[0]  # no box: the whole image, its longer side fitted to the input
+    k = 300 / 64.0
+    assert np.allclose(whole["joints"][0, 0], np.array([99.5, 149.5]) + (np.array([10.0, 20.0]) - 31.5) * k)
+
+
+def test_predict_rejects_bad_images():
+    model = tiny("identity")
+    with pytest.raises(ValueError, match=r"image 0: expected an H x W x 3 uint8 RGB array, got \(10, 10\)"):
+        model.predict([np.zeros((10, 10), np.uint8)])
+    with pytest.raises(ValueError, match="got 2 box lists for 1 images"):
+        model.predict([np.zeros((10, 10, 3), np.uint8)], boxes=[[], []])
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = tiny("tic").eval()
+    path = save_model(model, tmp_path / "m.safetensors")
+    again = load_model(path).eval()
+    assert again.config == model.config
+    x = torch.rand(2, 3, 64, 64)
+    a, b = model(x), again(x)
+    assert torch.equal(a.mean, b.mean) and torch.allclose(a.cov, b.cov)
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        load_model(tmp_path / "none.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        load_model(tmp_path / "junk.safetensors")
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown timm backbone 'resnet_nope'"):
+        build_pose_model("resnet_nope", 14)
+    with pytest.raises(ValueError, match="embed_dim must be an integer >= 1, got 0"):
+        build_pose_model("resnet18", 14, embed_dim=0, input_size=64)
+    with pytest.raises(ValueError, match="covariance must be one of"):
+        build_pose_model("resnet18", 14, covariance="wishart", input_size=64)
+    model = tiny("identity")
+    with pytest.raises(ValueError,
+                       match=r"expected images as a B x 3 x 64 x 64 float tensor in \[0, 1\], got \(2, 1, 64, 64\)"):
+        model(torch.rand(2, 1, 64, 64))
+    with pytest.raises(ValueError, match=r"B x 3 x 64 x 64 .*got \(2, 3, 96, 96\)"):
+        model(torch.rand(2, 3, 96, 96))
+    head = TICCovarianceHead(embed_dim=4, num_joints=3)
+    with pytest.raises(ValueError, match="decode_fn returned 5 values per sample, expected 2 x num_joints = 6"):
+        head(torch.zeros(2, 4), torch.nn.Linear(4, 5))
+    with pytest.raises(ValueError, match="embed_dim must be >= 1"):
+        TICCovarianceHead(embed_dim=0, num_joints=3)
+
+
+def test_local_pretrained_file(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    src = timm.create_model("resnet18", pretrained=False)
+    save_file(src.state_dict(), str(tmp_path / "r18.safetensors"))
+    model = build_pose_model("resnet18", 14, input_size=64, pretrained=str(tmp_path / "r18.safetensors"),
+                             deconv_channels=16)
+    assert torch.equal(model.backbone.body.conv1.weight, src.conv1.weight)
+    with pytest.raises(FileNotFoundError, match="pretrained weights file not found"):
+        build_pose_model("resnet18", 14, input_size=64, pretrained=str(tmp_path / "none.pth"))
+
+
+def test_readme_plugin_example_runs():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(# plugin example.*?)```", readme, flags=re.S)
+    assert len(blocks) == 1, "README must hold exactly one '# plugin example' block"
+    code = blocks[0]
+    code_lines = [line for line in code.splitlines()[1:] if line.strip()]
+    assert len(code_lines) < 20
+    scope: dict = {}
+    exec(compile(code, "README plugin example", "exec"), scope)
+    mean, cov = scope["mean"], scope["cov"]
+    assert mean.shape == (2, 28) and cov.shape == (2, 28, 28)
+    assert torch.linalg.eigvalsh(cov.double()).min() > 0
