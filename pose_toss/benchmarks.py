@@ -116,3 +116,28 @@ def step_costs(backbone: str = "resnet18", input_size: int = 128, batch: int = 1
         result["jacobian_loop_s"] = _median_seconds(loop_jacobian, max(1, repeats // 2), 1)
         result["jacobian_loop_over_batched"] = result["jacobian_loop_s"] / result["jacobian_batched_s"]
     return result
+
+
+def pseudo_label_scaling(sizes=(10_000, 40_000, 100_000), embed_dim: int = 64, dim: int = 28, k: int = 64,
+                         with_sqrt: bool = True, device: str = "cpu", seed: int = 0) -> dict:
+    """Seconds of ``pseudo_covariances`` per bank size and the fitted exponent of time ~ N^a."""
+    import math
+
+    from pose_toss.pseudo_labels import pseudo_covariances
+
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for n in sizes:
+        z = torch.randn(n, embed_dim, generator=gen).to(device)
+        y = torch.randn(n, dim, generator=gen).to(device)
+        start = time.perf_counter()
+        pseudo_covariances(z, y, k=k, with_sqrt=with_sqrt)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        rows.append({"n": n, "seconds": time.perf_counter() - start})
+    xs = [math.log(r["n"]) for r in rows]
+    ys = [math.log(r["seconds"]) for r in rows]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((a - mx) * (b - my) for a, b in zip(xs, ys, strict=True)) / max(
+        sum((a - mx) ** 2 for a in xs), 1e-12)
+    return {"rows": rows, "exponent": slope, "embed_dim": embed_dim, "dim": dim, "k": k, "with_sqrt": with_sqrt}

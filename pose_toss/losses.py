@@ -78,3 +78,90 @@ def mse(mean: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = No
     """Sum of squared errors over the visible coordinates, per sample."""
     m = _coord_mask(mask, mean)
     return (((target.float() - mean.float()) * m) ** 2).sum(-1)
+
+
+def beta_nll(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+             beta: float = 0.5) -> torch.Tensor:
+    """beta-NLL on the diagonal: each coordinate's Gaussian NLL weighted by stop-grad(variance)^beta."""
+    with torch.autocast(device_type=mean.device.type, enabled=False):
+        m = _coord_mask(mask, mean)
+        var = torch.diagonal(cov.float(), dim1=-2, dim2=-1)
+        r2 = (target.float() - mean.float()) ** 2
+        per = 0.5 * (torch.log(var) + r2 / var + math.log(2 * math.pi))
+        return (per * var.detach() ** beta * m).sum(-1)
+
+
+def faithful(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+             stats: dict | None = None) -> torch.Tensor:
+    """Faithful heteroscedastic regression: MSE trains the mean, the NLL of the detached residual the covariance."""
+    return mse(mean, target, mask) + gaussian_nll(mean.detach(), cov, target, mask, stats)
+
+
+def kl_calibrated(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, prior_cov: torch.Tensor,
+                  mask: torch.Tensor | None = None, stats: dict | None = None) -> torch.Tensor:
+    """``1/2 tr(S^-1 P) + 1/2 r^T S^-1 r + log det S`` (ToSS Lemma 1, calibrated).
+
+    Each label becomes N(y, P); doubling the log-determinant's weight moves the optimum from P + truth
+    to (P + truth) / 2, so the prior regularises and equals the truth when P is right.
+    """
+    with torch.autocast(device_type=mean.device.type, enabled=False):
+        mean, cov, target, prior = mean.float(), cov.float(), target.float(), prior_cov.float()
+        m = _coord_mask(mask, mean)
+        r = (target - mean) * m
+        chol = robust_cholesky(masked_covariance(cov, m), stats=stats)
+        white = torch.linalg.solve_triangular(chol, r.unsqueeze(-1), upper=False).squeeze(-1)
+        prior_white = torch.cholesky_solve(masked_covariance(prior, m), chol)  # S^-1 P
+        trace = torch.diagonal(prior_white, dim1=-2, dim2=-1).sum(-1) - (1.0 - m).sum(-1)  # padding adds 1 each
+        logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        return 0.5 * trace + 0.5 * (white**2).sum(-1) + logdet
+
+
+def sqrtm_newton_schulz(mat: torch.Tensor, iters: int = 30, tol: float = 1e-6) -> torch.Tensor:
+    """Differentiable square root of SPD matrices (B x D x D) by coupled Newton-Schulz iterations.
+
+    The matrix is divided by its trace (eigenvalues in (0, 1]), iterated
+    ``T = (3I - Z Y) / 2, Y <- Y T, Z <- T Z`` (Y -> A^1/2, Z -> A^-1/2), and scaled back by sqrt(trace).
+    No eigendecomposition, so gradients stay stable. Converged samples stop changing; the loop ends
+    early once every sample's update is below ``tol``.
+    """
+    with torch.autocast(device_type=mat.device.type, enabled=False):
+        mat = mat.float() if mat.dtype in (torch.float16, torch.bfloat16) else mat
+        d = mat.shape[-1]
+        norm = torch.diagonal(mat, dim1=-2, dim2=-1).sum(-1).clamp_min(1e-20).reshape(-1, 1, 1)
+        eye = torch.eye(d, device=mat.device, dtype=mat.dtype).expand_as(mat)
+        y, z = mat / norm, eye
+        for _ in range(iters):
+            t = 0.5 * (3.0 * eye - z @ y)
+            y_next, z = y @ t, t @ z
+            done = (y_next - y).abs().amax() < tol
+            y = y_next
+            if done:
+                break
+        return y * norm.sqrt()
+
+
+def w2_bound(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, target_cov: torch.Tensor | None = None,
+             mask: torch.Tensor | None = None, target_sqrt: torch.Tensor | None = None) -> torch.Tensor:
+    """ToSS's 2-Wasserstein upper bound ``|mu - y|^2 + |S^1/2 - S~^1/2|_F^2`` per sample.
+
+    The prediction's root is taken by Newton-Schulz (differentiable); the target's root needs no
+    gradient and may be given precomputed (``target_sqrt``, of the full target covariance). Invisible
+    coordinates are padded with identity blocks on both sides, which contribute zero.
+    """
+    if target_cov is None and target_sqrt is None:
+        raise ValueError("w2_bound needs target_cov or target_sqrt")
+    with torch.autocast(device_type=mean.device.type, enabled=False):
+        m = _coord_mask(mask, mean)
+        pred_root = sqrtm_newton_schulz(masked_covariance(cov.float(), m))
+        if target_sqrt is None:
+            with torch.no_grad():
+                target_sqrt = sqrtm_eigh(masked_covariance(target_cov.float(), m))
+        else:
+            target_sqrt = masked_covariance(target_sqrt.float(), m)  # the root of a block-masked matrix
+        return mse(mean, target, mask) + ((pred_root - target_sqrt.detach()) ** 2).sum((-2, -1))
+
+
+def sqrtm_eigh(mat: torch.Tensor) -> torch.Tensor:
+    """Symmetric PSD square root by eigendecomposition (no gradient needed: targets, metrics)."""
+    evals, evecs = torch.linalg.eigh(0.5 * (mat + mat.transpose(-1, -2)))
+    return (evecs * evals.clamp_min(0).sqrt().unsqueeze(-2)) @ evecs.transpose(-1, -2)

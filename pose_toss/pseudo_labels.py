@@ -1,0 +1,92 @@
+"""Covariance pseudo-labels from nearest neighbours in an embedding space (ToSS Algorithm 1).
+
+For sample i: Mahalanobis distances ``d_ij`` to every other embedding (bank covariance shrunk towards
+its diagonal), the k nearest (self excluded), weights ``softmax_j(-d_ij / tau)``, and the weighted
+covariance of the neighbours' targets around their weighted mean. Intuition: a target varies a lot
+where similar inputs carry different labels.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def whiten(embeddings: torch.Tensor, shrinkage: float = 0.1) -> torch.Tensor:
+    """Map embeddings so Euclidean distance equals the Mahalanobis distance under the bank's covariance,
+    shrunk towards its diagonal (``(1 - a) S + a diag(S)``) so it is invertible."""
+    x = embeddings.float()
+    x = x - x.mean(0, keepdim=True)
+    cov = x.T @ x / max(x.shape[0] - 1, 1)
+    diag = torch.diag(torch.diagonal(cov).clamp_min(1e-12))
+    shrunk = (1 - shrinkage) * cov + shrinkage * diag
+    chol = torch.linalg.cholesky(shrunk.double()).float()
+    return torch.linalg.solve_triangular(chol, x.T, upper=False).T
+
+
+def knn(points: torch.Tensor, k: int, block_size: int | None = None, max_block_elements: int = 1 << 24,
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact k nearest neighbours (squared Euclidean), self excluded -> (distances N x k, indices N x k).
+
+    Queries run in blocks so memory stays at ``block x N`` (never N x N): the distance block is one
+    GEMM, then a top-k. Runs on whatever device ``points`` is on.
+    """
+    n = points.shape[0]
+    if not 1 <= k < n:
+        raise ValueError(f"k must be between 1 and N - 1 = {n - 1}, got {k}")
+    block = block_size or max(1, min(n, max_block_elements // n))
+    sq = (points * points).sum(-1)
+    # Ranking a query's neighbours needs only q.u_j - |u_j|^2 / 2 (its own norm is constant), and that
+    # is one plain GEMM with the norms folded in as an extra column: no N-wide broadcast add per block.
+    keys = torch.cat([points, -0.5 * sq[:, None]], dim=1)
+    dists, idxs = [], []
+    for start in range(0, n, block):
+        q = points[start:start + block]
+        queries = torch.cat([q, torch.ones_like(q[:, :1])], dim=1)
+        score = queries @ keys.T
+        rows = torch.arange(q.shape[0], device=points.device)
+        score[rows, rows + start] = -float("inf")  # not your own neighbour
+        val, idx = torch.topk(score, k, dim=1, largest=True, sorted=True)
+        dists.append((sq[start:start + block, None] - 2.0 * val).clamp_min_(0))
+        idxs.append(idx)
+    return torch.cat(dists), torch.cat(idxs)
+
+
+def pseudo_covariances(embeddings: torch.Tensor, targets: torch.Tensor, k: int = 64, temperature: float | None = None,
+                       masks: torch.Tensor | None = None, shrinkage: float = 0.1, floor: float = 1e-3,
+                       block_size: int | None = None, with_sqrt: bool = True,
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pseudo-covariances (N x D x D) and their square roots for every sample of an embedding bank.
+
+    ``embeddings`` N x E, ``targets`` N x D, ``masks`` N x J visibility (D = 2J) or None. ``temperature``
+    defaults to the median neighbour distance. Missing joints: each coordinate pair is averaged over
+    the neighbours where both are visible (weights renormalised), then the matrix is projected onto
+    the positive definite cone. ``floor`` (relative to the mean variance) keeps every label PD.
+    ``with_sqrt=False`` skips the roots (None is returned): without masks no eigendecomposition is then
+    needed at all, the weighted covariance being PSD by construction.
+    """
+    if embeddings.shape[0] != targets.shape[0]:
+        raise ValueError(f"{embeddings.shape[0]} embeddings but {targets.shape[0]} targets")
+    dist, idx = knn(whiten(embeddings, shrinkage), k, block_size)
+    tau = temperature if temperature is not None else float(dist.median().clamp_min(1e-12))
+    weights = torch.softmax(-dist / tau, dim=1)  # N x k
+    y = targets.float().to(embeddings.device)[idx]  # N x k x D
+    if masks is None:
+        mean = (weights.unsqueeze(-1) * y).sum(1, keepdim=True)
+        centred = (y - mean) * weights.sqrt().unsqueeze(-1)
+        cov = centred.transpose(1, 2) @ centred
+    else:
+        m = (masks.to(embeddings.device)[idx] > 0).float().repeat_interleave(2, dim=-1)  # N x k x D
+        wm = weights.unsqueeze(-1) * m
+        mean = (wm * y).sum(1) / wm.sum(1).clamp_min(1e-12)  # per coordinate, over visible neighbours
+        centred = (y - mean.unsqueeze(1)) * m
+        pair_w = torch.einsum("nk,nka,nkb->nab", weights, m, m)
+        cov = torch.einsum("nk,nka,nkb->nab", weights, centred, centred) / pair_w.clamp_min(1e-12)
+    scale = torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
+    if masks is None and not with_sqrt:
+        eye = torch.eye(cov.shape[-1], device=cov.device)
+        return cov + (floor * scale)[:, None, None] * eye, None
+    evals, evecs = torch.linalg.eigh(0.5 * (cov + cov.transpose(1, 2)))
+    evals = evals.clamp_min(0) + floor * scale.unsqueeze(-1)  # PSD projection, then a relative floor
+    cov = (evecs * evals.unsqueeze(-2)) @ evecs.transpose(1, 2)
+    root = (evecs * evals.sqrt().unsqueeze(-2)) @ evecs.transpose(1, 2) if with_sqrt else None
+    return cov, root

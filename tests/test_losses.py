@@ -1,0 +1,155 @@
+import numpy as np
+import pytest
+import torch
+from torch.distributions import MultivariateNormal, Normal, kl_divergence
+
+from pose_toss.losses import (
+    beta_nll,
+    faithful,
+    gaussian_nll,
+    kl_calibrated,
+    mse,
+    sqrtm_eigh,
+    sqrtm_newton_schulz,
+    w2_bound,
+)
+from pose_toss.metrics import kl_gaussian, w2_gaussian
+
+gen = torch.Generator().manual_seed(0)
+
+
+def spd(b, d, cond=None, dtype=torch.float64):
+    q, _ = torch.linalg.qr(torch.randn(b, d, d, generator=gen, dtype=dtype))
+    if cond is None:
+        ev = torch.rand(b, d, generator=gen, dtype=dtype) * 5 + 0.2
+    else:
+        ev = torch.logspace(0, -np.log10(cond), d, dtype=dtype).expand(b, d) * 30
+    return (q * ev.unsqueeze(-2)) @ q.transpose(-1, -2)
+
+
+def test_nll_matches_torch_distributions():
+    cov = spd(6, 8)
+    mean, target = torch.randn(6, 8, generator=gen, dtype=torch.float64), torch.randn(6, 8, generator=gen)
+    ref = -MultivariateNormal(mean, cov).log_prob(target.double())
+    assert torch.allclose(gaussian_nll(mean, cov, target).double(), ref, rtol=1e-5, atol=1e-4)
+
+
+def test_masked_nll_is_the_visible_block_nll():
+    cov = spd(3, 8)
+    mean, target = torch.randn(3, 8, generator=gen), torch.randn(3, 8, generator=gen)
+    mask = torch.tensor([[1, 0, 1, 1], [1, 1, 1, 1], [0, 0, 1, 0]])
+    got = gaussian_nll(mean, cov, target, mask)
+    for i in range(3):
+        keep = mask[i].repeat_interleave(2).bool()
+        ref = -MultivariateNormal(mean[i][keep].double(), cov[i][keep][:, keep]).log_prob(target[i][keep].double())
+        assert got[i].item() == pytest.approx(ref.item(), rel=1e-5, abs=1e-4)
+
+
+def test_ill_conditioned_batch_is_jittered_and_counted():
+    cov = spd(4, 6).float()
+    v = torch.randn(4, 6, 1, generator=gen)
+    cov[1] = (v[1] @ v[1].T)  # rank one: Cholesky fails
+    stats = {}
+    out = gaussian_nll(torch.zeros(4, 6), cov, torch.zeros(4, 6), stats=stats)
+    assert torch.isfinite(out).all() and stats["cholesky_jitter"] == 1
+    cov[2, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"non-finite entries in samples \[2\]"):
+        gaussian_nll(torch.zeros(4, 6), cov, torch.zeros(4, 6))
+
+
+def test_nll_runs_in_float32_under_autocast():
+    cov, mean, target = spd(2, 4).float(), torch.randn(2, 4), torch.randn(2, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = gaussian_nll(mean.bfloat16(), cov.bfloat16(), target)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, gaussian_nll(mean.bfloat16().float(), cov.bfloat16().float(), target), atol=1e-5)
+
+
+@pytest.mark.parametrize("cond", [1.0, 1e2, 1e4])
+def test_newton_schulz_root_matches_eigendecomposition(cond):
+    a = spd(8, 28, cond=cond)
+    root = sqrtm_newton_schulz(a.float())
+    assert root.dtype == torch.float32
+    ref = sqrtm_eigh(a)
+    rel = (root.double() - ref).norm(dim=(-2, -1)) / ref.norm(dim=(-2, -1))
+    assert rel.max() < 1e-4
+
+
+def test_newton_schulz_gradient_matches_finite_differences():
+    a = spd(2, 4).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda m: sqrtm_newton_schulz(0.5 * (m + m.transpose(-1, -2)), iters=60, tol=0),
+                                    (a,), eps=1e-6, atol=1e-5)
+
+
+def test_w2_bound_upper_bounds_exact_w2_with_equality_when_commuting():
+    s1, s2 = spd(16, 6), spd(16, 6)
+    m1 = torch.randn(16, 6, generator=gen, dtype=torch.float64)
+    m2 = torch.randn(16, 6, generator=gen, dtype=torch.float64)
+    bound = w2_bound(m1, s1, m2, s2).double()
+    exact = w2_gaussian(m1, s1, m2, s2)
+    assert (bound >= exact - 1e-3).all() and (bound > exact + 1e-3).any()
+    q, _ = torch.linalg.qr(torch.randn(16, 6, 6, generator=gen, dtype=torch.float64))
+    c1 = (q * (torch.rand(16, 1, 6, generator=gen, dtype=torch.float64) + 0.5)) @ q.transpose(1, 2)
+    c2 = (q * (torch.rand(16, 1, 6, generator=gen, dtype=torch.float64) + 0.5)) @ q.transpose(1, 2)
+    assert torch.allclose(w2_bound(m1, c1, m2, c2).double(), w2_gaussian(m1, c1, m2, c2), rtol=1e-4, atol=1e-4)
+    # precomputed target root gives the same value
+    assert torch.allclose(w2_bound(m1, s1, m2, target_sqrt=sqrtm_eigh(s2)), w2_bound(m1, s1, m2, s2), rtol=1e-5)
+
+
+def test_w2_gaussian_matches_scipy():
+    from scipy.linalg import sqrtm
+
+    s1, s2 = spd(3, 5), spd(3, 5)
+    m1, m2 = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    got = w2_gaussian(m1, s1, m2, s2)
+    for i in range(3):
+        a, b = s1[i].numpy(), s2[i].numpy()
+        rb = sqrtm(b)
+        ref = ((m1[i] - m2[i]) ** 2).sum().item() + np.trace(a + b - 2 * np.real(sqrtm(rb @ a @ rb)))
+        assert got[i].item() == pytest.approx(ref, rel=1e-8)
+
+
+def test_w2_bound_masks_with_zero_padding_contribution():
+    s1, s2 = spd(2, 6).float(), spd(2, 6).float()
+    m1, m2 = torch.randn(2, 6), torch.randn(2, 6)
+    mask = torch.tensor([[1, 0, 1], [1, 1, 1]])
+    got = w2_bound(m1, s1, m2, s2, mask)
+    keep = torch.tensor([1, 1, 0, 0, 1, 1], dtype=torch.bool)
+    ref = w2_bound(m1[:1, keep], s1[:1][:, keep][:, :, keep], m2[:1, keep], s2[:1][:, keep][:, :, keep])
+    assert got[0].item() == pytest.approx(ref.item(), rel=1e-4)
+
+
+def test_kl_gaussian_matches_torch_distributions():
+    s1, s2 = spd(4, 5), spd(4, 5)
+    m1, m2 = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    ref = kl_divergence(MultivariateNormal(m1, s1), MultivariateNormal(m2, s2))
+    assert torch.allclose(kl_gaussian(m1, s1, m2, s2), ref, rtol=1e-8)
+
+
+def test_kl_calibrated_optimum_is_half_prior_plus_truth():
+    """1-D: labels y ~ N(0, truth), prior p; the expected loss over sigma^2 is smallest at (p + truth) / 2."""
+    truth, prior = 2.0, 0.5
+    y = torch.randn(200_000, 1, generator=gen) * truth**0.5
+    grid = torch.linspace(0.5, 2.5, 401)
+    losses = [kl_calibrated(torch.zeros(1, 2), torch.eye(2)[None] * v, torch.cat([y[:2000], y[:2000]], 1)[:, :2],
+                            torch.eye(2)[None] * prior).mean() for v in grid]
+    best = grid[int(torch.stack(losses).argmin())].item()
+    emp = y[:2000].pow(2).mean().item()
+    assert best == pytest.approx((prior + emp) / 2, abs=0.01)
+    assert abs(best - (prior + truth) / 2) < 0.2
+
+
+def test_beta_nll_and_faithful():
+    mean = torch.randn(3, 4, generator=gen, requires_grad=True)
+    var = torch.rand(3, 4, generator=gen) + 0.5
+    cov = torch.diag_embed(var).requires_grad_(True)
+    target = torch.randn(3, 4, generator=gen)
+    ref = -Normal(mean, var.sqrt()).log_prob(target).sum(-1)
+    assert torch.allclose(beta_nll(mean, cov, target, beta=0.0), ref, rtol=1e-5)
+    g_beta = torch.autograd.grad(beta_nll(mean, cov, target, beta=0.5).sum(), mean)[0]
+    g_nll = torch.autograd.grad(ref.sum(), mean)[0]
+    assert torch.allclose(g_beta, g_nll * var**0.5, rtol=1e-5)
+    f = faithful(mean, cov, target)
+    g_mean, g_cov = torch.autograd.grad(f.sum(), (mean, cov))
+    assert torch.allclose(g_mean, torch.autograd.grad(mse(mean, target).sum(), mean)[0])  # only MSE moves the mean
+    assert torch.allclose(g_cov, torch.autograd.grad(gaussian_nll(mean.detach(), cov, target).sum(), cov)[0])

@@ -1,0 +1,80 @@
+import math
+
+import pytest
+import torch
+
+from pose_toss.pseudo_labels import knn, pseudo_covariances, whiten
+
+
+def test_blockwise_knn_equals_brute_force():
+    gen = torch.Generator().manual_seed(0)
+    pts = torch.randn(300, 5, generator=gen)
+    full = torch.cdist(pts, pts) ** 2
+    full.fill_diagonal_(float("inf"))
+    ref_d, ref_i = full.topk(7, dim=1, largest=False)
+    for block in (1, 17, 300, None):
+        d, i = knn(pts, 7, block_size=block)
+        assert torch.equal(i, ref_i)
+        assert torch.allclose(d, ref_d, atol=1e-4)
+    with pytest.raises(ValueError, match="k must be between 1 and N - 1 = 299"):
+        knn(pts, 300)
+
+
+def test_whitening_gives_mahalanobis_distances():
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(500, 3, generator=gen) @ torch.tensor([[3.0, 0, 0], [1.0, 0.5, 0], [0, 0, 2.0]])
+    u = whiten(z, shrinkage=0.0)
+    s = torch.cov(z.T)
+    d = z[0] - z[1]
+    assert (u[0] - u[1]).pow(2).sum().item() == pytest.approx((d @ torch.linalg.solve(s, d)).item(), rel=1e-3)
+
+
+def heteroscedastic_problem(n=20_000, seed=0):
+    """y | z ~ N(A z, S(z)), S rotating and stretching smoothly with z."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.rand(n, 2, generator=gen) * 2 - 1
+    a = torch.tensor([[1.0, -0.5], [0.3, 0.8], [0.0, 1.0], [0.5, 0.5]])
+    theta = math.pi / 2 * z[:, 0]
+    c, s = torch.cos(theta), torch.sin(theta)
+    rot = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+    big = torch.zeros(n, 4, 4)
+    big[:, :2, :2] = rot @ torch.diag_embed(torch.stack([0.5 + 0.4 * z[:, 1], 0.1 + 0.05 * z[:, 0]], -1)) @ rot.mT
+    big[:, 2:, 2:] = torch.diag_embed(torch.stack([0.2 + 0.15 * z[:, 1], 0.3 + 0 * z[:, 1]], -1))
+    big[:, 0, 2] = big[:, 2, 0] = 0.02 * (1 + z[:, 1])  # cross-"joint" correlation, kept PD
+    noise = (torch.linalg.cholesky(big) @ torch.randn(n, 4, 1, generator=gen)).squeeze(-1)
+    return z, z @ a.T + noise, big
+
+
+def test_recovers_input_dependent_covariance():
+    z, y, truth = heteroscedastic_problem()
+    cov, root = pseudo_covariances(z, y, k=64)
+    rel = (cov - truth).norm(dim=(-2, -1)) / truth.norm(dim=(-2, -1))
+    glob = torch.cov(y.T)  # one covariance for everything, the homoscedastic answer
+    rel_glob = (glob - truth).norm(dim=(-2, -1)) / truth.norm(dim=(-2, -1))
+    # 64 softmax-weighted neighbours: sampling error alone is about sqrt(2 / 64) ~ 0.18 per entry
+    assert rel.median() < 0.3, rel.median()
+    assert rel.median() < 0.4 * rel_glob.median(), (rel.median(), rel_glob.median())
+    assert torch.allclose(root @ root, cov, atol=1e-4)
+    assert torch.linalg.eigvalsh(cov).min() > 0
+
+
+def test_masked_entries_never_leak_and_labels_stay_pd():
+    z, y, _ = heteroscedastic_problem(3000, seed=2)
+    masks = torch.ones(3000, 2)
+    masks[::3, 1] = 0  # joint 1 (coordinates 2, 3) missing in a third of the samples
+    garbage = y.clone()
+    garbage[::3, 2:] = 1e6
+    a, _ = pseudo_covariances(z, y, k=48, masks=masks)
+    b, _ = pseudo_covariances(z, garbage, k=48, masks=masks)
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert torch.linalg.eigvalsh(a).min() > 0
+    full, _ = pseudo_covariances(z, y, k=48, masks=torch.ones(3000, 2))
+    plain, _ = pseudo_covariances(z, y, k=48)
+    assert torch.allclose(full, plain, rtol=1e-4, atol=1e-5)
+    no_root, none = pseudo_covariances(z, y, k=48, with_sqrt=False)
+    assert none is None and torch.allclose(no_root, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="10 embeddings but 9 targets"):
+        pseudo_covariances(torch.randn(10, 2), torch.randn(9, 4), k=3)
