@@ -1,0 +1,118 @@
+"""The training set's embedding bank and its pseudo-labels, refreshed from the model or a frozen source.
+
+Under torch.distributed every rank embeds its shard; the bank is summed across ranks (each index
+divided by how many ranks filled it, so padded duplicates are harmless), so all ranks compute the
+same pseudo-labels.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from pose_toss.pseudo_labels import pseudo_covariances
+
+
+class EmbeddingBank:
+    def __init__(self, targets: torch.Tensor, masks: torch.Tensor | None = None, k: int = 64,
+                 temperature: float | None = None, shrinkage: float = 0.1, floor: float = 1e-3) -> None:
+        self.targets = torch.as_tensor(targets, dtype=torch.float32)
+        self.masks = None if masks is None else torch.as_tensor(masks, dtype=torch.float32)
+        self.k, self.temperature, self.shrinkage, self.floor = k, temperature, shrinkage, floor
+        self.embeddings: torch.Tensor | None = None
+        self.cov: torch.Tensor | None = None
+        self.sqrt: torch.Tensor | None = None
+        self.last_refresh_seconds = 0.0
+
+    def __len__(self) -> int:
+        return self.targets.shape[0]
+
+    def set_embeddings(self, embeddings: torch.Tensor) -> float:
+        """Use these embeddings (N x E) and recompute every pseudo-label; returns the seconds it took."""
+        if embeddings.shape[0] != len(self):
+            raise ValueError(f"bank has {len(self)} targets but got {embeddings.shape[0]} embeddings")
+        start = time.perf_counter()
+        self.embeddings = embeddings.float()
+        device = self.embeddings.device
+        masks = None if self.masks is None else self.masks.to(device)
+        self.cov, self.sqrt = pseudo_covariances(self.embeddings, self.targets.to(device), self.k, self.temperature,
+                                                 masks, self.shrinkage, self.floor)
+        self.last_refresh_seconds = time.perf_counter() - start
+        return self.last_refresh_seconds
+
+    @torch.no_grad()
+    def _embed_all(self, embed_fn, loader, device, progress: bool = False) -> torch.Tensor:
+        """``embed_fn(images) -> B x E`` over the loader, averaged per index across batches and ranks."""
+        from tqdm import tqdm
+
+        bank, counts = None, torch.zeros(len(self), device=device)
+        for batch in tqdm(loader, desc="embedding bank", disable=not progress):
+            z = embed_fn(batch["image"].to(device, non_blocking=True)).float()
+            if bank is None:
+                bank = torch.zeros(len(self), z.shape[1], device=device)
+            idx = torch.as_tensor(batch["index"], device=device)
+            bank.index_add_(0, idx, z)
+            counts.index_add_(0, idx, torch.ones_like(idx, dtype=counts.dtype))
+        if bank is None:
+            raise ValueError("the loader yielded no batches to embed")
+        bank, counts = gather_across_ranks(bank), gather_across_ranks(counts)
+        missing = int((counts == 0).sum())
+        if missing:
+            raise ValueError(f"{missing} of {len(self)} samples were never embedded; the loader must cover the "
+                             "whole training set")
+        return bank / counts.unsqueeze(1)
+
+    def refresh_from_model(self, model, loader, device: str | torch.device = "cpu", progress: bool = False) -> float:
+        """Embed the whole training set with the model's bottleneck (eval mode) and recompute the labels.
+
+        ``loader`` yields dicts with ``image`` and ``index`` (a PoseDataset without augmentation).
+        """
+        start = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        try:
+            bank = self._embed_all(lambda x: model.embed(model.features(x)), loader, device, progress)
+        finally:
+            model.train(was_training)
+        self.set_embeddings(bank)
+        self.last_refresh_seconds = time.perf_counter() - start
+        return self.last_refresh_seconds
+
+    def refresh_from_file(self, path: str | os.PathLike) -> float:
+        """Frozen embeddings from an ``.npy`` (N x E) or ``.npz`` (first array) file."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"embedding file not found: {path}")
+        arr = np.load(path)
+        if isinstance(arr, np.lib.npyio.NpzFile):
+            arr = arr[arr.files[0]]
+        if arr.ndim != 2 or arr.shape[0] != len(self):
+            raise ValueError(f"{path}: embeddings have shape {arr.shape}, expected ({len(self)}, E)")
+        return self.set_embeddings(torch.from_numpy(np.asarray(arr, dtype=np.float32)))
+
+    def refresh_from_frozen_features(self, feature_fn, loader, dim: int = 64, device="cpu") -> float:
+        """A fixed network's pooled features (``feature_fn(images) -> B x C``), reduced to ``dim`` by PCA."""
+        feats = self._embed_all(feature_fn, loader, device)
+        centred = feats - feats.mean(0, keepdim=True)
+        _, _, v = torch.linalg.svd(centred, full_matrices=False)
+        return self.set_embeddings(centred @ v[: min(dim, v.shape[0])].T)
+
+    def lookup(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pseudo-covariances and their roots for a batch's sample indices."""
+        if self.cov is None:
+            raise RuntimeError("the embedding bank has not been filled yet; call a refresh_* method first")
+        idx = torch.as_tensor(indices, device=self.cov.device)
+        return self.cov[idx], self.sqrt[idx]
+
+
+def gather_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a per-rank partial bank over all ranks (no-op outside torch.distributed)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor

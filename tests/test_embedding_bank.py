@@ -1,0 +1,91 @@
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.utils.data import DataLoader, Subset
+
+from pose_toss.config import load_config
+from pose_toss.data import PoseDataset, SyntheticPoseDataset
+from pose_toss.embedding_bank import EmbeddingBank
+from pose_toss.models import build_pose_model
+from pose_toss.pseudo_labels import pseudo_covariances
+
+
+def setup(n=40):
+    cfg = load_config(overrides=["data.input_size=64"])
+    ds = PoseDataset.from_config(SyntheticPoseDataset(n, 64, seed=0), cfg.data, train=False)
+    targets = torch.stack([ds[i]["target"] for i in range(n)])
+    masks = torch.stack([ds[i]["visibility"] for i in range(n)])
+    torch.manual_seed(0)
+    model = build_pose_model("resnet18", 14, covariance="tic", input_size=64, embed_dim=8, deconv_channels=16)
+    return ds, targets, masks, model
+
+
+def test_refresh_from_model_matches_direct_computation():
+    ds, targets, masks, model = setup()
+    bank = EmbeddingBank(targets, masks, k=10)
+    model.train()
+    bank.refresh_from_model(model, DataLoader(ds, batch_size=16, shuffle=True))
+    assert model.training  # mode restored
+    model.eval()
+    with torch.no_grad():
+        z = torch.cat([model.embed(model.features(torch.stack([ds[i]["image"] for i in range(40)])))])
+    assert torch.allclose(bank.embeddings, z, atol=1e-5)
+    cov, root = pseudo_covariances(z, targets, 10, masks=masks)
+    got_cov, got_root = bank.lookup(torch.tensor([3, 17]))
+    assert torch.allclose(got_cov, cov[[3, 17]], rtol=1e-4, atol=1e-4)
+    assert torch.allclose(got_root @ got_root, got_cov, rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="were never embedded"):
+        bank.refresh_from_model(model, DataLoader(Subset(ds, range(20)), batch_size=8))
+
+
+def test_frozen_sources(tmp_path):
+    ds, targets, masks, model = setup()
+    bank = EmbeddingBank(targets, masks, k=10)
+    with pytest.raises(RuntimeError, match="not been filled"):
+        bank.lookup(torch.tensor([0]))
+    emb = np.random.default_rng(0).normal(size=(40, 5)).astype(np.float32)
+    np.save(tmp_path / "e.npy", emb)
+    bank.refresh_from_file(tmp_path / "e.npy")
+    assert torch.equal(bank.embeddings, torch.from_numpy(emb))
+    np.save(tmp_path / "bad.npy", emb[:30])
+    with pytest.raises(ValueError, match=r"bad\.npy: embeddings have shape \(30, 5\), expected \(40, E\)"):
+        bank.refresh_from_file(tmp_path / "bad.npy")
+    with pytest.raises(FileNotFoundError, match="embedding file not found"):
+        bank.refresh_from_file(tmp_path / "none.npy")
+    loader = DataLoader(ds, batch_size=16)
+    bank.refresh_from_frozen_features(lambda x: model.backbone(x).mean((2, 3)), loader, dim=6)
+    assert bank.embeddings.shape == (40, 6)
+    cov = bank.embeddings.T @ bank.embeddings
+    assert torch.allclose(cov, torch.diag(torch.diagonal(cov)), atol=1e-2 * cov.diagonal().max())  # PCA axes
+
+
+def _worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    ds, targets, masks, model = setup(30)
+    model.eval()
+    shard = Subset(ds, list(range(rank, 30, world)))  # each rank embeds its own half
+    bank = EmbeddingBank(targets, masks, k=8)
+    bank.refresh_from_model(model, DataLoader(shard, batch_size=8))
+    torch.save({"emb": bank.embeddings, "cov": bank.cov}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_bank_is_gathered_across_ranks(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert torch.equal(a["emb"], b["emb"]) and torch.equal(a["cov"], b["cov"])
+    ds, targets, masks, model = setup(30)
+    model.eval()
+    with torch.no_grad():
+        z = model.embed(model.features(torch.stack([ds[i]["image"] for i in range(30)])))
+    assert torch.allclose(a["emb"], z, atol=1e-4)
