@@ -112,6 +112,15 @@ def _describe(tp: Any) -> str:
     return str(tp)
 
 
+# YAML scalars accepted for each scalar type (bools are not integers here, integers are numbers).
+_SCALAR_CHECKS = {
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+}
+
+
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     """Check ``value`` against type ``tp``; return it converted (lists to tuples, dicts to dataclasses)."""
     origin = typing.get_origin(tp)
@@ -128,21 +137,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             except ConfigError:
                 pass
         raise fail
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise fail
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise fail
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise fail
-    if tp is str:
-        if isinstance(value, str):
-            return value
+    if tp in _SCALAR_CHECKS:
+        if _SCALAR_CHECKS[tp](value):
+            return float(value) if tp is float else value
         raise fail
     if origin is tuple:
         args = typing.get_args(tp)
