@@ -12,7 +12,8 @@ import torch
 from torch.func import jacfwd, jacrev, vjp, vmap
 
 
-def _per_sample(decode_fn: Callable, n_args: int) -> Callable:
+def _per_sample(decode_fn: Callable) -> Callable:
+    """``decode_fn`` on one sample: unbatched inputs in, a flat D vector out (for vmap)."""
     def f(z: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
         out = decode_fn(z.unsqueeze(0), *(a.unsqueeze(0) for a in args))
         return out.reshape(-1)
@@ -45,7 +46,7 @@ def jacobian(decode_fn: Callable[..., torch.Tensor], z: torch.Tensor, *args: tor
     with torch.enable_grad():
         if mode == "batched":
             return _batched_reverse_jacobian(decode_fn, z, args, chunk_size)
-        f = _per_sample(decode_fn, len(args))
+        f = _per_sample(decode_fn)
         if mode == "auto":
             with torch.no_grad():
                 d = decode_fn(z[:1], *(a[:1] for a in args)).numel()
@@ -79,7 +80,7 @@ def hessian_gram(decode_fn: Callable[..., torch.Tensor], z: torch.Tensor, *args:
     """``H~_ab = tr(H_a H_b)`` with H_a the E x E Hessian of output a w.r.t. z -> B x D x D (costly)."""
     z = z.detach()
     args = tuple(a.detach() for a in args)
-    f = _per_sample(decode_fn, len(args))
+    f = _per_sample(decode_fn)
     with torch.enable_grad():
         hess = vmap(jacfwd(jacrev(f, argnums=0), argnums=0))(z, *args)  # B x D x E x E
     return torch.einsum("bdij,beij->bde", hess, hess).detach()

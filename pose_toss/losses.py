@@ -61,16 +61,22 @@ def robust_cholesky(cov: torch.Tensor, max_tries: int = 8, stats: dict | None = 
                              f"{failed.nonzero().flatten().tolist()}")
 
 
+def _whitened(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
+              stats: dict | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(coordinate mask m, Cholesky factor of the masked covariance, whitened residual, log det) in float32."""
+    mean, cov, target = mean.float(), cov.float(), target.float()
+    m = _coord_mask(mask, mean)
+    chol = robust_cholesky(masked_covariance(cov, m), stats=stats)
+    white = torch.linalg.solve_triangular(chol, ((target - mean) * m).unsqueeze(-1), upper=False).squeeze(-1)
+    logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+    return m, chol, white, logdet
+
+
 def gaussian_nll(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
                  stats: dict | None = None) -> torch.Tensor:
     """``1/2 [log det S + r^T S^-1 r + d log 2 pi]`` per sample over the visible coordinates (d of them)."""
     with torch.autocast(device_type=mean.device.type, enabled=False):
-        mean, cov, target = mean.float(), cov.float(), target.float()
-        m = _coord_mask(mask, mean)
-        r = (target - mean) * m
-        chol = robust_cholesky(masked_covariance(cov, m), stats=stats)
-        white = torch.linalg.solve_triangular(chol, r.unsqueeze(-1), upper=False).squeeze(-1)
-        logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        m, _, white, logdet = _whitened(mean, cov, target, mask, stats)
         return 0.5 * (logdet + (white**2).sum(-1) + m.sum(-1) * math.log(2 * math.pi))
 
 
@@ -105,14 +111,9 @@ def kl_calibrated(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, p
     to (P + truth) / 2, so the prior regularises and equals the truth when P is right.
     """
     with torch.autocast(device_type=mean.device.type, enabled=False):
-        mean, cov, target, prior = mean.float(), cov.float(), target.float(), prior_cov.float()
-        m = _coord_mask(mask, mean)
-        r = (target - mean) * m
-        chol = robust_cholesky(masked_covariance(cov, m), stats=stats)
-        white = torch.linalg.solve_triangular(chol, r.unsqueeze(-1), upper=False).squeeze(-1)
-        prior_white = torch.cholesky_solve(masked_covariance(prior, m), chol)  # S^-1 P
+        m, chol, white, logdet = _whitened(mean, cov, target, mask, stats)
+        prior_white = torch.cholesky_solve(masked_covariance(prior_cov.float(), m), chol)  # S^-1 P
         trace = torch.diagonal(prior_white, dim1=-2, dim2=-1).sum(-1) - (1.0 - m).sum(-1)  # padding adds 1 each
-        logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
         return 0.5 * trace + 0.5 * (white**2).sum(-1) + logdet
 
 
