@@ -11,7 +11,13 @@ import torch
 from torch.utils.data import Dataset
 
 from pose_toss.data.codec import HeatmapCodec
-from pose_toss.data.transforms import TopDownTransform, box_to_center_size, center_scale_to_size
+from pose_toss.data.transforms import (
+    TopDownTransform,
+    affine_points,
+    box_to_center_size,
+    center_scale_to_size,
+    crop_affine,
+)
 from pose_toss.skeletons import Skeleton, get_skeleton
 
 
@@ -91,4 +97,37 @@ class PoseDataset(Dataset):
         }
         if out.cov is not None:
             sample["cov_true"] = torch.from_numpy(out.cov.astype(np.float32))
+        if rec.get("joints_true") is not None:  # synthetic: the noise-free joints, in the same frame
+            true = affine_points(out.affine, np.asarray(rec["joints_true"], dtype=np.float64))
+            if out.flipped:
+                true = true[self.skeleton.flip_index]
+            sample["target_true"] = torch.from_numpy(true.reshape(-1).astype(np.float32))
+        if rec.get("head_size") is not None:  # PCKh: the head size in crop pixels
+            sample["head_size"] = torch.tensor(float(rec["head_size"]) * _affine_scale(out.affine),
+                                               dtype=torch.float32)
         return sample
+
+
+def _affine_scale(affine: np.ndarray) -> float:
+    return float(np.sqrt(abs(np.linalg.det(np.asarray(affine)[:, :2]))))
+
+
+def crop_labels(records: Sequence[dict], input_size: int, padding: float) -> dict[str, np.ndarray]:
+    """Targets (N x 2J), visibility (N x J) and affines (N x 2 x 3) in the unaugmented crop frame.
+
+    Needs no image: the crop follows from the person box alone. This is the frame the embedding
+    bank's pseudo-labels live in.
+    """
+    targets, vis, affines = [], [], []
+    for rec in records:
+        center, size = record_crop_source(rec, padding)
+        a = crop_affine(center, size, input_size)
+        joints = np.asarray(rec["joints"], dtype=np.float64)
+        v = np.asarray(rec["visibility"], dtype=np.float32) * np.isfinite(joints).all(axis=1)
+        pts = affine_points(a, np.nan_to_num(joints))
+        v = v * ((pts >= 0) & (pts <= input_size - 1)).all(axis=1)
+        targets.append(pts.reshape(-1))
+        vis.append(v)
+        affines.append(a)
+    return {"targets": np.asarray(targets, dtype=np.float32), "visibility": np.asarray(vis, dtype=np.float32),
+            "affines": np.asarray(affines, dtype=np.float64)}

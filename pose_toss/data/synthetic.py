@@ -127,6 +127,10 @@ def load_lsp_poses(path: str) -> np.ndarray:
     return poses
 
 
+# Validation and test figures come from index ranges far beyond any training set size.
+SPLIT_OFFSETS = {"train": 0, "val": 1 << 40, "test": 2 << 40}
+
+
 class SyntheticPoseDataset(Sequence):
     """Deterministic synthetic pose data; ``record(i)`` gives image, labels and the true covariance."""
 
@@ -134,7 +138,7 @@ class SyntheticPoseDataset(Sequence):
 
     def __init__(self, num_samples: int, image_size: int = 128, seed: int = 0, *,
                  poses_from: str | None = None, cue_prob: float = 0.6, max_cues: int = 2,
-                 clean_noise: float = 0.006, cue_noise: float = 0.05) -> None:
+                 clean_noise: float = 0.006, cue_noise: float = 0.05, offset: int = 0) -> None:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if image_size < 32:
@@ -147,12 +151,18 @@ class SyntheticPoseDataset(Sequence):
         self.clean_noise = float(clean_noise)
         self.cue_noise = float(cue_noise)
         self.poses_from = poses_from
+        self.offset = int(offset)  # sample i is generated as global index offset + i: disjoint splits
         self._poses = load_lsp_poses(poses_from) if poses_from else None
 
     @classmethod
-    def from_config(cls, cfg) -> SyntheticPoseDataset:
-        return cls(cfg.num_samples, cfg.image_size, cfg.seed, poses_from=cfg.poses_from, cue_prob=cfg.cue_prob,
-                   max_cues=cfg.max_cues, clean_noise=cfg.clean_noise, cue_noise=cfg.cue_noise)
+    def from_config(cls, cfg, split: str = "train") -> SyntheticPoseDataset:
+        """The train, val or test split: same generator, disjoint index ranges."""
+        if split not in SPLIT_OFFSETS:
+            raise ValueError(f"split must be one of {list(SPLIT_OFFSETS)}, got {split!r}")
+        num = {"train": cfg.num_samples, "val": cfg.val_samples, "test": cfg.test_samples}[split]
+        return cls(num, cfg.image_size, cfg.seed, poses_from=cfg.poses_from, cue_prob=cfg.cue_prob,
+                   max_cues=cfg.max_cues, clean_noise=cfg.clean_noise, cue_noise=cfg.cue_noise,
+                   offset=SPLIT_OFFSETS[split])
 
     def __len__(self) -> int:
         return self.num_samples
@@ -163,7 +173,7 @@ class SyntheticPoseDataset(Sequence):
     def _rngs(self, i: int) -> tuple[np.random.Generator, np.random.Generator]:
         if not 0 <= i < self.num_samples:
             raise IndexError(f"sample index {i} out of range for {self.num_samples} samples")
-        label_seq, render_seq = np.random.SeedSequence([self.seed, i]).spawn(2)
+        label_seq, render_seq = np.random.SeedSequence([self.seed, self.offset + i]).spawn(2)
         return np.random.default_rng(label_seq), np.random.default_rng(render_seq)
 
     # ---------------------------------------------------------------------------------------------

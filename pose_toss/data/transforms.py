@@ -105,8 +105,8 @@ class TopDownTransform:
         if augment:
             self.pipeline = A.Compose(
                 [
-                    A.Affine(scale=tuple(scale), rotate=(-rotation, rotation), border_mode=cv2.BORDER_CONSTANT,
-                             fill=0, p=1.0),
+                    A.Affine(scale=tuple(scale), keep_ratio=True, rotate=(-rotation, rotation),
+                             border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0),
                     A.HorizontalFlip(p=flip_prob),
                     A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03, p=color_jitter_prob),
                     A.GaussianBlur(blur_limit=(3, 5), p=blur_prob),
