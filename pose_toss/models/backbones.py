@@ -21,23 +21,36 @@ def _create(name: str, pretrained: bool | str, **kwargs) -> nn.Module:
     return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": path}, **kwargs)
 
 
-class Backbone(nn.Module):
-    """Images (B x 3 x S x S, normalised) -> the last feature map (B x C x S/stride x S/stride).
+def _build(name: str, pretrained: bool | str, input_size: int, out_indices: tuple) -> nn.Module:
+    kwargs = {"features_only": True, "out_indices": out_indices}
+    try:  # transformer-style models take the input size; convnets refuse the keyword
+        return _create(name, pretrained, img_size=input_size, **kwargs)
+    except TypeError:
+        return _create(name, pretrained, **kwargs)
 
-    ViTs run at the configured input size; timm lays their tokens out as a map.
+
+class Backbone(nn.Module):
+    """Images (B x 3 x S x S, normalised) -> one feature map (B x C x S/stride x S/stride).
+
+    The last stage by default; ``feature_stride`` (e.g. 16) takes the stage at that stride instead and
+    drops the ones after it: small inputs keep a usable map (4 x 4 -> 8 x 8 at 128 px) and the
+    network gets cheaper. ViTs run at the configured input size; timm lays their tokens out as a map.
     """
 
-    def __init__(self, name: str, input_size: int, pretrained: bool | str = False) -> None:
+    def __init__(self, name: str, input_size: int, pretrained: bool | str = False,
+                 feature_stride: int | None = None) -> None:
         super().__init__()
         if not timm.is_model(name):
             close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
             raise ValueError(f"unknown timm backbone {name!r}; similar names: {close}")
         self.name = name
-        kwargs = {"features_only": True, "out_indices": (-1,)}
-        try:  # transformer-style models take the input size; convnets refuse the keyword
-            self.body = _create(name, pretrained, img_size=input_size, **kwargs)
-        except TypeError:
-            self.body = _create(name, pretrained, **kwargs)
+        out_index = -1
+        if feature_stride is not None:
+            strides = [int(r) for r in _build(name, False, input_size, (0, 1, 2, 3, 4)).feature_info.reduction()]
+            if feature_stride not in strides:
+                raise ValueError(f"backbone {name!r} has feature maps at strides {strides}, not {feature_stride}")
+            out_index = max(i for i, r in enumerate(strides) if r == feature_stride)
+        self.body = _build(name, pretrained, input_size, (out_index,))
         info = self.body.feature_info
         self.channels = int(info.channels()[-1])
         self.stride = int(info.reduction()[-1])

@@ -76,6 +76,24 @@ class DiagonalCovariance(nn.Module):
             return diagonal_covariance(raw, self.floor, self.scale)
 
 
+class IsotropicCovariance(nn.Module):
+    """One variance per joint, ``v_j I_2``, from the *detached* embedding: the loss-prediction
+    baseline, a small head that learns each joint's expected squared error without touching the pose
+    features (train it with the ``loss_pred`` objective)."""
+
+    def __init__(self, embed_dim: int, num_joints: int, hidden: int = 128, init_std: float = 4.0,
+                 floor: float = 1e-3) -> None:
+        super().__init__()
+        self.mlp = _mlp(embed_dim, hidden, num_joints)
+        self.scale = init_std**2 / LN2
+        self.floor = floor
+
+    def forward(self, z: torch.Tensor, *_, **__) -> torch.Tensor:
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            raw = self.mlp(_clean(z.detach())).clamp(-_CLAMP, _CLAMP)
+            return diagonal_covariance(raw.repeat_interleave(2, dim=-1), self.floor, self.scale)
+
+
 class FullCovariance(nn.Module):
     """Cholesky factor with a positive diagonal, predicted from z."""
 

@@ -22,12 +22,13 @@ from pose_toss.models.covariance_heads import (
     DiagonalCovariance,
     FullCovariance,
     IdentityCovariance,
+    IsotropicCovariance,
     TICCovarianceHead,
 )
 from pose_toss.models.heads import Bottleneck, HeatmapHead, RegressionHead
 
 HEADS = ("heatmap", "regression")
-COVARIANCES = ("tic", "full", "diagonal", "identity")
+COVARIANCES = ("tic", "full", "diagonal", "identity", "isotropic")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -46,7 +47,8 @@ class PoseModel(nn.Module):
     def __init__(self, backbone: str = "resnet18", num_joints: int = 14, head: str = "heatmap", embed_dim: int = 64,
                  covariance: str = "tic", input_size: int = 256, pretrained: bool | str = False,
                  deconv_channels: int = 128, cov_hidden: int = 128, use_hessian: bool = False,
-                 cov_floor: float = 1e-2, jacobian_chunk: int | None = None) -> None:
+                 cov_floor: float = 1e-2, jacobian_chunk: int | None = None,
+                 feature_stride: int | None = None, heatmap_stride: int = 4) -> None:
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
@@ -60,15 +62,16 @@ class PoseModel(nn.Module):
             "backbone": backbone, "num_joints": num_joints, "head": head, "embed_dim": embed_dim,
             "covariance": covariance, "input_size": input_size, "deconv_channels": deconv_channels,
             "cov_hidden": cov_hidden, "use_hessian": use_hessian, "cov_floor": cov_floor,
-            "jacobian_chunk": jacobian_chunk,
+            "jacobian_chunk": jacobian_chunk, "feature_stride": feature_stride,
+            "heatmap_stride": heatmap_stride,
         }
         self.num_joints = num_joints
         self.input_size = input_size
-        self.backbone = Backbone(backbone, input_size, pretrained)
+        self.backbone = Backbone(backbone, input_size, pretrained, feature_stride)
         c = self.backbone.channels
         self.bottleneck = Bottleneck(c, embed_dim)
         if head == "heatmap":
-            self.head = HeatmapHead(c, num_joints, self.backbone.stride, deconv_channels)
+            self.head = HeatmapHead(c, num_joints, self.backbone.stride, deconv_channels, heatmap_stride)
         else:
             self.head = RegressionHead(c, num_joints, input_size)
         init_std = input_size / 32.0  # initial spread: a few pixels on the crop
@@ -79,6 +82,8 @@ class PoseModel(nn.Module):
             self.cov_head = FullCovariance(embed_dim, num_joints, cov_hidden, init_std, cov_floor)
         elif covariance == "diagonal":
             self.cov_head = DiagonalCovariance(embed_dim, num_joints, cov_hidden, init_std, cov_floor)
+        elif covariance == "isotropic":
+            self.cov_head = IsotropicCovariance(embed_dim, num_joints, cov_hidden, init_std, cov_floor)
         else:
             self.cov_head = IdentityCovariance(num_joints)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -185,6 +190,8 @@ def build_pose_model(backbone: str = "resnet18", num_joints: int = 14, head: str
     ``backbone``: any timm name with ``features_only`` (resnet*, hrnet_w32, convnext_*) or a ViT
     (``vit_small_patch16_224``, run at ``input_size``). ``pretrained``: False, a local weights file,
     or True (downloads from timm's hub). Extra keywords: ``deconv_channels``, ``cov_hidden``,
-    ``use_hessian``, ``cov_floor``, ``jacobian_chunk``.
+    ``use_hessian``, ``cov_floor``, ``jacobian_chunk``, ``feature_stride`` (take the backbone's feature
+    map at that stride, e.g. 16, instead of its last), ``heatmap_stride`` (4: SimpleBaseline; 8 halves
+    the deconvolutions and so TIC's Jacobian cost).
     """
     return PoseModel(backbone, num_joints, head, embed_dim, covariance, input_size, pretrained, **kwargs)
