@@ -123,3 +123,36 @@ def diagonal_covariance(raw: torch.Tensor, floor: float = 1e-3, scale: float = 1
 def symmetrise_with_floor(cov: torch.Tensor, floor: float) -> torch.Tensor:
     cov = 0.5 * (cov + cov.transpose(-1, -2))
     return cov + floor * torch.eye(cov.shape[-1], device=cov.device, dtype=cov.dtype)
+
+
+def linear_map_covariance(cov: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:
+    """``(I (x) L) cov (I (x) L)^T`` for B x D x D covariances and per-sample 2 x 2 maps L (B x 2 x 2):
+    the covariance of the joints after every joint was moved by the same linear map."""
+    b, d, _ = cov.shape
+    blocks = cov.reshape(b, d // 2, 2, d // 2, 2)
+    return torch.einsum("bij,bpjqk,blk->bpiql", linear, blocks, linear).reshape(b, d, d)
+
+
+def condition_gaussian(mean: torch.Tensor, cov: torch.Tensor, observed: torch.Tensor,
+                       values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Condition N(mean, cov) on the coordinates flagged in ``observed`` taking ``values``.
+
+    ``mean``, ``values``: B x D; ``cov``: B x D x D; ``observed``: B x D booleans (any pattern per
+    sample). Returns the conditional mean (observed entries set to their values) and covariance
+    (observed rows and columns zero): ``mu_a + S_ab S_bb^-1 (v_b - mu_b)`` and ``S_aa - S_ab S_bb^-1 S_ba``.
+    Unobserved coordinates are padded into S_bb as independent unit variables, so one batched
+    Cholesky solve serves every pattern.
+    """
+    with torch.autocast(device_type=mean.device.type, enabled=False):
+        dtype = torch.promote_types(cov.dtype, torch.float32)
+        mean, cov, values = mean.to(dtype), cov.to(dtype), values.to(dtype)
+        o = observed.to(dtype)
+        u = 1.0 - o
+        s_bb = cov * (o.unsqueeze(-1) * o.unsqueeze(-2)) + torch.diag_embed(u)
+        s_ab = cov * (u.unsqueeze(-1) * o.unsqueeze(-2))  # rows: unobserved, columns: observed
+        chol = torch.linalg.cholesky(s_bb)
+        resid = ((values - mean) * o).unsqueeze(-1)
+        gain_resid = s_ab @ torch.cholesky_solve(resid, chol)
+        cond_mean = torch.where(observed.bool(), values, mean + gain_resid.squeeze(-1))
+        cond_cov = cov * (u.unsqueeze(-1) * u.unsqueeze(-2)) - s_ab @ torch.cholesky_solve(s_ab.transpose(-1, -2), chol)
+        return cond_mean, 0.5 * (cond_cov + cond_cov.transpose(-1, -2))

@@ -166,3 +166,36 @@ def sqrtm_eigh(mat: torch.Tensor) -> torch.Tensor:
     """Symmetric PSD square root by eigendecomposition (no gradient needed: targets, metrics)."""
     evals, evecs = torch.linalg.eigh(0.5 * (mat + mat.transpose(-1, -2)))
     return (evecs * evals.clamp_min(0).sqrt().unsqueeze(-2)) @ evecs.transpose(-1, -2)
+
+
+def loss_prediction(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+                    scale: float = 1.0) -> torch.Tensor:
+    """The loss-prediction baseline: MSE for the mean, and each joint's predicted variance regressed
+    onto its detached squared error / 2 (an isotropic 2-D Gaussian has E|r|^2 = 2 v).
+
+    The variance term is a Huber loss in units of ``scale`` px^2, so rare huge errors cannot swamp the
+    gradient norm. ``cov`` is read through its diagonal (x variance of each joint).
+    """
+    with torch.autocast(device_type=mean.device.type, enabled=False):
+        m = _coord_mask(mask, mean)[:, ::2]
+        var = torch.diagonal(cov.float(), dim1=-2, dim2=-1)[:, ::2]
+        sq = ((target.float() - mean.float()) ** 2).reshape(mean.shape[0], -1, 2).sum(-1).detach()
+        fit = torch.nn.functional.huber_loss(var / scale, 0.5 * sq / scale, reduction="none")
+        return mse(mean, target, mask) + (fit * m).sum(-1)
+
+
+def heatmap_cross_entropy(logits: torch.Tensor, target: torch.Tensor, visibility: torch.Tensor,
+                          beta: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """Cross-entropy between each target heatmap, normalised to a distribution, and the softmax of
+    ``beta x logits`` that the soft-argmax takes its expectation over, averaged over the visible
+    joints, per sample. It teaches where the peak is with a signal at every pixel (DSNT-style
+    regularisation), consistently with the soft-argmax mean; a plain MSE to unit-peak Gaussians would
+    fight the softmax instead."""
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        flat = logits.float().flatten(-2)
+        log_p = torch.log_softmax(beta * flat, dim=-1)
+        t = target.float().flatten(-2)
+        t = t / t.sum(-1, keepdim=True).clamp_min(1e-12)
+        ce = -(t * log_p).sum(-1)
+        m = (visibility > 0).float() * (target.flatten(-2).sum(-1) > 0).float()
+        return (ce * m).sum(-1) / m.sum(-1).clamp_min(1.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from pose_toss.losses import sqrtm_eigh
@@ -27,3 +29,232 @@ def kl_gaussian(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tensor, co
     logdet2 = 2 * torch.log(torch.diagonal(c2, dim1=-2, dim2=-1)).sum(-1)
     logdet1 = torch.linalg.slogdet(s1)[1]
     return 0.5 * (trace + (diff**2).sum(-1) - d + logdet2 - logdet1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Pose metrics. Inputs: mean / target B x D (D = 2J, [x0, y0, ...]), cov B x D x D, visibility B x J.
+# Every per-joint quantity is over visible joints only; invisible ones are NaN in per-joint arrays.
+# --------------------------------------------------------------------------------------------------
+
+# Probability grid for calibration (coverage of the p-ellipse of each joint's 2 x 2 marginal).
+CALIBRATION_LEVELS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+
+def _joints(x: torch.Tensor) -> torch.Tensor:
+    return x.double().reshape(x.shape[0], -1, 2)
+
+
+def joint_errors(mean: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Euclidean error per joint, B x J (pixels)."""
+    return (_joints(mean) - _joints(target)).norm(dim=-1)
+
+
+def joint_blocks(cov: torch.Tensor) -> torch.Tensor:
+    """Each joint's 2 x 2 marginal covariance, B x J x 2 x 2."""
+    b, d, _ = cov.shape
+    blocks = cov.double().reshape(b, d // 2, 2, d // 2, 2)
+    idx = torch.arange(d // 2)
+    return blocks[:, idx, :, idx, :].permute(1, 0, 2, 3)
+
+
+def joint_spread(cov: torch.Tensor) -> torch.Tensor:
+    """A joint's predicted spread: sqrt(trace of its 2 x 2 block), B x J (pixels)."""
+    return torch.diagonal(joint_blocks(cov), dim1=-2, dim2=-1).sum(-1).clamp_min(0).sqrt()
+
+
+def joint_mahalanobis2(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared Mahalanobis distance of each joint's target under its 2 x 2 marginal, B x J."""
+    r = (_joints(target) - _joints(mean)).unsqueeze(-1)
+    return (r.transpose(-1, -2) @ torch.linalg.solve(joint_blocks(cov), r)).squeeze(-1).squeeze(-1)
+
+
+def torso_sizes(target: torch.Tensor, visibility: torch.Tensor, skeleton) -> torch.Tensor:
+    """LSP's torso diameter per sample: left shoulder to right hip (right shoulder to left hip when
+    that pair is missing); NaN when neither diagonal is visible."""
+    t, v = _joints(target), visibility.bool()
+    sizes = torch.full((t.shape[0],), float("nan"), dtype=torch.float64)
+    for a, b in (("r_shoulder", "l_hip"), ("l_shoulder", "r_hip")):
+        i, j = skeleton.index(a), skeleton.index(b)
+        ok = v[:, i] & v[:, j] & torch.isnan(sizes)
+        sizes[ok] = (t[ok, i] - t[ok, j]).norm(dim=-1)
+    return sizes
+
+
+def pck(errors: torch.Tensor, visibility: torch.Tensor, sizes: torch.Tensor, threshold: float
+        ) -> tuple[float, torch.Tensor]:
+    """Fraction of visible joints within ``threshold x size`` (overall, and per joint); samples whose
+    normaliser is unknown (NaN) are left out."""
+    valid = visibility.bool() & torch.isfinite(sizes).unsqueeze(1)
+    hit = (errors <= threshold * sizes.unsqueeze(1)) & valid
+    per_joint = hit.sum(0).double() / valid.sum(0).clamp_min(1)
+    per_joint[valid.sum(0) == 0] = float("nan")
+    overall = float(hit.sum() / valid.sum()) if valid.any() else float("nan")
+    return overall, per_joint
+
+
+def tac(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, visibility: torch.Tensor) -> torch.Tensor:
+    """Task-agnostic correlations (TIC-TAC): each visible joint's error after conditioning the
+    predicted Gaussian on the ground truth of all the other visible joints. B x J, NaN where the
+    joint is invisible or no other joint is visible."""
+    from pose_toss.covariance import condition_gaussian
+
+    b, d = mean.shape
+    vis = visibility.bool()
+    coord_vis = vis.repeat_interleave(2, dim=1)
+    out = torch.full((b, d // 2), float("nan"), dtype=torch.float64)
+    for j in range(d // 2):
+        observed = coord_vis.clone()
+        observed[:, 2 * j: 2 * j + 2] = False
+        cond_mean, _ = condition_gaussian(mean.double(), cov.double(), observed, target.double())
+        err = (cond_mean[:, 2 * j: 2 * j + 2] - target.double()[:, 2 * j: 2 * j + 2]).norm(dim=-1)
+        ok = vis[:, j] & (vis.sum(1) > 1)
+        out[ok, j] = err[ok]
+    return out
+
+
+def coverage(mahalanobis2: torch.Tensor, visibility: torch.Tensor, levels=CALIBRATION_LEVELS) -> torch.Tensor:
+    """Observed coverage of each p-ellipse (inside iff Mahalanobis^2 <= -2 ln(1 - p)): L x J."""
+    vis = visibility.bool()
+    radii = torch.tensor([-2.0 * math.log(1.0 - p) for p in levels], dtype=torch.float64)
+    inside = (mahalanobis2.unsqueeze(0) <= radii.reshape(-1, 1, 1)) & vis
+    per_joint = inside.sum(1).double() / vis.sum(0).clamp_min(1)
+    per_joint[:, vis.sum(0) == 0] = float("nan")
+    return per_joint
+
+
+def rank(x: torch.Tensor) -> torch.Tensor:
+    """Ranks from 1, ties given their average rank (as scipy.stats.rankdata)."""
+    x = x.double()
+    order = torch.argsort(x, stable=True)
+    sorted_x = x[order]
+    ranks = torch.empty_like(x)
+    ranks[order] = torch.arange(1, len(x) + 1, dtype=torch.float64)
+    _, inverse, counts = torch.unique_consecutive(sorted_x, return_inverse=True, return_counts=True)
+    sums = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, inverse, ranks[order])
+    ranks[order] = (sums / counts)[inverse]
+    return ranks
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Spearman rank correlation (Pearson correlation of the tie-averaged ranks)."""
+    rx, ry = rank(x), rank(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = (rx.norm() * ry.norm()).item()
+    return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
+
+
+def sparsification(uncertainty: torch.Tensor, error: torch.Tensor, steps: int = 20) -> dict:
+    """Sparsification curves: the mean error left after removing the fraction f of most uncertain
+    joints (and, for the oracle, of largest errors), for f = 0, 1/steps, ..., (steps-1)/steps; both
+    normalised by the mean error. ``ause`` is the area between them (trapezoid over f)."""
+    n = len(error)
+    err = error.double()
+    fractions = torch.arange(steps, dtype=torch.float64) / steps
+    by_unc = err[torch.argsort(uncertainty.double(), descending=True, stable=True)]
+    by_err = torch.sort(err, descending=True).values
+
+    def curve(sorted_err: torch.Tensor) -> torch.Tensor:
+        # Mean of what remains after dropping the first round(f n) entries: suffix sums.
+        suffix = torch.flip(torch.cumsum(torch.flip(sorted_err, [0]), 0), [0])
+        drop = torch.round(fractions * n).long().clamp(max=n - 1)
+        return suffix[drop] / (n - drop).double()
+
+    scale = err.mean().clamp_min(1e-12)
+    model, oracle = curve(by_unc) / scale, curve(by_err) / scale
+    gap = model - oracle
+    width = 1.0 / steps
+    ause = float(width * (gap[:-1] + gap[1:]).sum() / 2)
+    return {"fractions": fractions.tolist(), "model": model.tolist(), "oracle": oracle.tolist(), "ause": ause}
+
+
+def auroc(scores: torch.Tensor, positives: torch.Tensor) -> float:
+    """Area under the ROC curve of ``scores`` for telling positives from negatives (Mann-Whitney U,
+    ties count one half); NaN when either class is empty."""
+    pos = positives.bool()
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    r = rank(scores)
+    u = r[pos].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
+
+
+def _nanmean(x: torch.Tensor) -> float:
+    x = x[torch.isfinite(x)]
+    return float(x.mean()) if x.numel() else float("nan")
+
+
+def pose_metrics(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, visibility: torch.Tensor,
+                 skeleton, head_sizes: torch.Tensor | None = None, target_true: torch.Tensor | None = None,
+                 cov_true: torch.Tensor | None = None, pck_threshold: float = 0.2, pckh_threshold: float = 0.5,
+                 ) -> dict:
+    """Every evaluation number of DESIGN.md's Metrics section, overall and per joint.
+
+    All lengths in the pixels of ``target``. ``head_sizes`` (B) enables PCKh; ``target_true`` and
+    ``cov_true`` (synthetic data) enable the exact W2 and KL(true || predicted) to the label
+    distribution, computed over each sample's visible coordinates.
+    """
+    from pose_toss.losses import gaussian_nll, masked_covariance
+
+    mean, cov, target = mean.double(), cov.double(), target.double()
+    vis = visibility.bool()
+    if not vis.any():
+        raise ValueError("no visible joint to evaluate")
+    err = joint_errors(mean, target)
+    torso = torso_sizes(target, vis, skeleton)
+    pck_all, pck_joint = pck(err, vis, torso, pck_threshold)
+    spread = joint_spread(cov)
+    maha = joint_mahalanobis2(mean, cov, target)
+    cov_levels = coverage(maha, vis)
+    inside_any = vis.sum(0) > 0
+    overall_cov = [(float(((maha <= -2 * math.log(1 - p)) & vis).sum() / vis.sum())) for p in CALIBRATION_LEVELS]
+    tac_err = tac(mean, cov, target, vis)
+    nll = gaussian_nll(mean, cov, target, vis.float())
+    e, s = err[vis], spread[vis]
+    misses = err > pck_threshold * torso.unsqueeze(1)
+    judged = vis & torch.isfinite(torso).unsqueeze(1)
+    sparse = sparsification(s, e)
+    out = {
+        "num_samples": int(mean.shape[0]),
+        "num_joints_visible": int(vis.sum()),
+        "mean_joint_error": float(e.mean()),
+        "mse": float((e**2).mean()),
+        f"pck@{pck_threshold:g}": pck_all,
+        "nll": float(nll.mean()),
+        "nll_per_coordinate": float(nll.sum() / (2 * vis.sum())),
+        "tac": _nanmean(tac_err),
+        "coverage@0.5": overall_cov[CALIBRATION_LEVELS.index(0.5)],
+        "coverage@0.9": overall_cov[CALIBRATION_LEVELS.index(0.9)],
+        "coverage@0.95": overall_cov[CALIBRATION_LEVELS.index(0.95)],
+        "calibration_gap": float(sum(abs(c - p) for c, p in zip(overall_cov, CALIBRATION_LEVELS, strict=True))
+                                 / len(CALIBRATION_LEVELS)),
+        "spearman": spearman(s, e),
+        "ause": sparse["ause"],
+        "auroc_pck_miss": auroc(spread[judged], misses[judged]),
+        "mean_spread": float(s.mean()),
+    }
+    per_joint = {
+        "name": list(skeleton.joint_names),
+        "visible": vis.sum(0).tolist(),
+        "error": [_nanmean(err[vis[:, j], j]) for j in range(vis.shape[1])],
+        f"pck@{pck_threshold:g}": pck_joint.tolist(),
+        "tac": [_nanmean(tac_err[:, j]) for j in range(vis.shape[1])],
+        "spread": [_nanmean(spread[vis[:, j], j]) for j in range(vis.shape[1])],
+        "coverage@0.9": cov_levels[CALIBRATION_LEVELS.index(0.9)].tolist(),
+    }
+    if head_sizes is not None:
+        out[f"pckh@{pckh_threshold:g}"], pckh_joint = pck(err, vis, head_sizes.double(), pckh_threshold)
+        per_joint[f"pckh@{pckh_threshold:g}"] = pckh_joint.tolist()
+    if target_true is not None and cov_true is not None:
+        m = vis.double().repeat_interleave(2, dim=1)
+        # Invisible coordinates become identical unit blocks on both sides: they add nothing.
+        t_mean, p_mean = target_true.double() * m, mean * m
+        t_cov, p_cov = masked_covariance(cov_true.double(), m), masked_covariance(cov, m)
+        out["w2_to_true"] = float(w2_gaussian(p_mean, p_cov, t_mean, t_cov).mean())
+        out["w2_cov_to_true"] = float(w2_gaussian(t_mean, p_cov, t_mean, t_cov).mean())
+        out["kl_true_to_pred"] = float(kl_gaussian(t_mean, t_cov, p_mean, p_cov).mean())
+    out["per_joint"] = per_joint
+    out["calibration"] = {"levels": list(CALIBRATION_LEVELS), "overall": overall_cov,
+                          "per_joint": cov_levels.T.tolist(), "has_joint": inside_any.tolist()}
+    out["sparsification"] = sparse
+    return out

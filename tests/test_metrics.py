@@ -1,0 +1,209 @@
+"""Pose metrics against hand-computed cases and independent implementations (scipy, numpy,
+torch.distributions)."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from pose_toss.covariance import condition_gaussian
+from pose_toss.metrics import (
+    auroc,
+    coverage,
+    joint_mahalanobis2,
+    pck,
+    pose_metrics,
+    sparsification,
+    spearman,
+    tac,
+    torso_sizes,
+)
+from pose_toss.skeletons import LSP14
+
+
+def random_spd(b, d, gen):
+    a = torch.randn(b, d, d, generator=gen, dtype=torch.float64)
+    return a @ a.transpose(1, 2) / d + 0.5 * torch.eye(d, dtype=torch.float64)
+
+
+def test_pck_hand_case():
+    # Two samples, two joints; sample 1's normaliser is 10 px, sample 2's is 20 px; threshold 0.2.
+    errors = torch.tensor([[1.0, 3.0], [3.0, 5.0]], dtype=torch.float64)
+    vis = torch.tensor([[1, 1], [1, 0]])
+    overall, per_joint = pck(errors, vis, torch.tensor([10.0, 20.0], dtype=torch.float64), 0.2)
+    # Thresholds 2 px and 4 px: hits are (1 <= 2), (3 > 2 miss), (3 <= 4); the 5 px joint is invisible.
+    assert overall == pytest.approx(2 / 3)
+    assert per_joint.tolist() == [1.0, 0.0]
+
+
+def test_torso_size_uses_the_lsp_diagonal_and_falls_back():
+    t = torch.zeros(2, 14, 2, dtype=torch.float64)
+    t[:, LSP14.index("r_shoulder")] = torch.tensor([0.0, 0.0])
+    t[:, LSP14.index("l_hip")] = torch.tensor([3.0, 4.0])
+    t[:, LSP14.index("l_shoulder")] = torch.tensor([10.0, 0.0])
+    t[:, LSP14.index("r_hip")] = torch.tensor([10.0, 8.0])
+    vis = torch.ones(2, 14)
+    vis[1, LSP14.index("l_hip")] = 0  # second sample: the other diagonal
+    sizes = torso_sizes(t.reshape(2, -1), vis, LSP14)
+    assert sizes.tolist() == [5.0, 8.0]
+    vis[1, LSP14.index("r_hip")] = 0
+    assert math.isnan(torso_sizes(t.reshape(2, -1), vis, LSP14)[1])
+
+
+def test_coverage_hand_case():
+    # Identity covariance: Mahalanobis^2 is the squared distance. Radii^2 at p = 0.5 is 2 ln 2 = 1.386.
+    mean = torch.zeros(1, 4, dtype=torch.float64)
+    cov = torch.eye(4, dtype=torch.float64).unsqueeze(0)
+    target = torch.tensor([[1.0, 0.0, 1.2, 0.0]], dtype=torch.float64)  # d^2 = 1.0 and 1.44
+    m2 = joint_mahalanobis2(mean, cov, target)
+    assert m2.tolist()[0] == pytest.approx([1.0, 1.44])
+    cov_levels = coverage(m2, torch.ones(1, 2), levels=(0.5, 0.9))
+    assert cov_levels.tolist() == [[1.0, 0.0], [1.0, 1.0]]
+
+
+def test_mahalanobis_matches_numpy_on_correlated_blocks():
+    gen = torch.Generator().manual_seed(0)
+    cov = random_spd(5, 6, gen)
+    mean, target = torch.randn(5, 6, generator=gen, dtype=torch.float64), torch.randn(5, 6, generator=gen,
+                                                                                       dtype=torch.float64)
+    m2 = joint_mahalanobis2(mean, cov, target).numpy()
+    for b in range(5):
+        for j in range(3):
+            r = (target[b] - mean[b]).numpy()[2 * j: 2 * j + 2]
+            block = cov[b].numpy()[2 * j: 2 * j + 2, 2 * j: 2 * j + 2]
+            assert m2[b, j] == pytest.approx(r @ np.linalg.solve(block, r))
+
+
+def test_spearman_matches_scipy_with_ties():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 6, (200,), generator=gen).double()  # many ties
+    y = x + torch.randn(200, generator=gen, dtype=torch.float64) * 2
+    assert spearman(x, y) == pytest.approx(scipy.stats.spearmanr(x.numpy(), y.numpy()).statistic, abs=1e-12)
+    assert spearman(torch.arange(5.0), -torch.arange(5.0)) == pytest.approx(-1.0)
+
+
+def test_auroc_hand_case_and_pair_count():
+    scores = torch.tensor([0.1, 0.4, 0.35, 0.8])
+    labels = torch.tensor([0, 0, 1, 1])
+    assert auroc(scores, labels) == pytest.approx(0.75)  # pairs (pos > neg): 0.35>0.1, 0.8>0.1, 0.8>0.4
+    gen = torch.Generator().manual_seed(2)
+    s = torch.randint(0, 10, (60,), generator=gen).double()
+    lab = torch.rand(60, generator=gen) < 0.3
+    pos, neg = s[lab], s[~lab]
+    pairs = ((pos[:, None] > neg[None]).double() + 0.5 * (pos[:, None] == neg[None]).double()).mean()
+    assert auroc(s, lab) == pytest.approx(float(pairs))
+    assert math.isnan(auroc(s, torch.zeros(60, dtype=torch.bool)))
+
+
+def test_sparsification_hand_case():
+    err = torch.tensor([4.0, 3.0, 2.0, 1.0])
+    perfect = sparsification(err, err, steps=4)
+    assert perfect["ause"] == pytest.approx(0.0)
+    # Oracle after removing 0, 1, 2, 3 of 4: means 2.5, 2, 1.5, 1 -> /2.5. Reversed order: 2.5, 3, 3.5, 4.
+    rev = sparsification(-err, err, steps=4)
+    assert rev["oracle"] == pytest.approx([1.0, 0.8, 0.6, 0.4])
+    assert rev["model"] == pytest.approx([1.0, 1.2, 1.4, 1.6])
+    gaps = [0.0, 0.4, 0.8, 1.2]
+    assert rev["ause"] == pytest.approx(0.25 * sum((a + b) / 2 for a, b in zip(gaps[:-1], gaps[1:], strict=True)))
+
+
+def test_condition_gaussian_matches_the_2d_formula():
+    mean = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    cov = torch.tensor([[[4.0, 1.2], [1.2, 1.0]]], dtype=torch.float64)
+    cm, cc = condition_gaussian(mean, cov, torch.tensor([[False, True]]), torch.tensor([[0.0, 3.0]],
+                                                                                      dtype=torch.float64))
+    # x | y = 3: mean 1 + 1.2 / 1 * (3 - 2) = 2.2, variance 4 - 1.2^2 / 1 = 2.56.
+    assert cm.tolist()[0] == pytest.approx([2.2, 3.0])
+    assert cc[0, 0, 0].item() == pytest.approx(2.56)
+    assert cc[0, 1].abs().max().item() == 0.0
+
+
+def test_condition_gaussian_matches_numpy_for_mixed_patterns():
+    gen = torch.Generator().manual_seed(3)
+    cov = random_spd(4, 8, gen)
+    mean = torch.randn(4, 8, generator=gen, dtype=torch.float64)
+    values = torch.randn(4, 8, generator=gen, dtype=torch.float64)
+    observed = torch.rand(4, 8, generator=gen) < 0.5
+    observed[0] = False
+    observed[1, :3] = True
+    cm, cc = condition_gaussian(mean, cov, observed, values)
+    for b in range(4):
+        o = observed[b].numpy()
+        a, s = ~o, cov[b].numpy()
+        mu = mean[b].numpy().copy()
+        if o.any():
+            gain = s[np.ix_(a, o)] @ np.linalg.inv(s[np.ix_(o, o)])
+            mu[a] = mu[a] + gain @ (values[b].numpy()[o] - mu[o])
+            ref_cov = s[np.ix_(a, a)] - gain @ s[np.ix_(o, a)]
+        else:
+            ref_cov = s
+        mu[o] = values[b].numpy()[o]
+        np.testing.assert_allclose(cm[b].numpy(), mu, atol=1e-10)
+        np.testing.assert_allclose(cc[b].numpy()[np.ix_(a, a)], ref_cov, atol=1e-10)
+
+
+def test_tac_matches_an_explicit_inverse():
+    gen = torch.Generator().manual_seed(4)
+    b, j = 6, 4
+    cov = random_spd(b, 2 * j, gen)
+    mean = torch.randn(b, 2 * j, generator=gen, dtype=torch.float64)
+    target = torch.randn(b, 2 * j, generator=gen, dtype=torch.float64)
+    vis = torch.ones(b, j)
+    vis[0, 1] = 0
+    vis[1, :3] = 0  # one visible joint: nothing to condition on
+    out = tac(mean, cov, target, vis).numpy()
+    for n in range(b):
+        for k in range(j):
+            if not vis[n, k] or vis[n].sum() < 2:
+                assert np.isnan(out[n, k])
+                continue
+            others = [c for q in range(j) if q != k and vis[n, q] for c in (2 * q, 2 * q + 1)]
+            me = [2 * k, 2 * k + 1]
+            s, mu, y = cov[n].numpy(), mean[n].numpy(), target[n].numpy()
+            cond = mu[me] + s[np.ix_(me, others)] @ np.linalg.solve(s[np.ix_(others, others)], y[others] - mu[others])
+            assert out[n, k] == pytest.approx(np.linalg.norm(cond - y[me]))
+
+
+def test_pose_metrics_nll_and_truth_distances_against_torch_distributions():
+    gen = torch.Generator().manual_seed(5)
+    b, d = 8, 28
+    cov = random_spd(b, d, gen) * 4
+    mean = torch.randn(b, d, generator=gen, dtype=torch.float64) * 3 + 50
+    target = mean + torch.randn(b, d, generator=gen, dtype=torch.float64) * 2
+    vis = torch.ones(b, 14)
+    vis[2, 5] = 0
+    true_cov = random_spd(b, d, gen)
+    true_mean = mean + 0.5
+    m = pose_metrics(mean, cov, target, vis, LSP14, target_true=true_mean, cov_true=true_cov)
+    nlls, kls = [], []
+    for n in range(b):
+        keep = torch.nonzero(vis[n].repeat_interleave(2)).flatten()
+        p = torch.distributions.MultivariateNormal(mean[n, keep], cov[n][keep][:, keep])
+        t = torch.distributions.MultivariateNormal(true_mean[n, keep], true_cov[n][keep][:, keep])
+        nlls.append(-p.log_prob(target[n, keep]).item())
+        kls.append(torch.distributions.kl_divergence(t, p).item())
+    assert m["nll"] == pytest.approx(np.mean(nlls), rel=1e-5)
+    assert m["kl_true_to_pred"] == pytest.approx(np.mean(kls), rel=1e-6)
+    errors = (mean - target).reshape(b, 14, 2).norm(dim=-1)[vis.bool()]
+    assert m["mean_joint_error"] == pytest.approx(errors.mean().item())
+    assert m["mse"] == pytest.approx((errors**2).mean().item())
+    assert 0 <= m["coverage@0.5"] <= m["coverage@0.9"] <= m["coverage@0.95"] <= 1
+    assert len(m["per_joint"]["error"]) == 14
+
+
+def test_calibrated_gaussian_covers_at_its_nominal_levels():
+    # Targets drawn from the predicted Gaussians: coverage must match p (binomial noise only).
+    gen = torch.Generator().manual_seed(6)
+    b, d = 3000, 28
+    chol = torch.linalg.cholesky(random_spd(b, d, gen))
+    mean = torch.zeros(b, d, dtype=torch.float64)
+    target = (chol @ torch.randn(b, d, 1, generator=gen, dtype=torch.float64)).squeeze(-1)
+    m = pose_metrics(mean, chol @ chol.transpose(1, 2), target, torch.ones(b, 14), LSP14)
+    for p in (0.5, 0.9, 0.95):
+        assert m[f"coverage@{p}"] == pytest.approx(p, abs=0.01)
+    assert m["calibration_gap"] < 0.01
+    # Doubling every covariance over-covers: a miscalibration the gap must show.
+    over = pose_metrics(mean, 2 * chol @ chol.transpose(1, 2), target, torch.ones(b, 14), LSP14)
+    assert over["coverage@0.5"] > 0.7 and over["calibration_gap"] > 0.1
