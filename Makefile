@@ -14,9 +14,11 @@ $(BIN)/pose-toss: pyproject.toml
 
 install: $(BIN)/pose-toss
 
+# The main job: two-stage training (W2 with pseudo-labels, then NLL-TIC) on the built-in synthetic
+# data, then evaluation with every metric, a report and pictures of the predicted joint covariances.
 demo: install
-	$(BIN)/pose-toss make-synthetic --config configs/default.yaml --num 500 --seed 0 --out $(DEMO_OUT)/synthetic --overwrite
-	@echo "open $(DEMO_OUT)/synthetic/contact_sheet.png to see the figures and their true label covariances"
+	$(BIN)/pose-toss train --config configs/demo.yaml --out $(DEMO_OUT)/run --overwrite
+	$(BIN)/pose-toss eval --checkpoint $(DEMO_OUT)/run --data synthetic --out $(DEMO_OUT)/eval --overwrite
 
 lint: install
 	$(BIN)/ruff check .

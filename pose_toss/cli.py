@@ -35,6 +35,65 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from pose_toss.engine.trainer import train
+
+    if args.resume:
+        if args.config:
+            raise ConfigError("--resume continues a run with its own saved config.yaml; drop --config")
+        if args.out and Path(args.out) != Path(args.resume):
+            raise ConfigError("--resume writes into the run it continues; drop --out or give the same directory")
+        cfg_path = Path(args.resume) / "config.yaml"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{args.resume}: no config.yaml; is it a `pose-toss train` output directory?")
+        cfg = load_config(cfg_path, args.overrides)
+        out = Path(args.resume)
+    else:
+        if not args.out:
+            raise ConfigError("--out is required (or --resume DIR)")
+        cfg = load_config(args.config, args.overrides)
+        out = Path(args.out)
+    summary = train(cfg, out, resume=bool(args.resume), overwrite=args.overwrite)
+    if summary["history"]:
+        last = summary["history"][-1]
+        print(f"done: {summary['epochs']} epochs in {summary['seconds']:.0f} s; final val error "
+              f"{last['val_mean_joint_error']:.2f} px, val NLL {last['val_nll']:.2f}; best val NLL "
+              f"{summary['best_val_nll']:.2f} at epoch {summary['best_epoch']}")
+    print(f"model: {out / 'best' / 'model.safetensors'} (best), {out / 'model.safetensors'} (final)")
+    print(f"log: {out / 'metrics.jsonl'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pose_toss.engine.evaluation import evaluate_checkpoint
+    from pose_toss.engine.report import comparison_table
+
+    m = evaluate_checkpoint(args.checkpoint, args.data, args.out, split=args.split, overwrite=args.overwrite,
+                            device=args.device, batch_size=args.batch_size, pictures=args.pictures,
+                            progress=not args.quiet)
+    print(comparison_table(["model"], [m]).replace("**", ""))
+    print(f"mean joint error {m['mean_joint_error']:.2f} px against {m['mean_pose_error']:.2f} px for the mean "
+          f"pose ({m['mean_pose_error'] / max(m['mean_joint_error'], 1e-9):.1f}x lower); 90% ellipses hold "
+          f"{100 * m['coverage@0.9']:.1f}% of the ground truths")
+    out = Path(args.out)
+    print(f"report: {out / 'report.md'}")
+    print(f"metrics: {out / 'metrics.json'}   predictions (COCO + covariance): {out / 'predictions.json'}")
+    if args.pictures:
+        print(f"pictures: {out / 'pictures.png'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pose_toss.engine.compare import compare, parse_methods
+
+    methods = parse_methods(args.methods)
+    cfg = load_config(args.config, args.overrides)
+    result = compare(cfg, methods, args.out, overwrite=args.overwrite)
+    print(result["markdown"])
+    print(f"table: {Path(args.out) / 'comparison.md'} and comparison.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pose-toss", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -49,6 +108,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_args(p)
     p.set_defaults(func=cmd_make_synthetic)
+
+    p = sub.add_parser("train", help="train a pose model with the config's stages (default: W2 then NLL-TIC)")
+    p.add_argument("--out", help="run directory (must be empty unless --overwrite)")
+    p.add_argument("--resume", metavar="DIR", help="continue a run from its newest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty run directory")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="metrics, report, COCO results and pictures for a trained model")
+    p.add_argument("--checkpoint", required=True, help="a model .safetensors, a run directory or a checkpoint")
+    p.add_argument("--data", default="synthetic",
+                   help="'synthetic' (the run's generator), a .yaml config, or a make-synthetic directory")
+    p.add_argument("--split", default="test", choices=("test", "val"))
+    p.add_argument("--out", required=True, help="output directory (must be empty unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--pictures", type=int, default=16, help="crops drawn with their ellipses (0: none)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="train and evaluate several methods with the same data, seed and budget")
+    p.add_argument("--methods", default="mse,diagonal,nll,beta_nll,faithful,nll_tic,w2,w2_then_nll_tic,loss_pred",
+                   help="comma-separated: mse, diagonal, nll, beta_nll, faithful, nll_tic, kl_calibrated, w2, "
+                        "w2_then_nll_tic, loss_pred")
+    p.add_argument("--out", required=True, help="output directory; re-running resumes finished methods")
+    p.add_argument("--overwrite", action="store_true")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_compare)
     return parser
 
 
@@ -61,6 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"pose-toss {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from pose_toss.engine.trainer import TrainingDiverged
+
+        if not isinstance(e, TrainingDiverged):
+            raise
+        print(f"pose-toss {args.command}: training stopped: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

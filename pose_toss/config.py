@@ -46,6 +46,8 @@ class SyntheticConfig:
                              help="std of clean joints' label noise, as a fraction of figure height")
     cue_noise: float = opt(0.05, min=0.0, max=0.5,
                            help="std along the limb at full cue severity, as a fraction of figure height")
+    val_samples: int = opt(300, min=1, help="validation figures (drawn from a separate index range)")
+    test_samples: int = opt(500, min=1, help="test figures for `pose-toss eval --data synthetic`")
 
 
 @dataclass
@@ -71,11 +73,97 @@ class DataConfig:
     augment: AugmentConfig = opt(factory=AugmentConfig)
 
 
+LOSSES = ("mse", "nll", "beta_nll", "faithful", "kl_calibrated", "w2_bound", "loss_pred")
+# Losses that read covariance pseudo-labels (W2's target, the calibrated KL's prior).
+PSEUDO_LABEL_LOSSES = ("w2_bound", "kl_calibrated")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = opt("resnet18", help="any timm name with features_only, or a ViT")
+    head: str = opt("heatmap", choices=("heatmap", "regression"))
+    embed_dim: int = opt(64, min=1, max=4096, help="bottleneck size E")
+    covariance: str = opt("tic", choices=("tic", "full", "diagonal", "identity", "isotropic"),
+                          help="isotropic: per-joint variance from the detached embedding (loss_pred)")
+    pretrained: bool | str = opt(False, help="false, true (timm hub: needs internet) or a local weights file")
+    deconv_channels: int = opt(128, min=8)
+    cov_hidden: int = opt(128, min=4)
+    use_hessian: bool = opt(False, help="add TIC's Hessian term (costly)")
+    cov_floor: float = opt(1e-2, min=0.0, help="added to every variance, px^2")
+    jacobian_chunk: int | None = opt(None, min=1, help="cotangents vmapped at once for TIC's Jacobian")
+    feature_stride: int | None = opt(None, choices=(None, 4, 8, 16, 32),
+                                     help="use the backbone's feature map at this stride (null: its last)")
+
+
+@dataclass
+class PseudoLabelConfig:
+    k: int = opt(64, min=2, help="nearest neighbours per label (>= 2J + 1 for full rank)")
+    source: str = opt("bottleneck", choices=("bottleneck", "features", "file"),
+                      help="bottleneck: the model's own z, refreshed; features: PCA of the backbone's pooled "
+                           "features at stage start, then frozen; file: embeddings from `file`")
+    file: str | None = opt(None, help="N x E .npy/.npz embeddings of the training set (source: file)")
+    refresh_every: int = opt(1, min=1, help="refresh the bank every this many epochs (bottleneck source)")
+    temperature: float | None = opt(None, min=0.0, help="softmax temperature; null: median neighbour distance")
+    shrinkage: float = opt(0.1, min=0.0, max=1.0, help="shrink the embedding covariance towards its diagonal")
+    floor: float = opt(1e-3, min=0.0, help="relative eigenvalue floor that keeps each label PD")
+    features_dim: int = opt(64, min=1, help="PCA dimensions for source: features")
+
+
+@dataclass
+class StageConfig:
+    loss: str = opt("nll", choices=LOSSES)
+    epochs: int = opt(1, min=1)
+    beta: float = opt(0.5, min=0.0, max=1.0, help="beta of beta_nll")
+    pseudo_labels: PseudoLabelConfig = opt(factory=PseudoLabelConfig)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = opt(0, min=0, help="one seed for weights, data order and augmentation")
+    device: str = opt("auto", choices=("auto", "cpu", "cuda"))
+    lr: float = opt(1e-3, min=0.0)
+    weight_decay: float = opt(1e-4, min=0.0)
+    schedule: str = opt("cosine", choices=("cosine", "plateau", "constant"))
+    warmup_steps: int = opt(100, min=0, help="linear warm-up from 1% of lr")
+    min_lr_ratio: float = opt(0.01, min=0.0, max=1.0, help="cosine floor as a fraction of lr")
+    plateau_patience: int = opt(3, min=0, help="epochs without a better validation NLL before the lr drops")
+    plateau_factor: float = opt(0.3, min=0.0, max=1.0)
+    grad_clip: float = opt(10.0, min=0.0, help="max gradient norm; 0 turns clipping off")
+    heatmap_weight: float = opt(0.0, min=0.0,
+                                help="weight of the heatmap cross-entropy (heatmap head) added to the stage loss")
+    amp: bool = opt(True, help="bf16 autocast on CUDA (covariance math stays float32); ignored on CPU")
+    max_bad_steps: int = opt(20, min=1, help="stop after this many non-finite steps in a row")
+    max_steps_per_epoch: int | None = opt(None, min=1, help="cut epochs short (smoke tests, benchmarks)")
+    progress: bool = opt(True, help="progress bars")
+
+
 @dataclass
 class Config:
     data: DataConfig = opt(factory=DataConfig)
+    model: ModelConfig = opt(factory=ModelConfig)
+    train: TrainConfig = opt(factory=TrainConfig)
+    stages: list[StageConfig] = opt(factory=lambda: [
+        StageConfig(loss="w2_bound", epochs=20), StageConfig(loss="nll", epochs=80)])
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(s.epochs for s in self.stages)
 
     def validate(self, source: str) -> None:
+        if not self.stages:
+            raise ConfigError(f"{source}: key 'stages': expected at least one stage")
+        cov = self.model.covariance
+        for i, st in enumerate(self.stages):
+            where = f"{source}: key 'stages.{i}.loss'"
+            if st.loss == "loss_pred" and cov != "isotropic":
+                raise ConfigError(f"{where}: loss_pred trains the isotropic head; expected model.covariance: "
+                                  f"isotropic, got {cov!r}")
+            if st.loss not in ("mse", "loss_pred") and cov in ("identity", "isotropic"):
+                raise ConfigError(f"{where}: {st.loss} trains a covariance, but model.covariance is {cov!r}; "
+                                  "expected tic, full or diagonal")
+            if st.loss in PSEUDO_LABEL_LOSSES and st.pseudo_labels.source == "file" and not st.pseudo_labels.file:
+                raise ConfigError(f"{source}: key 'stages.{i}.pseudo_labels.file': expected a path when "
+                                  "source is 'file'")
         lo, hi = self.data.augment.scale
         if not 0 < lo <= hi:
             raise ConfigError(f"{source}: key 'data.augment.scale': expected (lo, hi) with 0 < lo <= hi, "
@@ -227,10 +315,14 @@ def apply_override(cfg: Any, item: str) -> None:
         except yaml.YAMLError as e:
             raise ConfigError(f"{source}: key '{key}': value is not valid YAML ({e})") from None
         # Strings stay strings: `--set x.path=001` must not become the integer 1.
+        where = f"{source}: key '{key}'"
         if value is not None and _accepts_str(tp) and not isinstance(value, str):
-            value = raw
-        value = _coerce(tp, value, f"{source}: key '{key}'")
-        _check_range(fields[part], value, f"{source}: key '{key}'")
+            try:
+                value = _coerce(tp, value, where)
+            except ConfigError:
+                value = raw
+        value = _coerce(tp, value, where)
+        _check_range(fields[part], value, where)
         setattr(node, part, value)
 
 

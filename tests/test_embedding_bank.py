@@ -1,11 +1,7 @@
-import os
-import socket
-
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from _gloo import run_on_gloo_ranks
 from torch.utils.data import DataLoader, Subset
 
 from pose_toss.config import load_config
@@ -64,24 +60,17 @@ def test_frozen_sources(tmp_path):
     assert torch.allclose(cov, torch.diag(torch.diagonal(cov)), atol=1e-2 * cov.diagonal().max())  # PCA axes
 
 
-def _worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
+def _worker(rank, world, out):
     ds, targets, masks, model = setup(30)
     model.eval()
     shard = Subset(ds, list(range(rank, 30, world)))  # each rank embeds its own half
     bank = EmbeddingBank(targets, masks, k=8)
     bank.refresh_from_model(model, DataLoader(shard, batch_size=8))
     torch.save({"emb": bank.embeddings, "cov": bank.cov}, f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
 
 
 def test_bank_is_gathered_across_ranks(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    run_on_gloo_ranks(_worker, tmp_path)
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert torch.equal(a["emb"], b["emb"]) and torch.equal(a["cov"], b["cov"])
     ds, targets, masks, model = setup(30)

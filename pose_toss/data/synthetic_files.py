@@ -11,7 +11,7 @@ from tqdm import tqdm
 from pose_toss.data.synthetic import SyntheticPoseDataset
 from pose_toss.io import atomic_write_text
 from pose_toss.skeletons import LSP14
-from pose_toss.viz.draw import contact_sheet, draw_pose, write_png
+from pose_toss.viz.draw import contact_sheet, draw_pose_scaled, write_png
 
 FORMAT = "pose-toss-synthetic/1"
 ANNOTATION_FILE = "annotations.json"
@@ -54,8 +54,8 @@ def write_synthetic(dataset: SyntheticPoseDataset, out_dir: str | Path, sheet_co
             f'"cues":{json.dumps(cues)},"cov_true":{_num(rec["cov_true"])}' + "}"
         )
         if len(tiles) < sheet_count:
-            tiles.append(draw_pose(np.repeat(np.repeat(rec["image"], 2, 0), 2, 1), rec["joints_true"] * 2 + 0.5,
-                                   rec["cov_true"] * 4, visibility=rec["visibility"], levels=(0.5, 0.9)))
+            tiles.append(draw_pose_scaled(rec["image"], rec["joints_true"], rec["cov_true"], 2.0,
+                                          visibility=rec["visibility"], levels=(0.5, 0.9)))
     text = json.dumps(header)[:-1] + ',"samples":[\n' + ",\n".join(samples) + "\n]}\n"
     atomic_write_text(out / ANNOTATION_FILE, text)
     sheet_path = out / "contact_sheet.png"

@@ -1,5 +1,5 @@
 """Drawing poses and their covariance ellipses."""
 
-from pose_toss.viz.draw import chi2_2dof, contact_sheet, draw_pose, ellipse_axes, write_png
+from pose_toss.viz.draw import chi2_2dof, contact_sheet, draw_pose, draw_pose_scaled, ellipse_axes, write_png
 
-__all__ = ["chi2_2dof", "contact_sheet", "draw_pose", "ellipse_axes", "write_png"]
+__all__ = ["chi2_2dof", "contact_sheet", "draw_pose", "draw_pose_scaled", "ellipse_axes", "write_png"]

@@ -1,0 +1,185 @@
+"""Running a model over a dataset and turning its predictions into metrics and a report."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pose_toss.metrics import pose_metrics
+
+OPTIONAL_KEYS = ("target_true", "cov_true", "head_size")
+
+
+def autocast_context(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA when asked; nothing on CPU (covariance math casts itself to float32)."""
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict_dataset(model, loader, device: torch.device, amp: bool = False, progress: bool = False,
+                    desc: str = "predicting") -> dict[str, torch.Tensor]:
+    """Means, covariances and the batch's labels for every sample the loader yields, on the CPU.
+
+    The model runs in eval mode; TIC's Jacobian still needs autograd, which ``torch.func`` enables
+    for itself inside ``no_grad``. Duplicates (padded distributed shards) are dropped by index.
+    """
+    was_training = model.training
+    model.eval()
+    cols: dict[str, list] = {k: [] for k in ("mean", "cov", "target", "visibility", "affine", "index",
+                                             *OPTIONAL_KEYS)}
+    try:
+        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+            with autocast_context(device, amp):
+                out = model(batch["image"].to(device, non_blocking=True))
+            cols["mean"].append(out.mean.float().cpu())
+            cols["cov"].append(out.cov.float().cpu())
+            for key in ("target", "visibility", "affine", *OPTIONAL_KEYS):
+                if key in batch:
+                    cols[key].append(torch.as_tensor(batch[key]))
+            cols["index"].append(torch.as_tensor(batch["index"]))
+    finally:
+        model.train(was_training)
+    preds = {k: torch.cat(v) for k, v in cols.items() if v}
+    if "index" in preds:
+        idx = preds["index"]
+        order = torch.argsort(idx, stable=True)
+        keep = torch.ones(len(idx), dtype=torch.bool)
+        keep[1:] = idx[order][1:] != idx[order][:-1]
+        preds = {k: v[order][keep] for k, v in preds.items()}
+    return preds
+
+
+def metrics_from_predictions(preds: dict[str, torch.Tensor], skeleton) -> dict:
+    return pose_metrics(preds["mean"], preds["cov"], preds["target"], preds["visibility"], skeleton,
+                        head_sizes=preds.get("head_size"), target_true=preds.get("target_true"),
+                        cov_true=preds.get("cov_true"))
+
+
+def scalar_metrics(metrics: dict) -> dict:
+    """The single-number entries (what metrics.jsonl and comparison tables hold)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+# --------------------------------------------------------------------------------------------------
+# `pose-toss eval`: checkpoint + data -> metrics.json, report.md, COCO results, pictures
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint(path) -> tuple[Path, Path | None]:
+    """(model file, run directory or None) from a model file, a run directory or a checkpoint directory.
+
+    A run directory gives its best model (by validation NLL), else its final one, else its newest
+    epoch checkpoint.
+    """
+    from pose_toss.engine.trainer import MODEL_FILE, latest_checkpoint
+
+    p = Path(path)
+    if p.is_file():
+        run = next((d for d in (p.parent, p.parent.parent, p.parent.parent.parent) if (d / "config.yaml").is_file()),
+                   None)
+        return p, run
+    if p.is_dir():
+        for cand in (p / "best" / MODEL_FILE, p / MODEL_FILE):
+            if cand.is_file():
+                return cand, p if (p / "config.yaml").is_file() else None
+        latest = latest_checkpoint(p)
+        if latest is not None:
+            return latest / MODEL_FILE, p
+        raise FileNotFoundError(f"{p}: no {MODEL_FILE}, best/{MODEL_FILE} or checkpoints/epoch_* inside")
+    raise FileNotFoundError(f"checkpoint not found: {p}")
+
+
+def resolve_eval_data(data: str, input_size: int, run_dir=None, split: str = "test", progress: bool = False):
+    """(data config, records, skeleton, description) for ``--data``: ``synthetic`` (the run's own
+    synthetic generator when the checkpoint belongs to a run, else the defaults), a YAML config, or
+    a directory written by ``pose-toss make-synthetic``. The crop size follows the model."""
+    from pose_toss.config import Config, load_config
+    from pose_toss.data.synthetic_files import ANNOTATION_FILE, read_synthetic
+    from pose_toss.engine.runtime import load_records, skeleton_for
+
+    base = load_config(Path(run_dir) / "config.yaml") if run_dir is not None else Config()
+    p = Path(data)
+    if data == "synthetic":
+        data_cfg, source = base.data, f"synthetic {split} split"
+    elif p.suffix in (".yaml", ".yml"):
+        data_cfg, source = load_config(p).data, f"{p} ({split} split)"
+    elif p.is_dir() and (p / ANNOTATION_FILE).is_file():
+        data_cfg = base.data
+        data_cfg.input_size = input_size
+        records = read_synthetic(p)
+        return data_cfg, records, skeleton_for(records), f"{p} ({len(records)} samples)"
+    else:
+        raise FileNotFoundError(f"--data {data!r}: expected 'synthetic', a .yaml config, or a directory holding "
+                                f"{ANNOTATION_FILE} (from `pose-toss make-synthetic`)")
+    data_cfg.input_size = input_size
+    records, skeleton = load_records(data_cfg, split, progress)
+    return data_cfg, records, skeleton, source
+
+
+def prediction_pictures(dataset, preds: dict, skeleton, count: int = 16, tile: int = 256) -> np.ndarray:
+    """A contact sheet of crops with the predicted pose and its 50% / 90% joint ellipses."""
+    from pose_toss.viz.draw import contact_sheet, draw_pose_scaled
+
+    tiles = []
+    for n in range(min(count, len(preds["index"]))):
+        i = int(preds["index"][n])
+        image = (dataset[i]["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        factor = tile / image.shape[0]
+        tiles.append(draw_pose_scaled(image, preds["mean"][n].numpy(), preds["cov"][n].numpy(), factor,
+                                      skeleton=skeleton, levels=(0.5, 0.9)))
+    return contact_sheet(tiles, cols=4, tile_size=tile)
+
+
+def evaluate_checkpoint(checkpoint, data: str, out, *, split: str = "test", overwrite: bool = False,
+                        device: str = "auto", batch_size: int | None = None, num_workers: int = 0,
+                        pictures: int = 16, progress: bool = True) -> dict:
+    """Evaluate a model on a dataset; writes ``metrics.json``, ``report.md``, ``predictions.json``
+    (COCO keypoint results with covariances) and ``pictures.png`` into ``out`` (staged, then renamed)."""
+    import json
+
+    from pose_toss.data.dataset import PoseDataset
+    from pose_toss.engine.report import evaluation_report
+    from pose_toss.engine.runtime import Runtime, make_loader, resolve_device
+    from pose_toss.engine.trainer import _jsonable
+    from pose_toss.export import coco_results, write_coco_results
+    from pose_toss.io import atomic_write_text, check_output_dir, staged_output_dir
+    from pose_toss.models.checkpoint import load_model
+    from pose_toss.viz.draw import write_png
+
+    check_output_dir(out, overwrite)
+    model_file, run_dir = resolve_checkpoint(checkpoint)
+    dev = resolve_device(device)
+    model = load_model(model_file, map_location=dev)
+    data_cfg, records, skeleton, source = resolve_eval_data(data, model.input_size, run_dir, split, progress)
+    if skeleton.num_joints != model.num_joints:
+        raise ValueError(f"{model_file}: the model predicts {model.num_joints} joints but {source} has "
+                         f"{skeleton.num_joints} ({skeleton.name})")
+    dataset = PoseDataset.from_config(records, data_cfg, train=False, skeleton=skeleton)
+    loader = make_loader(dataset, batch_size or data_cfg.batch_size, Runtime(dev), shuffle=False,
+                         num_workers=num_workers)
+    preds = predict_dataset(model, loader, dev, progress=progress, desc="evaluating")
+    metrics = metrics_from_predictions(preds, skeleton)
+    mean_pose = preds["target"].reshape(len(preds["target"]), -1, 2)
+    vis = preds["visibility"].bool()
+    centre = (mean_pose * vis.unsqueeze(-1)).sum(0) / vis.sum(0).clamp_min(1).unsqueeze(-1)
+    metrics["mean_pose_error"] = float((mean_pose - centre).norm(dim=-1)[vis].mean())
+    image_ids = [records[int(i)].get("image_id", int(records[int(i)].get("index", int(i)))) for i in preds["index"]]
+    results = coco_results(preds["mean"].numpy(), preds["cov"].numpy(), preds["affine"].numpy(), image_ids)
+    with staged_output_dir(out, overwrite) as stage:
+        atomic_write_text(stage / "metrics.json", json.dumps(_jsonable(
+            {"checkpoint": str(model_file), "data": source, **metrics}), indent=1))
+        write_coco_results(stage / "predictions.json", results)
+        pics = []
+        if pictures > 0:
+            write_png(stage / "pictures.png", prediction_pictures(dataset, preds, skeleton, pictures))
+            pics.append("pictures.png")
+        context = [f"model: `{model_file}` ({model.config['backbone']}, {model.config['covariance']} covariance, "
+                   f"{model.input_size} px)", f"data: {source}"]
+        atomic_write_text(stage / "report.md", evaluation_report(metrics, "Evaluation", context, pics))
+    return metrics

@@ -1,0 +1,114 @@
+"""Where a run executes (device, torch.distributed rank) and the data it reads."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+from pose_toss.data.dataset import PoseDataset
+from pose_toss.data.synthetic import SyntheticPoseDataset
+from pose_toss.skeletons import Skeleton, get_skeleton
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def resolve_device(preference: str = "auto") -> torch.device:
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(preference)
+
+
+def setup_runtime(preference: str = "auto") -> Runtime:
+    """Join torch.distributed when launched by torchrun (WORLD_SIZE > 1) or when a process group
+    already exists; a single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if not dist.is_initialized() and world > 1:
+        backend = "nccl" if resolve_device(preference).type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        device = resolve_device(preference)
+        if device.type == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count()))
+            torch.cuda.set_device(local)
+            device = torch.device("cuda", local)
+        return Runtime(device, rank, world)
+    return Runtime(resolve_device(preference))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def rng_states() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_states(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_records(data_cfg, split: str, progress: bool = False) -> tuple[list[dict], Skeleton]:
+    """The records of one split (train / val / test) of the configured dataset, and its skeleton.
+
+    Synthetic figures are rendered once into memory (a few MB per thousand at 128 px).
+    """
+    if data_cfg.dataset == "synthetic":
+        from tqdm import tqdm
+
+        ds = SyntheticPoseDataset.from_config(data_cfg.synthetic, split)
+        records = [ds.record(i) for i in tqdm(range(len(ds)), desc=f"rendering {split}", disable=not progress,
+                                              leave=False)]
+        return records, ds.skeleton
+    raise ValueError(f"data.dataset {data_cfg.dataset!r} has no reader")
+
+
+def make_loader(dataset: PoseDataset, batch_size: int, runtime: Runtime, *, shuffle: bool, seed: int = 0,
+                num_workers: int = 0, drop_last: bool = False) -> DataLoader:
+    """A loader whose order depends only on (seed, epoch): ``loader.sampler.set_epoch(epoch)``.
+
+    Each rank reads its shard; without shuffling the shards are padded to equal length (duplicates
+    are harmless where indices are used, as in the embedding bank)."""
+    sampler = DistributedSampler(dataset, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=shuffle,
+                                 seed=seed, drop_last=False)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      drop_last=drop_last, pin_memory=runtime.device.type == "cuda",
+                      persistent_workers=False)
+
+
+def skeleton_for(records: list[dict], default: str = "lsp14") -> Skeleton:
+    return get_skeleton(records[0].get("skeleton", default)) if records else get_skeleton(default)

@@ -1,0 +1,396 @@
+"""The training loop: stages from the config, pseudo-label refreshes, checkpoints, resume, DDP.
+
+It holds no covariance math: losses come from ``objectives.stage_loss``, labels from the
+``EmbeddingBank``, metrics from ``pose_toss.metrics``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from pose_toss.config import PSEUDO_LABEL_LOSSES, Config, config_to_dict, save_config
+from pose_toss.data.dataset import PoseDataset, crop_labels
+from pose_toss.embedding_bank import EmbeddingBank
+from pose_toss.engine.evaluation import autocast_context, metrics_from_predictions, predict_dataset, scalar_metrics
+from pose_toss.engine.objectives import labels_in_batch_frame, stage_loss
+from pose_toss.engine.runtime import (
+    Runtime,
+    load_records,
+    make_loader,
+    restore_rng_states,
+    rng_states,
+    seed_everything,
+    setup_runtime,
+)
+from pose_toss.engine.schedule import LRSchedule
+from pose_toss.io import atomic_write_bytes, atomic_write_text, check_output_dir
+from pose_toss.losses import heatmap_cross_entropy
+from pose_toss.models.checkpoint import save_model
+from pose_toss.models.pose_model import PoseModel, build_pose_model
+
+CHECKPOINTS = "checkpoints"
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite steps in a row."""
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in every checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    global_step: int = 0
+    best_val_nll: float = math.inf
+    best_epoch: int = -1
+    bank_embeddings: torch.Tensor | None = None
+    bank_stage: int = -1
+    bank_epoch: int = -1
+    history: list = field(default_factory=list)
+
+
+def build_model_from_config(cfg: Config, num_joints: int) -> PoseModel:
+    m = cfg.model
+    return build_pose_model(m.backbone, num_joints=num_joints, head=m.head, embed_dim=m.embed_dim,
+                            covariance=m.covariance, input_size=cfg.data.input_size, pretrained=m.pretrained,
+                            deconv_channels=m.deconv_channels, cov_hidden=m.cov_hidden, use_hessian=m.use_hessian,
+                            cov_floor=m.cov_floor, jacobian_chunk=m.jacobian_chunk, feature_stride=m.feature_stride,
+                            heatmap_stride=cfg.data.heatmap_stride)
+
+
+def stage_at(cfg: Config, epoch: int) -> tuple[int, int]:
+    """(stage index, first epoch of that stage) for a 0-based epoch."""
+    start = 0
+    for i, st in enumerate(cfg.stages):
+        if epoch < start + st.epochs:
+            return i, start
+        start += st.epochs
+    raise IndexError(f"epoch {epoch} is past the last stage ({cfg.total_epochs} epochs)")
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith("log_beta") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest complete epoch checkpoint directory (they are renamed into place when whole)."""
+    ckpts = sorted(p for p in (out / CHECKPOINTS).glob("epoch_*") if (p / STATE_FILE).is_file())
+    return ckpts[-1] if ckpts else None
+
+
+class Trainer:
+    def __init__(self, cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool = False,
+                 runtime: Runtime | None = None, log=print) -> None:
+        self.cfg = cfg
+        self.out = Path(out)
+        self.rt = runtime or setup_runtime(cfg.train.device)
+        self.log = log if self.rt.is_main else (lambda *a, **k: None)
+        self.progress_bars = cfg.train.progress and self.rt.is_main
+        self.amp = cfg.train.amp and self.rt.device.type == "cuda"
+        self.resume_from: Path | None = None
+        if resume:
+            self.resume_from = latest_checkpoint(self.out)
+            if self.resume_from is None:
+                raise FileNotFoundError(f"{self.out}: no complete checkpoint under {CHECKPOINTS}/ to resume from")
+        elif self.rt.is_main:
+            check_output_dir(self.out, overwrite)
+            if overwrite and self.out.is_dir():
+                shutil.rmtree(self.out)
+        self.rt.barrier()
+
+        seed_everything(cfg.train.seed)
+        train_records, self.skeleton = load_records(cfg.data, "train", self.progress_bars)
+        val_records, _ = load_records(cfg.data, "val", self.progress_bars)
+        d = cfg.data
+        self.train_set = PoseDataset.from_config(train_records, d, train=True, skeleton=self.skeleton,
+                                                 seed=cfg.train.seed)
+        self.bank_set = PoseDataset.from_config(train_records, d, train=False, skeleton=self.skeleton)
+        self.val_set = PoseDataset.from_config(val_records, d, train=False, skeleton=self.skeleton)
+        self.train_loader = make_loader(self.train_set, d.batch_size, self.rt, shuffle=True, seed=cfg.train.seed,
+                                        num_workers=d.num_workers, drop_last=True)
+        if len(self.train_loader) == 0:
+            raise ValueError(f"data.batch_size {d.batch_size} is larger than the {len(self.train_set)} training "
+                             f"samples per rank; lower it")
+        self.bank_loader = make_loader(self.bank_set, d.batch_size, self.rt, shuffle=False, num_workers=d.num_workers)
+        # Every rank scores the whole validation set: plateau schedules and best checkpoints agree.
+        self.val_loader = make_loader(self.val_set, d.batch_size, Runtime(self.rt.device), shuffle=False,
+                                      num_workers=d.num_workers)
+        labels = crop_labels(train_records, d.input_size, d.padding)
+        self.bank_affines = torch.from_numpy(labels["affines"]).float()
+        self.bank_targets, self.bank_masks = labels["targets"], labels["visibility"]
+        self.bank: EmbeddingBank | None = None
+        self._bank_built_for = -1
+        self.flip_coords = torch.from_numpy(self.skeleton.flip_coordinate_index.copy())
+        self.variance_scale = (d.input_size / 32.0) ** 2  # the models' initial variance, px^2
+
+        self.model = build_model_from_config(cfg, self.skeleton.num_joints).to(self.rt.device)
+        self.net = self.model
+        if self.rt.distributed:
+            ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
+            # An MSE stage leaves the covariance head out of the loss; DDP must then look for unused parameters.
+            unused = any(st.loss == "mse" for st in cfg.stages) and cfg.model.covariance != "identity"
+            self.net = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=unused)
+        t = cfg.train
+        self.optimizer = torch.optim.AdamW(_param_groups(self.model, t.weight_decay), lr=t.lr)
+        steps = min(len(self.train_loader), t.max_steps_per_epoch or len(self.train_loader))
+        self.steps_per_epoch = steps
+        self.schedule = LRSchedule(self.optimizer, steps * cfg.total_epochs, t.schedule, t.warmup_steps,
+                                   t.min_lr_ratio, t.plateau_patience, t.plateau_factor)
+        self.state = Progress()
+        self._bad_in_a_row, self._last_finite = 0, float("nan")  # non-finite steps count across epochs
+        if self.resume_from is not None:
+            self._load_checkpoint(self.resume_from)
+        elif self.rt.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.yaml")
+        self.rt.barrier()
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def _save_checkpoint(self) -> Path | None:
+        """Write ``checkpoints/epoch_NNNN/`` through a staging directory renamed into place, so a
+        kill leaves either the whole checkpoint or none; keep the newest two."""
+        if not self.rt.is_main:
+            return None
+        root = self.out / CHECKPOINTS
+        root.mkdir(parents=True, exist_ok=True)
+        final = root / f"epoch_{self.state.epoch:04d}"
+        stage = root / f".{final.name}.partial"
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir()
+        save_model(self.model, stage / MODEL_FILE)
+        blob = io.BytesIO()
+        torch.save({"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                    "rng": rng_states(), "progress": self.state.__dict__, "config": config_to_dict(self.cfg)}, blob)
+        atomic_write_bytes(stage / STATE_FILE, blob.getvalue())
+        if final.exists():
+            shutil.rmtree(final)
+        stage.rename(final)
+        for old in sorted(root.glob("epoch_*"))[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def _load_checkpoint(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(load_file(str(path / MODEL_FILE), device=str(self.rt.device)))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.state = Progress(**state["progress"])
+        restore_rng_states(state["rng"])
+        self.log(f"resuming from {path} (epoch {self.state.epoch} of {self.cfg.total_epochs} done)")
+
+    # -- pseudo-labels ----------------------------------------------------------------------------
+
+    def _refresh_bank(self, stage_idx: int, stage_start: int, epoch: int) -> float:
+        """Build, refresh or restore the bank for a pseudo-label stage; returns the seconds spent.
+
+        A bottleneck bank is refreshed every ``refresh_every`` epochs of its stage (first at the
+        stage's start), a frozen one once per stage. A run resumed between refreshes rebuilds the
+        same labels from the embeddings saved in its checkpoint.
+        """
+        pl = self.cfg.stages[stage_idx].pseudo_labels
+        s = self.state
+        if self.bank is None or self._bank_built_for != stage_idx:
+            self.bank = EmbeddingBank(self.bank_targets, self.bank_masks, k=pl.k, temperature=pl.temperature,
+                                      shrinkage=pl.shrinkage, floor=pl.floor)
+            self._bank_built_for = stage_idx
+        due = s.bank_stage != stage_idx or (pl.source == "bottleneck" and (epoch - stage_start) % pl.refresh_every == 0)
+        if not due:
+            if self.bank.cov is None:
+                self.bank.set_embeddings(s.bank_embeddings.to(self.rt.device))
+            return 0.0
+        if pl.source == "file":
+            seconds = self.bank.refresh_from_file(pl.file)
+        elif pl.source == "features":
+            seconds = self.bank.refresh_from_frozen_features(
+                lambda x: self.model.features(x).mean(dim=(2, 3)), self.bank_loader, pl.features_dim, self.rt.device)
+        else:
+            seconds = self.bank.refresh_from_model(self.model, self.bank_loader, self.rt.device, self.progress_bars)
+        s.bank_embeddings, s.bank_stage, s.bank_epoch = self.bank.embeddings.detach().cpu(), stage_idx, epoch
+        self.log(f"pseudo-labels: {len(self.bank)} refreshed from {pl.source} in {seconds:.1f} s")
+        return seconds
+
+    # -- one step ---------------------------------------------------------------------------------
+
+    def _step_loss(self, batch: dict, stage_idx: int, stats: dict) -> tuple[torch.Tensor, float]:
+        st = self.cfg.stages[stage_idx]
+        dev = self.rt.device
+        images = batch["image"].to(dev, non_blocking=True)
+        target = batch["target"].to(dev, non_blocking=True)
+        vis = batch["visibility"].to(dev, non_blocking=True)
+        pseudo_cov = pseudo_sqrt = None
+        if st.loss in PSEUDO_LABEL_LOSSES:
+            idx = torch.as_tensor(batch["index"])
+            cov, _ = self.bank.lookup(idx)
+            pseudo_cov, pseudo_sqrt = labels_in_batch_frame(cov.to(dev), self.bank_affines[idx].to(dev),
+                                                            batch["affine"].to(dev), self.flip_coords)
+        with autocast_context(dev, self.amp):
+            out = self.net(images)
+        per_sample = stage_loss(st.loss, out.mean, out.cov, target, vis, beta=st.beta, pseudo_cov=pseudo_cov,
+                                pseudo_sqrt=pseudo_sqrt, variance_scale=self.variance_scale, stats=stats)
+        value = per_sample.mean()
+        # Per coordinate: the same optimum, and gradient clipping means the same thing for every loss.
+        loss = value / target.shape[1]
+        if self.cfg.train.heatmap_weight > 0 and out.heatmaps is not None:
+            beta = self.model.head.log_beta.exp()
+            loss = loss + self.cfg.train.heatmap_weight * heatmap_cross_entropy(
+                out.heatmaps, batch["heatmaps"].to(dev, non_blocking=True), vis, beta).mean()
+        return loss, float(value.detach())
+
+    def _all_finite(self, flag: bool) -> bool:
+        if not self.rt.distributed:
+            return flag
+        t = torch.tensor([0.0 if flag else 1.0], device=self.rt.device)
+        torch.distributed.all_reduce(t)
+        return bool(t.item() == 0)
+
+    def _train_epoch(self, epoch: int, stage_idx: int) -> dict:
+        t = self.cfg.train
+        self.model.train()
+        self.train_set.set_epoch(epoch)
+        self.train_loader.sampler.set_epoch(epoch)
+        stats: dict = {}
+        total, count, skipped = 0.0, 0, 0
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.total_epochs} "
+                   f"[{self.cfg.stages[stage_idx].loss}]", disable=not self.progress_bars, leave=False)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for step, batch in enumerate(self.train_loader):
+            if step >= self.steps_per_epoch:
+                break
+            try:
+                loss, value = self._step_loss(batch, stage_idx, stats)
+                finite = bool(torch.isfinite(loss))
+            except FloatingPointError:  # a non-finite covariance met the Cholesky factorisation
+                loss, value, finite = None, float("nan"), False
+            self.optimizer.zero_grad(set_to_none=True)
+            ok = self._all_finite(finite)
+            if ok:
+                loss.backward()
+                norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else math.inf)
+                ok = bool(torch.isfinite(norm))  # gradients are all-reduced: every rank sees the same norm
+            if not ok:
+                self.optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                self._bad_in_a_row += 1
+                if self._bad_in_a_row >= t.max_bad_steps:
+                    raise TrainingDiverged(
+                        f"stage {stage_idx + 1} ({self.cfg.stages[stage_idx].loss}), epoch {epoch + 1}, step "
+                        f"{step + 1}: {self._bad_in_a_row} non-finite steps in a row (train.max_bad_steps); last "
+                        f"finite loss {self._last_finite:.4g}. Lower train.lr or raise model.cov_floor.")
+            else:
+                self.optimizer.step()
+                self._bad_in_a_row = 0
+                self._last_finite = value
+                total += value
+                count += 1
+            self.schedule.step()
+            self.state.global_step += 1
+            bar.set_postfix(loss=f"{self._last_finite:.4g}", lr=f"{self.schedule.lr:.2e}")
+            bar.update()
+        bar.close()
+        return {"train_loss": total / max(count, 1), "skipped_steps": skipped,
+                "cholesky_jitter": stats.get("cholesky_jitter", 0)}
+
+    def _sync_buffers(self) -> None:
+        """Give every rank rank 0's batch-norm statistics: DDP keeps parameters equal, but each rank's
+        last forward updated its own running statistics, and validation must agree across ranks."""
+        if self.rt.distributed:
+            for buf in self.model.buffers():
+                torch.distributed.broadcast(buf, src=0)
+
+    def validate(self) -> dict:
+        preds = predict_dataset(self.model, self.val_loader, self.rt.device, self.amp)
+        return metrics_from_predictions(preds, self.skeleton)
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    def fit(self, max_epochs: int | None = None) -> dict:
+        """Train from the current epoch to the end (or only ``max_epochs`` more epochs)."""
+        cfg, s = self.cfg, self.state
+        end = cfg.total_epochs if max_epochs is None else min(cfg.total_epochs, s.epoch + max_epochs)
+        if s.epoch >= cfg.total_epochs:
+            self.log(f"{self.out}: all {cfg.total_epochs} epochs already done")
+        run_start = time.perf_counter()
+        for epoch in range(s.epoch, end):
+            stage_idx, stage_start = stage_at(cfg, epoch)
+            st = cfg.stages[stage_idx]
+            epoch_start = time.perf_counter()
+            pl_seconds = self._refresh_bank(stage_idx, stage_start, epoch) if st.loss in PSEUDO_LABEL_LOSSES else 0.0
+            train = self._train_epoch(epoch, stage_idx)
+            self._sync_buffers()
+            train_seconds = time.perf_counter() - epoch_start
+            val = scalar_metrics(self.validate())
+            self.schedule.epoch_end(val["nll"])
+            s.epoch = epoch + 1
+            line = {"epoch": s.epoch, "stage": stage_idx + 1, "loss": st.loss, "lr": self.schedule.lr,
+                    **train, "pseudo_label_seconds": round(pl_seconds, 3), "epoch_seconds": round(train_seconds, 2),
+                    **{f"val_{k}": v for k, v in val.items()}}
+            is_best = math.isfinite(val["nll"]) and val["nll"] < s.best_val_nll
+            if is_best:
+                s.best_val_nll, s.best_epoch = val["nll"], s.epoch
+            s.history.append(line)
+            if self.rt.is_main:
+                self._append_metrics(line)
+                if is_best:
+                    self._save_best(val)
+                self._save_checkpoint()
+            self.rt.barrier()
+            self.log(f"epoch {s.epoch}/{cfg.total_epochs} [{st.loss}] loss {train['train_loss']:.4g} | val error "
+                     f"{val['mean_joint_error']:.2f} px, NLL {val['nll']:.2f}, cov@0.9 {val['coverage@0.9']:.2f}"
+                     + (f", skipped {train['skipped_steps']}" if train["skipped_steps"] else "")
+                     + (f" | pseudo-labels {pl_seconds:.1f} s" if pl_seconds else "") + f" | {train_seconds:.0f} s")
+        if self.rt.is_main and s.epoch == cfg.total_epochs:
+            save_model(self.model, self.out / MODEL_FILE)
+        self.rt.barrier()
+        return {"out": str(self.out), "epochs": s.epoch, "best_epoch": s.best_epoch,
+                "best_val_nll": s.best_val_nll, "seconds": time.perf_counter() - run_start,
+                "history": s.history}
+
+    def _append_metrics(self, line: dict) -> None:
+        path = self.out / "metrics.jsonl"
+        # Rewritten whole from the history each epoch, so a resumed run never duplicates lines.
+        text = "".join(json.dumps(_jsonable(h)) + "\n" for h in self.state.history)
+        atomic_write_text(path, text)
+
+    def _save_best(self, val: dict) -> None:
+        best = self.out / "best"
+        best.mkdir(parents=True, exist_ok=True)
+        save_model(self.model, best / MODEL_FILE)
+        atomic_write_text(best / "info.json", json.dumps(_jsonable({"epoch": self.state.epoch, **val}), indent=1))
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def train(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool = False, log=print) -> dict:
+    """Run (or resume) the configured stages into ``out``; returns a summary with the epoch history."""
+    return Trainer(cfg, out, resume=resume, overwrite=overwrite, log=log).fit()

@@ -1,0 +1,245 @@
+"""Trainer, schedule, stage objectives, evaluation command and method configs."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _gloo import run_on_gloo_ranks
+
+from pose_toss.cli import main
+from pose_toss.config import Config, ConfigError, StageConfig, load_config
+from pose_toss.data.synthetic import SyntheticPoseDataset
+from pose_toss.data.transforms import TopDownTransform, affine_covariance, box_to_center_size, crop_affine
+from pose_toss.engine import trainer as trainer_mod
+from pose_toss.engine.compare import method_config, parse_methods
+from pose_toss.engine.objectives import labels_in_batch_frame
+from pose_toss.engine.schedule import LRSchedule
+from pose_toss.engine.trainer import Trainer, TrainingDiverged, stage_at
+from pose_toss.export import coco_results
+from pose_toss.losses import sqrtm_eigh
+from pose_toss.models.checkpoint import load_model
+from pose_toss.skeletons import LSP14
+
+QUICK = Path(__file__).resolve().parents[1] / "configs" / "quick.yaml"
+TINY = ["data.input_size=64", "data.batch_size=8", "data.synthetic.num_samples=32", "data.synthetic.val_samples=8",
+        "data.synthetic.test_samples=8", "model.backbone=resnet10t", "model.deconv_channels=16", "model.embed_dim=8",
+        "model.cov_hidden=16", "train.max_steps_per_epoch=2", "train.warmup_steps=2", "train.progress=false",
+        "stages.0.pseudo_labels.k=8"]
+
+
+def tiny_config(*extra: str) -> Config:
+    return load_config(QUICK, [*TINY, *extra])
+
+
+def weights(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def quiet(*_a, **_k):
+    pass
+
+
+# -- configuration and small pieces -------------------------------------------------------------------
+
+
+def test_default_config_is_the_two_stage_recipe():
+    cfg = Config()
+    assert [(s.loss, s.epochs) for s in cfg.stages] == [("w2_bound", 20), ("nll", 80)]
+    assert cfg.model.covariance == "tic" and cfg.stages[0].pseudo_labels.source == "bottleneck"
+    assert load_config(Path(QUICK).parent / "default.yaml").stages[0].loss == "w2_bound"
+
+
+def test_stage_losses_must_fit_the_covariance():
+    with pytest.raises(ConfigError, match=r"stages.0.loss.*loss_pred.*isotropic"):
+        load_config(None, ["stages.0.loss=loss_pred"])
+    with pytest.raises(ConfigError, match=r"stages.1.loss.*nll.*identity"):
+        load_config(None, ["model.covariance=identity", "stages.0.loss=mse"])
+    with pytest.raises(ConfigError, match=r"stages.0.loss.*expected one of"):
+        load_config(None, ["stages.0.loss=huber"])
+    assert load_config(None, ["model.pretrained=false"]).model.pretrained is False
+    assert load_config(None, ["model.pretrained=weights/r18.pth"]).model.pretrained == "weights/r18.pth"
+
+
+def test_stage_at_maps_epochs_to_stages():
+    cfg = Config(stages=[StageConfig("w2_bound", 2), StageConfig("nll", 3)])
+    assert [stage_at(cfg, e) for e in range(5)] == [(0, 0), (0, 0), (1, 2), (1, 2), (1, 2)]
+    with pytest.raises(IndexError):
+        stage_at(cfg, 5)
+
+
+def test_schedule_warmup_cosine_and_plateau():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    s = LRSchedule(opt, total_steps=100, kind="cosine", warmup_steps=10, min_lr_ratio=0.1)
+    assert s.lr == pytest.approx(0.01)
+    for _ in range(5):
+        s.step()
+    cosine5 = 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 0.05))
+    assert s.lr == pytest.approx((0.01 + 0.99 * 0.5) * cosine5)
+    state = s.state_dict()
+    for _ in range(95):
+        s.step()
+    assert s.lr == pytest.approx(0.1)
+    s.load_state_dict(state)
+    assert s.lr == pytest.approx((0.01 + 0.99 * 0.5) * cosine5)
+
+    plateau = LRSchedule(torch.optim.SGD([p], lr=1.0), 100, "plateau", 0, patience=1, factor=0.5)
+    for metric in (5.0, 4.0, 4.5, 4.2):  # two epochs without improvement > patience 1 -> halve
+        plateau.epoch_end(metric)
+    assert plateau.lr == pytest.approx(0.5)
+
+
+def test_bank_labels_follow_the_augmentation_including_flips():
+    ds = SyntheticPoseDataset(3, 128, seed=1)
+    for flip in (0.0, 1.0):
+        tf = TopDownTransform(128, LSP14, augment=True, rotation=40, scale=(0.7, 1.3), flip_prob=flip)
+        for i in range(3):
+            rec = ds.record(i)
+            center, size = box_to_center_size(rec["bbox"], 1.25)
+            eval_affine = crop_affine(center, size, 128)
+            bank_cov = affine_covariance(eval_affine, rec["cov_true"])  # what the bank stores
+            out = tf(rec["image"], rec["joints"], rec["visibility"], center, size, cov=rec["cov_true"], seed=i)
+            assert out.flipped == bool(flip)
+            moved, root = labels_in_batch_frame(
+                torch.tensor(bank_cov[None]), torch.tensor(eval_affine[None]), torch.tensor(out.affine[None]),
+                torch.from_numpy(LSP14.flip_coordinate_index.copy()))
+            np.testing.assert_allclose(moved[0].numpy(), out.cov, rtol=1e-4, atol=1e-4 * np.abs(out.cov).max())
+            np.testing.assert_allclose((root @ root)[0].numpy(), out.cov, atol=1e-3 * np.abs(out.cov).max())
+
+
+def test_coco_results_map_back_to_image_pixels():
+    a = np.array([[2.0, 0.0, -10.0], [0.0, 2.0, 4.0]])  # image -> crop: scale 2, shift
+    mean = np.array([[10.0, 20.0, 30.0, 40.0]])
+    cov = np.diag([4.0, 8.0, 12.0, 16.0])[None]
+    (res,) = coco_results(mean, cov, a[None], [7])
+    assert res["image_id"] == 7 and res["category_id"] == 1
+    assert res["keypoints"] == pytest.approx([10.0, 8.0, 2, 20.0, 18.0, 2])
+    assert np.asarray(res["covariance"]) == pytest.approx(np.diag([1.0, 2.0, 3.0, 4.0]))
+    assert 0.0 < res["score"] < 1.0
+
+
+def test_method_configs_share_the_budget():
+    base = Config()
+    assert [(s.loss, s.epochs) for s in method_config(base, "w2_then_nll_tic").stages] == [("w2_bound", 20),
+                                                                                          ("nll", 80)]
+    mse = method_config(base, "mse")
+    assert mse.model.covariance == "identity" and [(s.loss, s.epochs) for s in mse.stages] == [("mse", 100)]
+    assert method_config(base, "loss_pred").model.covariance == "isotropic"
+    plain = Config(stages=[StageConfig("nll", 5)] * 2)  # not a W2 recipe: the paper's 20% / 80% split
+    assert [s.epochs for s in method_config(plain, "w2_then_nll_tic").stages] == [2, 8]
+    with pytest.raises(ValueError, match="unknown"):
+        parse_methods("mse,huber")
+
+
+# -- training ---------------------------------------------------------------------------------------
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    # W2 for two epochs with one refresh (epoch 2 reuses the bank saved in the checkpoint), then NLL.
+    cfg = tiny_config("stages.0.epochs=2", "stages.0.pseudo_labels.refresh_every=2", "stages.1.epochs=1")
+    straight = Trainer(cfg, tmp_path / "a", log=quiet)
+    straight.fit()
+
+    killed = Trainer(cfg, tmp_path / "b", log=quiet)
+    killed.fit(max_epochs=1)  # as if the process died after the first checkpoint
+    assert (tmp_path / "b" / "checkpoints" / "epoch_0001" / "model.safetensors").is_file()
+    resumed = Trainer(cfg, tmp_path / "b", resume=True, log=quiet)
+    assert resumed.state.epoch == 1
+    resumed.fit()
+    a, b = weights(straight.model), weights(resumed.model)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+    first = json.loads(lines[0])
+    assert first["loss"] == "w2_bound" and first["pseudo_label_seconds"] > 0 and "val_nll" in first
+    assert json.loads(lines[1])["pseudo_label_seconds"] == 0  # refresh_every=2: the saved bank was reused
+    assert json.loads(lines[2])["loss"] == "nll"
+    assert (tmp_path / "b" / "best" / "model.safetensors").is_file()
+    assert load_model(tmp_path / "b" / "model.safetensors").config["covariance"] == "tic"
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
+    real = trainer_mod.stage_loss
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        out = real(*args, **kwargs)
+        return out * float("nan") if calls["n"] >= 2 else out
+
+    monkeypatch.setattr(trainer_mod, "stage_loss", flaky)
+    cfg = tiny_config("stages.0.epochs=1", "stages.1.epochs=1", "train.max_bad_steps=3", "stages.0.loss=mse")
+    with pytest.raises(TrainingDiverged, match=r"stage 2 \(nll\), epoch 2, step 2: 3 non-finite steps in a row"):
+        Trainer(cfg, tmp_path / "run", log=quiet).fit()
+    line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert line["skipped_steps"] == 1  # the first epoch's second step was skipped and counted
+
+
+def _ddp_worker(rank, world, out):
+    cfg = tiny_config("stages.0.epochs=1", "stages.1.epochs=1")
+    t = Trainer(cfg, Path(out) / "run", overwrite=True, log=quiet)
+    assert t.rt.world_size == world and len(t.train_loader) == 2
+    t.fit()
+    torch.save(weights(t.model), Path(out) / f"rank{rank}.pt")
+
+
+def test_two_process_gloo_training_keeps_ranks_identical(tmp_path):
+    run_on_gloo_ranks(_ddp_worker, tmp_path)
+    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    saved = load_model(tmp_path / "run" / "model.safetensors").state_dict()
+    assert all(torch.equal(saved[k], a[k].cpu()) for k in a)  # rank 0's checkpoint holds the shared weights
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2  # rank 0 logged once
+
+
+# -- command line -------------------------------------------------------------------------------------
+
+
+def test_train_eval_cli_end_to_end(tmp_path, capsys):
+    run, ev = tmp_path / "run", tmp_path / "eval"
+    args = ["train", "--config", str(QUICK), "--out", str(run)]
+    for o in [*TINY, "stages.0.epochs=1", "stages.1.epochs=1"]:
+        args += ["--set", o]
+    assert main(args) == 0
+    assert main(args) == 2  # never overwritten silently
+    assert "not empty; pass --overwrite" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(run), "--out", str(ev), "--quiet", "--pictures", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "mean joint error" in printed and str(ev / "report.md") in printed
+    metrics = json.loads((ev / "metrics.json").read_text())
+    for key in ("mean_joint_error", "mse", "pck@0.2", "nll", "tac", "coverage@0.9", "calibration_gap", "spearman",
+                "ause", "auroc_pck_miss", "w2_to_true", "kl_true_to_pred", "per_joint", "mean_pose_error"):
+        assert key in metrics, key
+    report = (ev / "report.md").read_text()
+    assert "## Per joint" in report and "r_ankle" in report and "pictures.png" in report
+    assert (ev / "pictures.png").stat().st_size > 1000
+
+    # The exported people equal model.predict on the original images with the same boxes.
+    preds = json.loads((ev / "predictions.json").read_text())
+    assert len(preds) == 8
+    cfg = load_config(run / "config.yaml")
+    test = SyntheticPoseDataset.from_config(cfg.data.synthetic, "test")
+    model = load_model(run / "best" / "model.safetensors")
+    for p in preds[:3]:
+        rec = test.record(p["image_id"])
+        (person,) = model.predict([rec["image"]], boxes=[[rec["bbox"]]], padding=cfg.data.padding)
+        kps = np.asarray(p["keypoints"]).reshape(-1, 3)
+        np.testing.assert_allclose(kps[:, :2], person["joints"][0], atol=0.05)
+        np.testing.assert_allclose(np.asarray(p["covariance"]), person["cov"][0], rtol=1e-3, atol=1e-2)
+
+    # Resume of a finished run does nothing and says so; a bad --data is named.
+    assert main(["train", "--resume", str(run)]) == 0
+    assert main(["eval", "--checkpoint", str(run), "--data", "nowhere", "--out", str(tmp_path / "e2")]) == 2
+    assert "--data 'nowhere'" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "missing")]) == 2
+
+
+def test_sqrt_helper_used_for_labels_is_a_root():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 6, 6, generator=gen)
+    spd = a @ a.transpose(1, 2) + torch.eye(6)
+    r = sqrtm_eigh(spd)
+    torch.testing.assert_close(r @ r, spd, atol=1e-4, rtol=1e-4)
