@@ -191,6 +191,9 @@ def test_pose_metrics_nll_and_truth_distances_against_torch_distributions():
     assert m["mse"] == pytest.approx((errors**2).mean().item())
     assert 0 <= m["coverage@0.5"] <= m["coverage@0.9"] <= m["coverage@0.95"] <= 1
     assert len(m["per_joint"]["error"]) == 14
+    heads = torch.full((b,), 6.0, dtype=torch.float64)  # PCKh@0.5: within 3 px
+    with_heads = pose_metrics(mean, cov, target, vis, LSP14, head_sizes=heads)
+    assert with_heads["pckh@0.5"] == pytest.approx((errors <= 3.0).double().mean().item())
 
 
 def test_calibrated_gaussian_covers_at_its_nominal_levels():
