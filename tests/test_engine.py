@@ -243,3 +243,24 @@ def test_sqrt_helper_used_for_labels_is_a_root():
     spd = a @ a.transpose(1, 2) + torch.eye(6)
     r = sqrtm_eigh(spd)
     torch.testing.assert_close(r @ r, spd, atol=1e-4, rtol=1e-4)
+
+
+def test_compare_tabulates_methods_and_resumes(tmp_path):
+    from pose_toss.engine.compare import compare
+
+    base = tiny_config("stages.0.epochs=1", "stages.1.epochs=1")
+    said = []
+    result = compare(base, ["mse", "w2_then_nll_tic"], tmp_path / "cmp", log=said.append)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert set(rows) == {"mse", "w2_then_nll_tic"} and all(r["train_seconds"] > 0 for r in rows.values())
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| mse |" in table and "| w2_then_nll_tic |" in table and "**" in table
+    assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())[1]["method"] == "w2_then_nll_tic"
+    # Identical config: finished methods are read back; a changed config trains again.
+    said.clear()
+    compare(base, ["mse"], tmp_path / "cmp", overwrite=True, log=said.append)
+    assert any("already done" in s for s in said)
+    said.clear()
+    compare(tiny_config("stages.0.epochs=1", "stages.1.epochs=1", "train.lr=0.003"), ["mse"], tmp_path / "cmp",
+            overwrite=True, log=said.append)
+    assert not any("already done" in s for s in said)

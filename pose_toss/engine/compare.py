@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from pose_toss.config import Config, StageConfig
+from pose_toss.config import Config, StageConfig, dump_config
 from pose_toss.engine.evaluation import evaluate_checkpoint, scalar_metrics
 from pose_toss.engine.report import comparison_table
 from pose_toss.engine.trainer import _jsonable, train
@@ -68,8 +68,9 @@ def method_config(base: Config, method: str) -> Config:
 def compare(base: Config, methods: list[str], out, *, overwrite: bool = False, log=print) -> dict:
     """Train and evaluate every method into ``out/<method>/``; write ``comparison.md`` / ``.json``.
 
-    Finished methods are kept when the command is re-run with the same ``out`` (their ``eval/metrics.json``
-    is read back), so an interrupted comparison resumes where it stopped.
+    Finished methods are kept when the command is re-run with the same ``out`` and the same config
+    (their ``eval/metrics.json`` is read back), so an interrupted comparison resumes where it stopped;
+    a method whose config changed is trained again.
     """
     out = Path(out)
     if out.is_dir() and any(out.iterdir()) and not (out / "comparison.partial").is_file():
@@ -81,7 +82,8 @@ def compare(base: Config, methods: list[str], out, *, overwrite: bool = False, l
         cfg = method_config(base, method)
         run_dir, eval_dir = out / method, out / method / "eval"
         done = eval_dir / "metrics.json"
-        if done.is_file():
+        same_config = (run_dir / "config.yaml").is_file() and (run_dir / "config.yaml").read_text() == dump_config(cfg)
+        if done.is_file() and same_config:
             metrics = json.loads(done.read_text())
             seconds = json.loads((out / method / "wall_time.json").read_text())["seconds"]
             log(f"{method}: already done, reading {done}")
