@@ -71,7 +71,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     m = evaluate_checkpoint(args.checkpoint, args.data, args.out, split=args.split, overwrite=args.overwrite,
                             device=args.device, batch_size=args.batch_size, pictures=args.pictures,
                             progress=not args.quiet)
-    print(comparison_table(["model"], [m]).replace("**", ""))
+    print(comparison_table(["model"], [m], mark_best=False))
     print(f"mean joint error {m['mean_joint_error']:.2f} px against {m['mean_pose_error']:.2f} px for the mean "
           f"pose ({m['mean_pose_error'] / max(m['mean_joint_error'], 1e-9):.1f}x lower); 90% ellipses hold "
           f"{100 * m['coverage@0.9']:.1f}% of the ground truths")

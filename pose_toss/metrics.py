@@ -207,7 +207,7 @@ def pose_metrics(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, vi
     maha = joint_mahalanobis2(mean, cov, target)
     cov_levels = coverage(maha, vis)
     inside_any = vis.sum(0) > 0
-    overall_cov = [(float(((maha <= -2 * math.log(1 - p)) & vis).sum() / vis.sum())) for p in CALIBRATION_LEVELS]
+    overall_cov = coverage(maha.reshape(-1, 1), vis.reshape(-1, 1))[:, 0].tolist()
     tac_err = tac(mean, cov, target, vis)
     nll = gaussian_nll(mean, cov, target, vis.float())
     e, s = err[vis], spread[vis]

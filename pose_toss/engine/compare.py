@@ -10,8 +10,8 @@ from pathlib import Path
 from pose_toss.config import Config, StageConfig, dump_config
 from pose_toss.engine.evaluation import evaluate_checkpoint, scalar_metrics
 from pose_toss.engine.report import comparison_table
-from pose_toss.engine.trainer import _jsonable, train
-from pose_toss.io import atomic_write_text, check_output_dir
+from pose_toss.engine.trainer import train
+from pose_toss.io import atomic_write_text, check_output_dir, jsonable
 
 # method -> (covariance parameterisation, stage losses). Two-stage methods split the budget as the
 # config's own stages do when it is a two-stage recipe, else 20% / 80% (the paper's 20 of 100).
@@ -102,6 +102,6 @@ def compare(base: Config, methods: list[str], out, *, overwrite: bool = False, l
           "evaluated on the test split. Best per column in bold (coverage: closest to nominal).", "",
           comparison_table(methods, rows, extra=("train_seconds", "train s")), ""]
     atomic_write_text(out / "comparison.md", "\n".join(md))
-    atomic_write_text(out / "comparison.json", json.dumps(_jsonable(rows), indent=1))
+    atomic_write_text(out / "comparison.json", json.dumps(jsonable(rows), indent=1))
     (out / "comparison.partial").unlink()
     return {"rows": rows, "markdown": "\n".join(md)}

@@ -146,9 +146,8 @@ def evaluate_checkpoint(checkpoint, data: str, out, *, split: str = "test", over
     from pose_toss.data.dataset import PoseDataset
     from pose_toss.engine.report import evaluation_report
     from pose_toss.engine.runtime import Runtime, make_loader, resolve_device
-    from pose_toss.engine.trainer import _jsonable
     from pose_toss.export import coco_results, write_coco_results
-    from pose_toss.io import atomic_write_text, check_output_dir, staged_output_dir
+    from pose_toss.io import atomic_write_text, check_output_dir, jsonable, staged_output_dir
     from pose_toss.models.checkpoint import load_model
     from pose_toss.viz.draw import write_png
 
@@ -172,7 +171,7 @@ def evaluate_checkpoint(checkpoint, data: str, out, *, split: str = "test", over
     image_ids = [records[int(i)].get("image_id", int(records[int(i)].get("index", int(i)))) for i in preds["index"]]
     results = coco_results(preds["mean"].numpy(), preds["cov"].numpy(), preds["affine"].numpy(), image_ids)
     with staged_output_dir(out, overwrite) as stage:
-        atomic_write_text(stage / "metrics.json", json.dumps(_jsonable(
+        atomic_write_text(stage / "metrics.json", json.dumps(jsonable(
             {"checkpoint": str(model_file), "data": source, **metrics}), indent=1))
         write_coco_results(stage / "predictions.json", results)
         pics = []

@@ -58,12 +58,13 @@ def best_marks(rows: list[dict], key: str, lower: bool | None) -> set[int]:
     return {i for i, s in score.items() if s <= best + 1e-12}
 
 
-def comparison_table(names: list[str], rows: list[dict], extra: tuple[str, str] | None = None) -> str:
+def comparison_table(names: list[str], rows: list[dict], extra: tuple[str, str] | None = None,
+                     mark_best: bool = True) -> str:
     """Rows of scalar metrics as one markdown table; the best value per column in bold."""
     cols = columns_present(rows)
     header = ["method"] + [c[1] for c in cols] + ([extra[1]] if extra else [])
     body = []
-    marks = {c[0]: best_marks(rows, c[0], c[2]) for c in cols}
+    marks = {c[0]: best_marks(rows, c[0], c[2]) if mark_best else set() for c in cols}
     for i, (name, r) in enumerate(zip(names, rows, strict=True)):
         cells = [name]
         for key, _, _ in cols:
@@ -80,7 +81,7 @@ def evaluation_report(metrics: dict, title: str, context: list[str], pictures: l
     cal = metrics["calibration"]
     out = [f"# {title}", ""]
     out += [f"- {c}" for c in context] + [""]
-    out += ["## Summary", "", comparison_table(["model"], [metrics]).replace("**", ""), ""]
+    out += ["## Summary", "", comparison_table(["model"], [metrics], mark_best=False), ""]
     out += [f"Samples: {metrics['num_samples']}, visible joints: {metrics['num_joints_visible']}. "
             f"Predicting the evaluated set's mean pose instead gives {fmt(metrics.get('mean_pose_error'))} px "
             "mean joint error.", ""]

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -34,7 +33,7 @@ from pose_toss.engine.runtime import (
     setup_runtime,
 )
 from pose_toss.engine.schedule import LRSchedule
-from pose_toss.io import atomic_write_bytes, atomic_write_text, check_output_dir
+from pose_toss.io import atomic_write_bytes, atomic_write_text, check_output_dir, jsonable, staged_output_dir
 from pose_toss.losses import heatmap_cross_entropy
 from pose_toss.models.checkpoint import save_model
 from pose_toss.models.pose_model import PoseModel, build_pose_model
@@ -53,12 +52,10 @@ class Progress:
     """Where a run stands; saved in every checkpoint."""
 
     epoch: int = 0  # epochs completed
-    global_step: int = 0
     best_val_nll: float = math.inf
     best_epoch: int = -1
     bank_embeddings: torch.Tensor | None = None
     bank_stage: int = -1
-    bank_epoch: int = -1
     history: list = field(default_factory=list)
 
 
@@ -171,19 +168,14 @@ class Trainer:
         if not self.rt.is_main:
             return None
         root = self.out / CHECKPOINTS
-        root.mkdir(parents=True, exist_ok=True)
         final = root / f"epoch_{self.state.epoch:04d}"
-        stage = root / f".{final.name}.partial"
-        shutil.rmtree(stage, ignore_errors=True)
-        stage.mkdir()
-        save_model(self.model, stage / MODEL_FILE)
-        blob = io.BytesIO()
-        torch.save({"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
-                    "rng": rng_states(), "progress": self.state.__dict__, "config": config_to_dict(self.cfg)}, blob)
-        atomic_write_bytes(stage / STATE_FILE, blob.getvalue())
-        if final.exists():
-            shutil.rmtree(final)
-        stage.rename(final)
+        with staged_output_dir(final, overwrite=True) as stage:
+            save_model(self.model, stage / MODEL_FILE)
+            blob = io.BytesIO()
+            torch.save({"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                        "rng": rng_states(), "progress": self.state.__dict__, "config": config_to_dict(self.cfg)},
+                       blob)
+            atomic_write_bytes(stage / STATE_FILE, blob.getvalue())
         for old in sorted(root.glob("epoch_*"))[:-2]:
             shutil.rmtree(old, ignore_errors=True)
         return final
@@ -226,7 +218,7 @@ class Trainer:
                 lambda x: self.model.features(x).mean(dim=(2, 3)), self.bank_loader, pl.features_dim, self.rt.device)
         else:
             seconds = self.bank.refresh_from_model(self.model, self.bank_loader, self.rt.device, self.progress_bars)
-        s.bank_embeddings, s.bank_stage, s.bank_epoch = self.bank.embeddings.detach().cpu(), stage_idx, epoch
+        s.bank_embeddings, s.bank_stage = self.bank.embeddings.detach().cpu(), stage_idx
         self.log(f"pseudo-labels: {len(self.bank)} refreshed from {pl.source} in {seconds:.1f} s")
         return seconds
 
@@ -304,7 +296,6 @@ class Trainer:
                 total += value
                 count += 1
             self.schedule.step()
-            self.state.global_step += 1
             bar.set_postfix(loss=f"{self._last_finite:.4g}", lr=f"{self.schedule.lr:.2e}")
             bar.update()
         bar.close()
@@ -350,7 +341,7 @@ class Trainer:
                 s.best_val_nll, s.best_epoch = val["nll"], s.epoch
             s.history.append(line)
             if self.rt.is_main:
-                self._append_metrics(line)
+                self._write_metrics()
                 if is_best:
                     self._save_best(val)
                 self._save_checkpoint()
@@ -366,29 +357,16 @@ class Trainer:
                 "best_val_nll": s.best_val_nll, "seconds": time.perf_counter() - run_start,
                 "history": s.history}
 
-    def _append_metrics(self, line: dict) -> None:
-        path = self.out / "metrics.jsonl"
+    def _write_metrics(self) -> None:
         # Rewritten whole from the history each epoch, so a resumed run never duplicates lines.
-        text = "".join(json.dumps(_jsonable(h)) + "\n" for h in self.state.history)
-        atomic_write_text(path, text)
+        text = "".join(json.dumps(jsonable(h)) + "\n" for h in self.state.history)
+        atomic_write_text(self.out / "metrics.jsonl", text)
 
     def _save_best(self, val: dict) -> None:
         best = self.out / "best"
         best.mkdir(parents=True, exist_ok=True)
         save_model(self.model, best / MODEL_FILE)
-        atomic_write_text(best / "info.json", json.dumps(_jsonable({"epoch": self.state.epoch, **val}), indent=1))
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+        atomic_write_text(best / "info.json", json.dumps(jsonable({"epoch": self.state.epoch, **val}), indent=1))
 
 
 def train(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool = False, log=print) -> dict:
