@@ -94,6 +94,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from pose_toss.data.check import data_check
+
+    cfg = load_config(args.config, args.overrides)
+    result = data_check(cfg, args.out, split=args.split, count=args.count, overwrite=args.overwrite)
+    print(f"summary: {Path(args.out) / 'summary.json'} and summary.md")
+    return 1 if result["problems"] and args.strict else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pose-toss", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -128,6 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pictures", type=int, default=16, help="crops drawn with their ellipses (0: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("data-check", help="counts, problems and a contact sheet of augmented crops for a config's data")
+    p.add_argument("--split", default="train", choices=("train", "val", "test"))
+    p.add_argument("--out", default="runs/data-check", help="where summary.json/.md and contact_sheet.png go")
+    p.add_argument("--count", type=int, default=16, help="crops on the contact sheet")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any problem is found")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_data_check)
 
     p = sub.add_parser("compare", help="train and evaluate several methods with the same data, seed and budget")
     p.add_argument("--methods", default="mse,diagonal,nll,beta_nll,faithful,nll_tic,w2,w2_then_nll_tic,loss_pred",

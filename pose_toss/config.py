@@ -51,6 +51,23 @@ class SyntheticConfig:
 
 
 @dataclass
+class RealDataConfig:
+    """Where the real datasets live (see data/README.md); paths are relative to the working directory."""
+    mpii_root: str = opt("data/mpii", help="MPII folder: images/ and the annotation files below")
+    mpii_train: str = opt("annot/train.json", help="MPII training people, json or the official .mat, "
+                                                  "relative to mpii_root")
+    mpii_val: str = opt("annot/valid.json", help="MPII validation people, relative to mpii_root")
+    lsp_root: str = opt("data/lsp", help="LSP folder: joints.mat and images/")
+    lspet_root: str = opt("data/lspet", help="LSP-extended folder: joints.mat and images/")
+    coco_root: str = opt("data/coco", help="COCO folder: annotations/ and train2017/, val2017/")
+    coco_train: str = opt("annotations/person_keypoints_train2017.json", help="relative to coco_root")
+    coco_val: str = opt("annotations/person_keypoints_val2017.json", help="relative to coco_root")
+
+
+DATASETS = ("synthetic", "lsp", "mpii", "coco", "mpii_lsp")
+
+
+@dataclass
 class AugmentConfig:
     enabled: bool = opt(True, help="turn all augmentation off (evaluation) or on")
     rotation: float = opt(30.0, min=0.0, max=180.0, help="max absolute rotation, degrees")
@@ -62,7 +79,8 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = opt("synthetic", choices=("synthetic",), help="which data source trains the model")
+    dataset: str = opt("synthetic", choices=DATASETS,
+                       help="synthetic, lsp, mpii, coco, or mpii_lsp (MPII + LSP + LSP-extended on 14 joints)")
     input_size: int = opt(128, min=32, max=2048, help="side of the square network input, px (multiple of 4)")
     padding: float = opt(1.25, min=1.0, max=3.0, help="crop side = padding x person size")
     heatmap_stride: int = opt(4, choices=(1, 2, 4, 8))
@@ -70,6 +88,7 @@ class DataConfig:
     batch_size: int = opt(32, min=1)
     num_workers: int = opt(2, min=0, max=64)
     synthetic: SyntheticConfig = opt(factory=SyntheticConfig)
+    real: RealDataConfig = opt(factory=RealDataConfig)
     augment: AugmentConfig = opt(factory=AugmentConfig)
 
 

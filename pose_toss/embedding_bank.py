@@ -28,6 +28,7 @@ class EmbeddingBank:
         self.cov: torch.Tensor | None = None
         self.sqrt: torch.Tensor | None = None
         self.last_refresh_seconds = 0.0
+        self.unavailable: torch.Tensor | None = None  # N bools: images that could not be read
 
     def __len__(self) -> int:
         return self.targets.shape[0]
@@ -40,6 +41,10 @@ class EmbeddingBank:
         self.embeddings = embeddings.float()
         device = self.embeddings.device
         masks = None if self.masks is None else self.masks.to(device)
+        if self.unavailable is not None and self.unavailable.any():
+            masks = torch.ones(self.targets.shape[0], self.targets.shape[1] // 2) if masks is None else masks.clone()
+            masks[self.unavailable.to(masks.device)] = 0.0
+            masks = masks.to(device)
         self.cov, self.sqrt = pseudo_covariances(self.embeddings, self.targets.to(device), self.k, self.temperature,
                                                  masks, self.shrinkage, self.floor)
         self.last_refresh_seconds = time.perf_counter() - start
@@ -47,11 +52,18 @@ class EmbeddingBank:
 
     @torch.no_grad()
     def _embed_all(self, embed_fn, loader, device, progress: bool = False) -> torch.Tensor:
-        """``embed_fn(images) -> B x E`` over the loader, averaged per index across batches and ranks."""
+        """``embed_fn(images) -> B x E`` over the loader, averaged per index across batches and ranks.
+
+        Samples whose image could not be read get the mean embedding and no say in any label (their
+        joints are masked until a later refresh reads them)."""
         from tqdm import tqdm
 
         bank, counts = None, torch.zeros(len(self), device=device)
+        reported = torch.zeros(1, device=device)
         for batch in tqdm(loader, desc="embedding bank", disable=not progress):
+            reported += len(batch.get("missing_images", ()))
+            if "image" not in batch:
+                continue
             z = embed_fn(batch["image"].to(device, non_blocking=True)).float()
             if bank is None:
                 bank = torch.zeros(len(self), z.shape[1], device=device)
@@ -60,12 +72,16 @@ class EmbeddingBank:
             counts.index_add_(0, idx, torch.ones_like(idx, dtype=counts.dtype))
         if bank is None:
             raise ValueError("the loader yielded no batches to embed")
-        bank, counts = gather_across_ranks(bank), gather_across_ranks(counts)
-        missing = int((counts == 0).sum())
-        if missing:
-            raise ValueError(f"{missing} of {len(self)} samples were never embedded; the loader must cover the "
-                             "whole training set")
-        return bank / counts.unsqueeze(1)
+        bank, counts, reported = gather_across_ranks(bank), gather_across_ranks(counts), gather_across_ranks(reported)
+        absent = counts == 0
+        if int(absent.sum()) > int(reported.item()):
+            raise ValueError(f"{int(absent.sum())} of {len(self)} samples were never embedded; the loader must "
+                             "cover the whole training set")
+        bank = bank / counts.clamp_min(1).unsqueeze(1)
+        if absent.any():
+            bank[absent] = bank[~absent].mean(0)
+        self.unavailable = absent.cpu()
+        return bank
 
     def refresh_from_model(self, model, loader, device: str | torch.device = "cpu", progress: bool = False) -> float:
         """Embed the whole training set with the model's bottleneck (eval mode) and recompute the labels.

@@ -59,7 +59,12 @@ def test_image_loading_converts_to_rgb(tmp_path):
     g, a = load_image_rgb(tmp_path / "g.png"), load_image_rgb(tmp_path / "a.png")
     assert g.shape == (8, 16, 3) and (g[..., 0] == grey).all()
     assert a.shape == (8, 8, 3) and (a[..., 0] == 200).all() and (a[..., 2] == 0).all()
+    from PIL import Image
+
+    Image.new("CMYK", (8, 6), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")  # pure red in CMYK
+    c = load_image_rgb(tmp_path / "cmyk.jpg")
+    assert c.shape == (6, 8, 3) and c[..., 0].mean() > 200 and c[..., 1:].mean() < 40
     import pytest
 
-    with pytest.raises(OSError, match="cannot read image"):
+    with pytest.raises(OSError, match="image file not found"):
         load_image_rgb(tmp_path / "missing.png")

@@ -25,7 +25,11 @@ def load_image_rgb(path: str) -> np.ndarray:
     """H x W x 3 uint8 RGB from any file OpenCV reads (grey, CMYK, alpha are converted)."""
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)  # drops alpha, expands grey, converts CMYK
     if img is None:
-        raise OSError(f"cannot read image {path}")
+        import os
+
+        if not os.path.isfile(path):
+            raise OSError(f"image file not found: {path}")
+        raise OSError(f"cannot decode image file: {path}")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -78,11 +82,19 @@ class PoseDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         rec = self.records[index]
-        image = rec["image"] if rec.get("image") is not None else load_image_rgb(rec["image_path"])
+        try:
+            image = rec["image"] if rec.get("image") is not None else load_image_rgb(rec["image_path"])
+        except OSError as e:  # reported and skipped by ``collate_samples``; one bad file must not end a run
+            return {"missing_image": str(e), "index": index}
         joints = np.asarray(rec["joints"], dtype=np.float64)
         vis = np.asarray(rec["visibility"], dtype=np.float32)
-        vis = vis * np.isfinite(joints).all(axis=1)  # NaN joints are masked, never trained on
-        joints = np.nan_to_num(joints)
+        h, w = image.shape[:2]
+        # NaN, negative and outside-the-image joints are masked, never trained on as coordinates.
+        inside = np.isfinite(joints).all(axis=1)
+        safe = np.nan_to_num(joints, nan=-1.0)
+        inside &= (safe >= 0).all(axis=1) & (safe[:, 0] <= w - 1) & (safe[:, 1] <= h - 1)
+        vis = vis * inside
+        joints = np.where(inside[:, None], safe, 0.0)
         cov = rec.get("cov_true")
         center, size = record_crop_source(rec, self.padding)
         out = self.transform(image, joints, vis, center, size, cov=None if cov is None else np.asarray(cov),
@@ -106,6 +118,18 @@ class PoseDataset(Dataset):
             sample["head_size"] = torch.tensor(float(rec["head_size"]) * _affine_scale(out.affine),
                                                dtype=torch.float32)
         return sample
+
+
+def collate_samples(samples: list[dict]) -> dict:
+    """``default_collate`` over the samples whose image loaded; the others' messages go in
+    ``missing_images`` (a batch may then hold no ``image`` at all: consumers skip it)."""
+    from torch.utils.data import default_collate
+
+    missing = [s["missing_image"] for s in samples if "missing_image" in s]
+    good = [s for s in samples if "missing_image" not in s]
+    batch = default_collate(good) if good else {}
+    batch["missing_images"] = missing
+    return batch
 
 
 def _affine_scale(affine: np.ndarray) -> float:

@@ -35,6 +35,8 @@ def predict_dataset(model, loader, device: torch.device, amp: bool = False, prog
                                              *OPTIONAL_KEYS)}
     try:
         for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+            if "image" not in batch:
+                continue
             with autocast_context(device, amp):
                 out = model(batch["image"].to(device, non_blocking=True))
             cols["mean"].append(out.mean.float().cpu())

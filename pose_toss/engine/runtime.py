@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from pose_toss.data.dataset import PoseDataset
+from pose_toss.data.dataset import PoseDataset, collate_samples
+from pose_toss.data.readers import DATASET_SKELETONS, dataset_records
 from pose_toss.data.synthetic import SyntheticPoseDataset
 from pose_toss.skeletons import Skeleton, get_skeleton
 
@@ -85,7 +86,8 @@ def restore_rng_states(state: dict) -> None:
 def load_records(data_cfg, split: str, progress: bool = False) -> tuple[list[dict], Skeleton]:
     """The records of one split (train / val / test) of the configured dataset, and its skeleton.
 
-    Synthetic figures are rendered once into memory (a few MB per thousand at 128 px).
+    Synthetic figures are rendered once into memory (a few MB per thousand at 128 px); real images
+    are read when a sample is drawn.
     """
     if data_cfg.dataset == "synthetic":
         from tqdm import tqdm
@@ -94,7 +96,10 @@ def load_records(data_cfg, split: str, progress: bool = False) -> tuple[list[dic
         records = [ds.record(i) for i in tqdm(range(len(ds)), desc=f"rendering {split}", disable=not progress,
                                               leave=False)]
         return records, ds.skeleton
-    raise ValueError(f"data.dataset {data_cfg.dataset!r} has no reader")
+    records = dataset_records(data_cfg, split)
+    if not records:
+        raise ValueError(f"data.dataset {data_cfg.dataset!r}: the {split} split holds no people with joints")
+    return records, get_skeleton(DATASET_SKELETONS[data_cfg.dataset])
 
 
 def make_loader(dataset: PoseDataset, batch_size: int, runtime: Runtime, *, shuffle: bool, seed: int = 0,
@@ -102,12 +107,13 @@ def make_loader(dataset: PoseDataset, batch_size: int, runtime: Runtime, *, shuf
     """A loader whose order depends only on (seed, epoch): ``loader.sampler.set_epoch(epoch)``.
 
     Each rank reads its shard; without shuffling the shards are padded to equal length (duplicates
-    are harmless where indices are used, as in the embedding bank)."""
+    are harmless where indices are used, as in the embedding bank). Unreadable images are left out
+    of their batch and named in its ``missing_images``."""
     sampler = DistributedSampler(dataset, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=shuffle,
                                  seed=seed, drop_last=False)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       drop_last=drop_last, pin_memory=runtime.device.type == "cuda",
-                      persistent_workers=False)
+                      persistent_workers=False, collate_fn=collate_samples)
 
 
 def skeleton_for(records: list[dict], default: str = "lsp14") -> Skeleton:

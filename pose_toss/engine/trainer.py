@@ -153,6 +153,7 @@ class Trainer:
                                    t.min_lr_ratio, t.plateau_patience, t.plateau_factor)
         self.state = Progress()
         self._bad_in_a_row, self._last_finite = 0, float("nan")  # non-finite steps count across epochs
+        self._reported_missing: set[str] = set()
         if self.resume_from is not None:
             self._load_checkpoint(self.resume_from)
         elif self.rt.is_main:
@@ -266,9 +267,14 @@ class Trainer:
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.total_epochs} "
                    f"[{self.cfg.stages[stage_idx].loss}]", disable=not self.progress_bars, leave=False)
         params = [p for p in self.model.parameters() if p.requires_grad]
+        missing = 0
         for step, batch in enumerate(self.train_loader):
             if step >= self.steps_per_epoch:
                 break
+            missing += self._report_missing(batch)
+            if "image" not in batch:  # every image of the batch was unreadable
+                bar.update()
+                continue
             try:
                 loss, value = self._step_loss(batch, stage_idx, stats)
                 finite = bool(torch.isfinite(loss))
@@ -299,8 +305,17 @@ class Trainer:
             bar.set_postfix(loss=f"{self._last_finite:.4g}", lr=f"{self.schedule.lr:.2e}")
             bar.update()
         bar.close()
-        return {"train_loss": total / max(count, 1), "skipped_steps": skipped,
+        return {"train_loss": total / max(count, 1), "skipped_steps": skipped, "missing_images": missing,
                 "cholesky_jitter": stats.get("cholesky_jitter", 0)}
+
+    def _report_missing(self, batch: dict) -> int:
+        """Name each unreadable image once; return how many this batch left out."""
+        paths = batch.get("missing_images", ())
+        for message in paths:
+            if message not in self._reported_missing:
+                self._reported_missing.add(message)
+                self.log(f"warning: skipped: {message}")
+        return len(paths)
 
     def _sync_buffers(self) -> None:
         """Give every rank rank 0's batch-norm statistics: DDP keeps parameters equal, but each rank's
@@ -349,6 +364,7 @@ class Trainer:
             self.log(f"epoch {s.epoch}/{cfg.total_epochs} [{st.loss}] loss {train['train_loss']:.4g} | val error "
                      f"{val['mean_joint_error']:.2f} px, NLL {val['nll']:.2f}, cov@0.9 {val['coverage@0.9']:.2f}"
                      + (f", skipped {train['skipped_steps']}" if train["skipped_steps"] else "")
+                     + (f", {train['missing_images']} unreadable images" if train["missing_images"] else "")
                      + (f" | pseudo-labels {pl_seconds:.1f} s" if pl_seconds else "") + f" | {train_seconds:.0f} s")
         if self.rt.is_main and s.epoch == cfg.total_epochs:
             save_model(self.model, self.out / MODEL_FILE)
