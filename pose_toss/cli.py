@@ -103,6 +103,20 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 1 if result["problems"] and args.strict else 0
 
 
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from pose_toss.engine.visualize import visualize
+
+    levels = tuple(float(v) for v in args.levels.split(","))
+    result = visualize(args.checkpoint, args.images, args.out, boxes=args.boxes, score_threshold=args.score_threshold,
+                       levels=levels, links=args.links, condition_joint=args.condition, device=args.device,
+                       overwrite=args.overwrite)
+    out = Path(args.out)
+    if result["people"]:
+        print(f"contact sheet: {out / 'contact_sheet.png'}")
+    print(f"predictions (COCO + covariance): {out / 'predictions.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pose-toss", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -146,6 +160,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit 1 when any problem is found")
     _add_config_args(p)
     p.set_defaults(func=cmd_data_check)
+
+    p = sub.add_parser("visualize", help="draw a model's poses, ellipses and correlations on any images")
+    p.add_argument("--checkpoint", required=True, help="a model .safetensors, a run directory or a checkpoint")
+    p.add_argument("--images", nargs="+", required=True, metavar="FILE_OR_DIR", help="images or folders of images")
+    p.add_argument("--boxes", help="COCO-format person detections (image_id, bbox, score); default: whole image")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="ignore detections scored below this")
+    p.add_argument("--out", required=True, help="output directory (must be empty unless --overwrite)")
+    p.add_argument("--levels", default="0.5,0.9", help="probability levels of the ellipses, comma-separated")
+    p.add_argument("--links", type=float, metavar="THRESHOLD",
+                   help="link joints whose canonical correlation exceeds THRESHOLD (e.g. 0.5)")
+    p.add_argument("--condition", metavar="JOINT",
+                   help="add a panel where JOINT (a name, e.g. l_wrist) is moved one standard deviation and "
+                        "the other joints follow their conditional distribution")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_visualize)
 
     p = sub.add_parser("compare", help="train and evaluate several methods with the same data, seed and budget")
     p.add_argument("--methods", default="mse,diagonal,nll,beta_nll,faithful,nll_tic,w2,w2_then_nll_tic,loss_pred",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch.func import jacfwd, jacrev, vjp, vmap
 
@@ -156,3 +157,53 @@ def condition_gaussian(mean: torch.Tensor, cov: torch.Tensor, observed: torch.Te
         cond_mean = torch.where(observed.bool(), values, mean + gain_resid.squeeze(-1))
         cond_cov = cov * (u.unsqueeze(-1) * u.unsqueeze(-2)) - s_ab @ torch.cholesky_solve(s_ab.transpose(-1, -2), chol)
         return cond_mean, 0.5 * (cond_cov + cond_cov.transpose(-1, -2))
+
+
+def condition(mean, cov, observed: dict) -> tuple:
+    """Gaussian conditioning of one pose on joints fixed by a user or another sensor.
+
+    ``mean``: D = 2J (``[x0, y0, x1, y1, ...]``), ``cov``: D x D, ``observed``: ``{joint index: (x, y)}``.
+    Returns the conditional mean (D, observed joints set to their values) and covariance (D x D, the
+    observed joints' rows and columns zero), as numpy arrays for numpy input and tensors otherwise.
+    This is the operation TAC scores, offered as a feature: fix a joint and the rest of the pose moves.
+    """
+    as_numpy = not torch.is_tensor(mean)
+    m = torch.as_tensor(np.asarray(mean) if as_numpy else mean, dtype=torch.float64).reshape(-1)
+    c = torch.as_tensor(np.asarray(cov) if as_numpy else cov, dtype=torch.float64)
+    d = m.shape[0]
+    if d % 2 or c.shape != (d, d):
+        raise ValueError(f"expected a mean of 2J entries and a 2J x 2J covariance, got {tuple(m.shape)} and "
+                         f"{tuple(c.shape)}")
+    mask = torch.zeros(d, dtype=torch.bool)
+    values = m.clone()
+    for joint, xy in observed.items():
+        j = int(joint)
+        if not 0 <= j < d // 2:
+            raise ValueError(f"observed joint {joint} is out of range for {d // 2} joints")
+        point = torch.as_tensor(np.asarray(xy, dtype=np.float64).reshape(-1))
+        if point.shape != (2,):
+            raise ValueError(f"observed joint {joint}: expected an (x, y) pair, got {xy!r}")
+        mask[2 * j: 2 * j + 2] = True
+        values[2 * j: 2 * j + 2] = point
+    cond_mean, cond_cov = condition_gaussian(m[None], c[None], mask[None], values[None])
+    cond_mean, cond_cov = cond_mean[0], cond_cov[0]
+    if as_numpy:
+        return cond_mean.numpy(), cond_cov.numpy()
+    return cond_mean.to(mean.dtype), cond_cov.to(mean.dtype)
+
+
+def joint_correlations(cov: torch.Tensor) -> torch.Tensor:
+    """J x J canonical correlation between joints: the largest correlation any pair of linear
+    combinations of joint a's (x, y) and joint b's (x, y) reaches, in [0, 1] (diagonal 1).
+
+    ``cov``: ... x 2J x 2J. It is the top singular value of ``S_aa^-1/2 S_ab S_bb^-1/2``.
+    """
+    with torch.autocast(device_type=cov.device.type, enabled=False):
+        c = cov.to(torch.promote_types(cov.dtype, torch.float32))
+        j = c.shape[-1] // 2
+        blocks = c.reshape(*c.shape[:-2], j, 2, j, 2).transpose(-3, -2)  # ... x J x J x 2 x 2
+        diag = torch.diagonal(blocks, dim1=-4, dim2=-3).movedim(-1, -3)  # ... x J x 2 x 2
+        evals, evecs = torch.linalg.eigh(diag)
+        inv_sqrt = evecs @ torch.diag_embed(evals.clamp_min(1e-12).rsqrt()) @ evecs.transpose(-1, -2)
+        whitened = inv_sqrt.unsqueeze(-3) @ blocks @ inv_sqrt.unsqueeze(-4)
+        return torch.linalg.matrix_norm(whitened, ord=2).clamp(0.0, 1.0)

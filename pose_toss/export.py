@@ -29,17 +29,22 @@ def coco_results(means: np.ndarray, covs: np.ndarray, affines: np.ndarray, image
     for mean, cov, a, image_id in zip(means, covs, affines, image_ids, strict=True):
         inv = invert_affine(np.asarray(a, dtype=np.float64))
         joints = affine_points(inv, np.asarray(mean, dtype=np.float64).reshape(-1, 2))
-        cov_img = affine_covariance(inv, np.asarray(cov, dtype=np.float64))
-        cov_img = 0.5 * (cov_img + cov_img.T)
-        kps = np.concatenate([joints, np.full((len(joints), 1), 2.0)], axis=1).reshape(-1)
-        results.append({
-            "image_id": image_id.item() if hasattr(image_id, "item") else image_id,
-            "category_id": category_id,
-            "keypoints": [round(float(v), 3) for v in kps],
-            "score": round(detection_score(cov_img, _person_size(joints)), 5),
-            "covariance": [[round(float(v), 4) for v in row] for row in cov_img],
-        })
+        results.append(coco_result(joints, affine_covariance(inv, np.asarray(cov, dtype=np.float64)), image_id,
+                                   category_id))
     return results
+
+
+def coco_result(joints: np.ndarray, cov: np.ndarray, image_id, category_id: int = 1) -> dict:
+    """One person's COCO result from joints (J x 2) and covariance (2J x 2J), both in image pixels."""
+    cov = 0.5 * (cov + cov.T)
+    kps = np.concatenate([joints, np.full((len(joints), 1), 2.0)], axis=1).reshape(-1)
+    return {
+        "image_id": image_id.item() if hasattr(image_id, "item") else image_id,
+        "category_id": category_id,
+        "keypoints": [round(float(v), 3) for v in kps],
+        "score": round(detection_score(cov, _person_size(joints)), 5),
+        "covariance": [[round(float(v), 4) for v in row] for row in cov],
+    }
 
 
 def _person_size(joints: np.ndarray) -> float:

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -216,6 +217,8 @@ def test_train_eval_cli_end_to_end(tmp_path, capsys):
     report = (ev / "report.md").read_text()
     assert "## Per joint" in report and "r_ankle" in report and "pictures.png" in report
     assert (ev / "pictures.png").stat().st_size > 1000
+    for plot in ("calibration.png", "sparsification.png", "training_curves.png"):  # linked and readable
+        assert f"]({plot})" in report and cv2.imread(str(ev / plot)) is not None, plot
 
     # The exported people equal model.predict on the original images with the same boxes.
     preds = json.loads((ev / "predictions.json").read_text())

@@ -180,7 +180,27 @@ def evaluate_checkpoint(checkpoint, data: str, out, *, split: str = "test", over
         if pictures > 0:
             write_png(stage / "pictures.png", prediction_pictures(dataset, preds, skeleton, pictures))
             pics.append("pictures.png")
+        plots = report_plots(stage, metrics, skeleton, run_dir)
         context = [f"model: `{model_file}` ({model.config['backbone']}, {model.config['covariance']} covariance, "
                    f"{model.input_size} px)", f"data: {source}"]
-        atomic_write_text(stage / "report.md", evaluation_report(metrics, "Evaluation", context, pics))
+        atomic_write_text(stage / "report.md", evaluation_report(metrics, "Evaluation", context, pics, plots))
     return metrics
+
+
+def report_plots(out: Path, metrics: dict, skeleton, run_dir=None) -> dict[str, str]:
+    """Calibration and sparsification plots, and training curves when the run's metrics.jsonl is at
+    hand; returns {what: file name} for the report to link."""
+    import json
+
+    from pose_toss.viz.plots import calibration_plot, sparsification_plot, training_curves_plot
+
+    calibration_plot(metrics["calibration"], skeleton.joint_names, out / "calibration.png")
+    sparsification_plot(metrics["sparsification"], out / "sparsification.png")
+    plots = {"calibration": "calibration.png", "sparsification": "sparsification.png"}
+    log = Path(run_dir) / "metrics.jsonl" if run_dir is not None else None
+    if log is not None and log.is_file():
+        history = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        if history:
+            training_curves_plot(history, out / "training_curves.png")
+            plots["training"] = "training_curves.png"
+    return plots

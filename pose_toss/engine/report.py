@@ -76,7 +76,8 @@ def comparison_table(names: list[str], rows: list[dict], extra: tuple[str, str] 
     return table(header, body)
 
 
-def evaluation_report(metrics: dict, title: str, context: list[str], pictures: list[str]) -> str:
+def evaluation_report(metrics: dict, title: str, context: list[str], pictures: list[str],
+                      plots: dict[str, str] | None = None) -> str:
     pj = metrics["per_joint"]
     cal = metrics["calibration"]
     out = [f"# {title}", ""]
@@ -93,6 +94,9 @@ def evaluation_report(metrics: dict, title: str, context: list[str], pictures: l
             "Observed fraction of ground truths inside each joint's predicted p-ellipse (2×2 marginal).", ""]
     out += [table(["nominal p", "observed"], [[f"{p:.2f}", c] for p, c in zip(cal["levels"], cal["overall"],
                                                                               strict=True)]), ""]
+    plots = plots or {}
+    if "calibration" in plots:
+        out += [f"![calibration: nominal against observed coverage, per joint and overall]({plots['calibration']})", ""]
     sp = metrics["sparsification"]
     out += ["## Sparsification", "",
             "Mean error left (relative to all joints) after removing the most uncertain fraction, against the "
@@ -100,6 +104,10 @@ def evaluation_report(metrics: dict, title: str, context: list[str], pictures: l
     picks = [i for i, f in enumerate(sp["fractions"]) if round(f * 20) % 4 == 0]
     out += [table(["removed", "model", "oracle"], [[f"{sp['fractions'][i]:.2f}", sp["model"][i], sp["oracle"][i]]
                                                   for i in picks]), ""]
+    if "sparsification" in plots:
+        out += [f"![sparsification curve against the oracle]({plots['sparsification']})", ""]
+    if "training" in plots:
+        out += ["## Training", "", f"![training curves from metrics.jsonl]({plots['training']})", ""]
     if pictures:
         out += ["## Pictures", ""] + [f"![{p}]({p})" for p in pictures] + [""]
     out += ["Definitions: errors in crop pixels; NLL of the visible coordinates; TAC = error of each joint after "

@@ -121,3 +121,61 @@ def write_png(path, image_rgb: np.ndarray) -> None:
     if not ok:
         raise OSError(f"could not encode PNG for {path}")
     atomic_write_bytes(path, buf.tobytes())
+
+
+def _blend(base: np.ndarray, layer: np.ndarray, alpha: float) -> np.ndarray:
+    return cv2.addWeighted(layer, alpha, base, 1.0 - alpha, 0.0)
+
+
+def draw_conditional(image: np.ndarray, mean: np.ndarray, cov: np.ndarray, observed: dict,
+                     skeleton: Skeleton = LSP14, visibility: np.ndarray | None = None,
+                     levels: Sequence[float] = (0.9,)) -> np.ndarray:
+    """What fixing some joints does to the rest: the prediction faded, then the pose conditioned on
+    ``observed`` ({joint index: (x, y)}) with its conditional ellipses, an arrow from each joint's
+    predicted to its conditional position, and a cross on each fixed joint."""
+    from pose_toss.covariance import condition
+
+    mean = np.asarray(mean, dtype=np.float64).reshape(-1)
+    cond_mean, cond_cov = condition(mean, np.asarray(cov, dtype=np.float64), observed)
+    faded = _blend(image, draw_pose(image, mean, cov, skeleton, visibility, levels), 0.35)
+    j = skeleton.num_joints
+    vis = np.ones(j, bool) if visibility is None else np.asarray(visibility).reshape(-1) > 0
+    # Fixed joints get a tiny ellipse instead of a zero one: draw_pose needs a covariance per joint.
+    shown_cov = cond_cov + np.diag(np.repeat([1e-6 if k in observed else 0.0 for k in range(j)], 2))
+    img = draw_pose(faded, cond_mean, shown_cov, skeleton, visibility, levels)
+    lw = line_width(img)
+    before, after = mean.reshape(-1, 2), cond_mean.reshape(-1, 2)
+    for k in range(j):
+        if vis[k] and k not in observed and np.linalg.norm(after[k] - before[k]) > 1.0:
+            cv2.arrowedLine(img, _pt(before[k]), _pt(after[k]), (255, 255, 255), max(1, lw // 2), cv2.LINE_AA,
+                            _SHIFT, tipLength=0.3)
+    size = 4 * lw
+    for k in observed:
+        x, y = after[int(k)]
+        for dx, dy in ((1, 1), (1, -1)):
+            cv2.line(img, _pt((x - dx * size, y - dy * size)), _pt((x + dx * size, y + dy * size)), (255, 0, 255),
+                     lw + 1, cv2.LINE_AA, _SHIFT)
+    return img
+
+
+def draw_correlation_links(image: np.ndarray, joints: np.ndarray, cov: np.ndarray, skeleton: Skeleton = LSP14,
+                           threshold: float = 0.5, visibility: np.ndarray | None = None) -> np.ndarray:
+    """The pose, plus a magenta link between every pair of joints whose canonical correlation
+    (``pose_toss.covariance.joint_correlations``) exceeds ``threshold``; thicker is stronger."""
+    import torch
+
+    from pose_toss.covariance import joint_correlations
+
+    img = draw_pose(image, joints, cov, skeleton, visibility)
+    pts = np.asarray(joints, dtype=np.float64).reshape(-1, 2)
+    corr = joint_correlations(torch.as_tensor(np.asarray(cov, dtype=np.float64))).numpy()
+    j = skeleton.num_joints
+    vis = np.ones(j, bool) if visibility is None else np.asarray(visibility).reshape(-1) > 0
+    layer = img.copy()
+    lw = line_width(img)
+    for a in range(j):
+        for b in range(a + 1, j):
+            if vis[a] and vis[b] and corr[a, b] > threshold:
+                width = max(1, int(round(lw * (1 + 3 * (corr[a, b] - threshold) / max(1 - threshold, 1e-6)))))
+                cv2.line(layer, _pt(pts[a]), _pt(pts[b]), (255, 0, 255), width, cv2.LINE_AA, _SHIFT)
+    return _blend(img, layer, 0.7)
