@@ -107,6 +107,9 @@ class ModelConfig:
     pretrained: bool | str = opt(False, help="false, true (timm hub: needs internet) or a local weights file")
     deconv_channels: int = opt(128, min=8)
     cov_hidden: int = opt(128, min=4)
+    bottleneck_at: str = opt("head", choices=("head", "features"),
+                             help="where up(z) re-enters: the head's last layer (TIC's Jacobian skips the "
+                                  "deconvolutions) or the backbone features (J through the whole head)")
     use_hessian: bool = opt(False, help="add TIC's Hessian term (costly)")
     cov_floor: float = opt(1e-2, min=0.0, help="added to every variance, px^2")
     jacobian_chunk: int | None = opt(None, min=1, help="cotangents vmapped at once for TIC's Jacobian")

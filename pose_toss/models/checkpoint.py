@@ -38,6 +38,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     if META_KEY not in meta:
         raise ValueError(f"{path}: metadata has no '{META_KEY}' entry; was it written by pose_toss.save_model?")
     config = json.loads(meta[META_KEY])
+    config.setdefault("bottleneck_at", "features")  # files written before z could enter at the head
     model = PoseModel(**config, pretrained=False)
     model.load_state_dict(state)
     return model.to(map_location)

@@ -24,10 +24,12 @@ from pose_toss.models.covariance_heads import (
     IdentityCovariance,
     IsotropicCovariance,
     TICCovarianceHead,
+    eval_mode,
 )
 from pose_toss.models.heads import Bottleneck, HeatmapHead, RegressionHead
 
 HEADS = ("heatmap", "regression")
+BOTTLENECK_AT = ("head", "features")
 COVARIANCES = ("tic", "full", "diagonal", "identity", "isotropic")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,7 +38,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass
 class PoseOutput:
     mean: torch.Tensor  # B x 2J, input-crop pixels, [x0, y0, x1, y1, ...]
-    cov: torch.Tensor  # B x 2J x 2J, symmetric positive definite, pixels^2
+    cov: torch.Tensor | None  # B x 2J x 2J, symmetric positive definite, pixels^2 (None: not asked for)
     embedding: torch.Tensor  # B x E
     heatmaps: torch.Tensor | None = None  # B x J x S/4 x S/4 (heatmap head)
 
@@ -48,8 +50,10 @@ class PoseModel(nn.Module):
                  covariance: str = "tic", input_size: int = 256, pretrained: bool | str = False,
                  deconv_channels: int = 128, cov_hidden: int = 128, use_hessian: bool = False,
                  cov_floor: float = 1e-2, jacobian_chunk: int | None = None,
-                 feature_stride: int | None = None, heatmap_stride: int = 4) -> None:
+                 feature_stride: int | None = None, heatmap_stride: int = 4, bottleneck_at: str = "head") -> None:
         super().__init__()
+        if bottleneck_at not in BOTTLENECK_AT:
+            raise ValueError(f"bottleneck_at must be one of {BOTTLENECK_AT}, got {bottleneck_at!r}")
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         if covariance not in COVARIANCES:
@@ -63,17 +67,18 @@ class PoseModel(nn.Module):
             "covariance": covariance, "input_size": input_size, "deconv_channels": deconv_channels,
             "cov_hidden": cov_hidden, "use_hessian": use_hessian, "cov_floor": cov_floor,
             "jacobian_chunk": jacobian_chunk, "feature_stride": feature_stride,
-            "heatmap_stride": heatmap_stride,
+            "heatmap_stride": heatmap_stride, "bottleneck_at": bottleneck_at,
         }
+        self.bottleneck_at = bottleneck_at
         self.num_joints = num_joints
         self.input_size = input_size
         self.backbone = Backbone(backbone, input_size, pretrained, feature_stride)
         c = self.backbone.channels
-        self.bottleneck = Bottleneck(c, embed_dim)
         if head == "heatmap":
             self.head = HeatmapHead(c, num_joints, self.backbone.stride, deconv_channels, heatmap_stride)
         else:
             self.head = RegressionHead(c, num_joints, input_size)
+        self.bottleneck = Bottleneck(c, embed_dim, self.head.out_channels if bottleneck_at == "head" else c)
         init_std = input_size / 32.0  # initial spread: a few pixels on the crop
         if covariance == "tic":
             self.cov_head = TICCovarianceHead(embed_dim, num_joints, cov_hidden, use_hessian, cov_floor, init_std,
@@ -104,23 +109,45 @@ class PoseModel(nn.Module):
     def embed(self, features: torch.Tensor) -> torch.Tensor:
         return self.bottleneck.embed(features)
 
-    def decode_all(self, z: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.head(self.bottleneck.inject(z, features))
+    def decoder_input(self, features: torch.Tensor) -> torch.Tensor:
+        """What ``decode`` combines with z: the features themselves, or the head's trunk output when
+        z enters at the head's last layer."""
+        return features if self.bottleneck_at == "features" else self.head.trunk(features)
 
-    def decode(self, z: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def decode_all(self, z: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mean, heatmaps) from z and ``decoder_input(features)``."""
+        if self.bottleneck_at == "features":
+            return self.head(context, self.bottleneck.offset(z, context))
+        return self.head.tail(context, self.bottleneck.offset(z, context))
+
+    def decode(self, z: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """The mean (B x 2J) as a function of the embedding: what TIC's Jacobian differentiates."""
-        return self.decode_all(z, features)[0].float()
+        return self.decode_all(z, context)[0].float()
 
-    def covariance(self, z: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.cov_head, TICCovarianceHead):
+    def covariance(self, z: torch.Tensor, features: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if not isinstance(self.cov_head, TICCovarianceHead):
+            return self.cov_head(z)
+        if self.bottleneck_at == "features":
             return self.cov_head(z, self.decode, features, eval_modules=(self.bottleneck, self.head))
-        return self.cov_head(z)
+        # J passes only through the head's tail (no batch norm there). Batch statistics in the trunk
+        # must not couple samples in J either: in training the trunk is re-run in eval mode for it.
+        if self.training or context is None:
+            with torch.no_grad(), eval_mode((self.head,)):
+                context = self.head.trunk(features)
+        return self.cov_head(z, self.decode, context)
 
-    def forward(self, images: torch.Tensor) -> PoseOutput:
+    def forward(self, images: torch.Tensor, with_covariance: bool = True) -> PoseOutput:
+        """``with_covariance=False`` skips the covariance (``cov`` is None): mean-only objectives."""
         feats = self.features(images)
         z = self.embed(feats)
-        mean, heat = self.decode_all(z, feats)
-        cov = self.covariance(z, feats)
+        if self.training:
+            # J first: it runs the decoder in eval mode, before this batch updates the running statistics.
+            cov = self.covariance(z, feats) if with_covariance else None
+            context = self.decoder_input(feats)
+        else:
+            context = self.decoder_input(feats)
+            cov = self.covariance(z, feats, context) if with_covariance else None
+        mean, heat = self.decode_all(z, context)
         return PoseOutput(mean.float(), cov, z, heat)
 
     # -- inference on whole images ------------------------------------------------------------------
@@ -190,7 +217,9 @@ def build_pose_model(backbone: str = "resnet18", num_joints: int = 14, head: str
     ``backbone``: any timm name with ``features_only`` (resnet*, hrnet_w32, convnext_*) or a ViT
     (``vit_small_patch16_224``, run at ``input_size``). ``pretrained``: False, a local weights file,
     or True (downloads from timm's hub). Extra keywords: ``deconv_channels``, ``cov_hidden``,
-    ``use_hessian``, ``cov_floor``, ``jacobian_chunk``, ``feature_stride`` (take the backbone's feature
+    ``use_hessian``, ``cov_floor``, ``jacobian_chunk``, ``bottleneck_at`` ("head": z enters at the
+    head's last layer, so TIC's Jacobian skips the deconvolutions; "features": z enters before the
+    head, J goes through all of it, several times the cost), ``feature_stride`` (take the backbone's feature
     map at that stride, e.g. 16, instead of its last), ``heatmap_stride`` (4: SimpleBaseline; 8 halves
     the deconvolutions and so TIC's Jacobian cost).
     """
