@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 from _gloo import run_on_gloo_ranks
+from scipy.linalg import sqrtm
 
 from pose_toss.cli import main
 from pose_toss.config import Config, ConfigError, StageConfig, load_config
 from pose_toss.data.synthetic import SyntheticPoseDataset
 from pose_toss.data.transforms import TopDownTransform, affine_covariance, box_to_center_size, crop_affine
-from pose_toss.engine import trainer as trainer_mod
+from pose_toss.engine import objectives
 from pose_toss.engine.compare import method_config, parse_methods
 from pose_toss.engine.objectives import labels_in_batch_frame
 from pose_toss.engine.schedule import LRSchedule
@@ -103,11 +104,24 @@ def test_bank_labels_follow_the_augmentation_including_flips():
             bank_cov = affine_covariance(eval_affine, rec["cov_true"])  # what the bank stores
             out = tf(rec["image"], rec["joints"], rec["visibility"], center, size, cov=rec["cov_true"], seed=i)
             assert out.flipped == bool(flip)
-            moved, root = labels_in_batch_frame(
-                torch.tensor(bank_cov[None]), torch.tensor(eval_affine[None]), torch.tensor(out.affine[None]),
-                torch.from_numpy(LSP14.flip_coordinate_index.copy()))
+            args = (torch.tensor(bank_cov[None]), torch.tensor(eval_affine[None]), torch.tensor(out.affine[None]),
+                    torch.from_numpy(LSP14.flip_coordinate_index.copy()))
+            moved, root = labels_in_batch_frame(*args)
             np.testing.assert_allclose(moved[0].numpy(), out.cov, rtol=1e-4, atol=1e-4 * np.abs(out.cov).max())
             np.testing.assert_allclose((root @ root)[0].numpy(), out.cov, atol=1e-3 * np.abs(out.cov).max())
+            # The bank's own roots, moved with the similarity, equal the recomputed ones.
+            bank_root = torch.from_numpy(sqrtm(bank_cov).real[None])
+            moved2, carried = labels_in_batch_frame(*args, sqrt=bank_root)
+            np.testing.assert_allclose(carried[0].numpy(), root[0].numpy(), atol=1e-3 * root.abs().max().item())
+            assert torch.equal(moved2, moved)
+    # A map that is not a similarity (stretched crop) falls back to eigh.
+    cov = torch.tensor(bank_cov[None])
+    stretch = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], dtype=torch.float64)
+    _, root = labels_in_batch_frame(cov, torch.eye(2, 3, dtype=torch.float64)[None], stretch,
+                                    torch.arange(28), sqrt=torch.from_numpy(sqrtm(bank_cov).real[None]))
+    m = torch.kron(torch.eye(14, dtype=torch.float64), torch.diag(torch.tensor([2.0, 1.0])))
+    np.testing.assert_allclose((root.double() @ root.double())[0].numpy(), (m @ cov[0] @ m.T).numpy(),
+                               atol=1e-3 * float(cov.abs().max()) * 4)
 
 
 def test_coco_results_map_back_to_image_pixels():
@@ -163,7 +177,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
-    real = trainer_mod.stage_loss
+    real = objectives.stage_loss
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -171,7 +185,7 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
         out = real(*args, **kwargs)
         return out * float("nan") if calls["n"] >= 2 else out
 
-    monkeypatch.setattr(trainer_mod, "stage_loss", flaky)
+    monkeypatch.setattr(objectives, "stage_loss", flaky)
     cfg = tiny_config("stages.0.epochs=1", "stages.1.epochs=1", "train.max_bad_steps=3", "stages.0.loss=mse")
     with pytest.raises(TrainingDiverged, match=r"stage 2 \(nll\), epoch 2, step 2: 3 non-finite steps in a row"):
         Trainer(cfg, tmp_path / "run", log=quiet).fit()

@@ -21,8 +21,8 @@ from tqdm import tqdm
 from pose_toss.config import PSEUDO_LABEL_LOSSES, Config, config_to_dict, save_config
 from pose_toss.data.dataset import PoseDataset, crop_labels
 from pose_toss.embedding_bank import EmbeddingBank
-from pose_toss.engine.evaluation import autocast_context, metrics_from_predictions, predict_dataset, scalar_metrics
-from pose_toss.engine.objectives import labels_in_batch_frame, stage_loss
+from pose_toss.engine.evaluation import metrics_from_predictions, predict_dataset, scalar_metrics
+from pose_toss.engine.objectives import labels_in_batch_frame, training_loss
 from pose_toss.engine.runtime import (
     Runtime,
     load_records,
@@ -34,7 +34,6 @@ from pose_toss.engine.runtime import (
 )
 from pose_toss.engine.schedule import LRSchedule
 from pose_toss.io import atomic_write_bytes, atomic_write_text, check_output_dir, jsonable, staged_output_dir
-from pose_toss.losses import heatmap_cross_entropy
 from pose_toss.models.checkpoint import save_model
 from pose_toss.models.pose_model import PoseModel, build_pose_model
 
@@ -65,7 +64,7 @@ def build_model_from_config(cfg: Config, num_joints: int) -> PoseModel:
                             covariance=m.covariance, input_size=cfg.data.input_size, pretrained=m.pretrained,
                             deconv_channels=m.deconv_channels, cov_hidden=m.cov_hidden, use_hessian=m.use_hessian,
                             cov_floor=m.cov_floor, jacobian_chunk=m.jacobian_chunk, feature_stride=m.feature_stride,
-                            heatmap_stride=cfg.data.heatmap_stride)
+                            heatmap_stride=cfg.data.heatmap_stride, bottleneck_at=m.bottleneck_at)
 
 
 def stage_at(cfg: Config, epoch: int) -> tuple[int, int]:
@@ -228,27 +227,15 @@ class Trainer:
     def _step_loss(self, batch: dict, stage_idx: int, stats: dict) -> tuple[torch.Tensor, float]:
         st = self.cfg.stages[stage_idx]
         dev = self.rt.device
-        images = batch["image"].to(dev, non_blocking=True)
-        target = batch["target"].to(dev, non_blocking=True)
-        vis = batch["visibility"].to(dev, non_blocking=True)
-        pseudo_cov = pseudo_sqrt = None
+        pseudo = None
         if st.loss in PSEUDO_LABEL_LOSSES:
             idx = torch.as_tensor(batch["index"])
-            cov, _ = self.bank.lookup(idx)
-            pseudo_cov, pseudo_sqrt = labels_in_batch_frame(cov.to(dev), self.bank_affines[idx].to(dev),
-                                                            batch["affine"].to(dev), self.flip_coords)
-        with autocast_context(dev, self.amp):
-            out = self.net(images)
-        per_sample = stage_loss(st.loss, out.mean, out.cov, target, vis, beta=st.beta, pseudo_cov=pseudo_cov,
-                                pseudo_sqrt=pseudo_sqrt, variance_scale=self.variance_scale, stats=stats)
-        value = per_sample.mean()
-        # Per coordinate: the same optimum, and gradient clipping means the same thing for every loss.
-        loss = value / target.shape[1]
-        if self.cfg.train.heatmap_weight > 0 and out.heatmaps is not None:
-            beta = self.model.head.log_beta.exp()
-            loss = loss + self.cfg.train.heatmap_weight * heatmap_cross_entropy(
-                out.heatmaps, batch["heatmaps"].to(dev, non_blocking=True), vis, beta).mean()
-        return loss, float(value.detach())
+            cov, root = self.bank.lookup(idx)
+            pseudo = labels_in_batch_frame(cov.to(dev), self.bank_affines[idx].to(dev), batch["affine"].to(dev),
+                                           self.flip_coords, sqrt=root.to(dev))
+        return training_loss(self.net, self.model, batch, st.loss, dev, beta=st.beta, pseudo=pseudo,
+                             heatmap_weight=self.cfg.train.heatmap_weight, variance_scale=self.variance_scale,
+                             amp=self.amp, stats=stats)
 
     def _all_finite(self, flag: bool) -> bool:
         if not self.rt.distributed:
