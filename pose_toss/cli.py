@@ -117,6 +117,27 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+    import shlex
+
+    from pose_toss.benchmarks import benchmark_markdown, run_benchmarks
+    from pose_toss.io import atomic_write_text, check_output_dir, jsonable
+
+    check_output_dir(args.out, args.overwrite)
+    cfg = load_config(args.config, args.overrides)
+    result = run_benchmarks(cfg, batch=args.batch, repeats=args.repeats, device=args.device,
+                            pseudo_sizes=tuple(args.pseudo_sizes), data_sizes=tuple(args.data_sizes),
+                            data_samples=args.data_samples)
+    text = benchmark_markdown(result, "pose-toss bench " + " ".join(shlex.quote(a) for a in args.argv))
+    with staged_output_dir(args.out, overwrite=args.overwrite) as stage:
+        atomic_write_text(stage / "bench.json", json.dumps(jsonable(result), indent=1))
+        atomic_write_text(stage / "bench.md", text)
+    print(text)
+    print(f"wrote {Path(args.out) / 'bench.json'} and bench.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pose-toss", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -177,6 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_visualize)
 
+    p = sub.add_parser("bench", help="step cost per method, Jacobian, pseudo-label scaling, data and inference speed")
+    p.add_argument("--out", required=True, help="where bench.json and bench.md go (must be empty unless --overwrite)")
+    p.add_argument("--batch", type=int, default=32, help="training and Jacobian batch size")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (the median is kept)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--pseudo-sizes", type=int, nargs="+", default=[10_000, 40_000, 100_000], metavar="N",
+                   help="bank sizes for the pseudo-label scaling")
+    p.add_argument("--data-sizes", type=int, nargs="+", default=[128, 256], metavar="PX",
+                   help="input sizes for the data pipeline")
+    p.add_argument("--data-samples", type=int, default=400, help="samples timed per data-pipeline size")
+    p.add_argument("--overwrite", action="store_true")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_bench)
+
     p = sub.add_parser("compare", help="train and evaluate several methods with the same data, seed and budget")
     p.add_argument("--methods", default="mse,diagonal,nll,beta_nll,faithful,nll_tic,w2,w2_then_nll_tic,loss_pred",
                    help="comma-separated: mse, diagonal, nll, beta_nll, faithful, nll_tic, kl_calibrated, w2, "
@@ -190,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv[1:]
     try:
         return args.func(args)
     except (ConfigError, OutputExistsError, FileNotFoundError, ValueError, KeyError) as e:

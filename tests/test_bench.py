@@ -1,0 +1,44 @@
+"""`pose-toss bench` end to end on a tiny model: every section present, ratios consistent with the
+absolute times, the files written. (Speed itself is never asserted in a test.)"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from pose_toss.benchmarks import STEP_METHODS, pseudo_label_scaling
+from pose_toss.cli import main
+
+TINY = ["data.input_size=64", "model.backbone=resnet10t", "model.deconv_channels=16", "model.embed_dim=8",
+        "model.cov_hidden=16"]
+
+
+def test_bench_writes_every_section(tmp_path, capsys):
+    out = tmp_path / "bench"
+    args = ["bench", "--out", str(out), "--batch", "2", "--repeats", "1", "--pseudo-sizes", "300", "600",
+            "--data-sizes", "64", "--data-samples", "4"]
+    for o in TINY:
+        args += ["--set", o]
+    assert main(args) == 0
+    r = json.loads((out / "bench.json").read_text())
+    assert set(r["steps"]) == set(STEP_METHODS)
+    mse = r["steps"]["mse"]["seconds"]
+    for s in r["steps"].values():
+        assert s["seconds"] > 0 and math.isclose(s["over_mse"], s["seconds"] / mse)
+    assert r["steps"]["nll_tic_z_at_features"]["bottleneck_at"] == "features"
+    assert r["jacobian"]["batched_s"] > 0 and r["jacobian"]["loop_over_batched"] > 0
+    assert [row["n"] for row in r["pseudo_labels"]["rows"]] == [300, 600]
+    assert r["data_samples_per_s_per_core"]["64"] > 0
+    assert set(r["inference_images_per_s"]) == {"1", "32"}
+    assert r["memory"]["cpu_peak_rss_mib"] > 0 and r["machine"]["cores"] >= 1
+    md = (out / "bench.md").read_text()
+    assert "| w2_bound_full | full | w2_bound |" in md and "Command: `pose-toss bench --out" in md
+    assert md in capsys.readouterr().out
+    assert main(args) == 2  # an existing output is never overwritten silently
+
+
+def test_pseudo_label_exponent_is_the_log_log_slope():
+    r = pseudo_label_scaling((200, 800), embed_dim=4, dim=6, k=8)
+    (a, b) = r["rows"]
+    expected = math.log(b["seconds"] / a["seconds"]) / math.log(800 / 200)
+    assert math.isclose(r["exponent"], expected, rel_tol=1e-9)
