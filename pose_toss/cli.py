@@ -72,8 +72,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             device=args.device, batch_size=args.batch_size, pictures=args.pictures,
                             progress=not args.quiet)
     print(comparison_table(["model"], [m], mark_best=False))
-    print(f"mean joint error {m['mean_joint_error']:.2f} px against {m['mean_pose_error']:.2f} px for the mean "
-          f"pose ({m['mean_pose_error'] / max(m['mean_joint_error'], 1e-9):.1f}x lower); 90% ellipses hold "
+    print(f"mean joint error {m['mean_joint_error']:.2f} px against {m['mean_pose_error']:.2f} px for the "
+          f"{m['mean_pose_from']}'s mean pose ({m['mean_pose_error'] / max(m['mean_joint_error'], 1e-9):.1f}x lower); "
+          f"90% ellipses hold "
           f"{100 * m['coverage@0.9']:.1f}% of the ground truths")
     out = Path(args.out)
     print(f"report: {out / 'report.md'}")

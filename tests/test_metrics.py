@@ -210,3 +210,29 @@ def test_calibrated_gaussian_covers_at_its_nominal_levels():
     # Doubling every covariance over-covers: a miscalibration the gap must show.
     over = pose_metrics(mean, 2 * chol @ chol.transpose(1, 2), target, torch.ones(b, 14), LSP14)
     assert over["coverage@0.5"] > 0.7 and over["calibration_gap"] > 0.1
+
+
+def test_mean_pose_baseline_uses_the_training_mean_pose():
+    from pose_toss.config import load_config
+    from pose_toss.data.dataset import crop_labels
+    from pose_toss.data.synthetic import SyntheticPoseDataset
+    from pose_toss.engine.evaluation import mean_pose_baseline
+
+    cfg = load_config(overrides=["data.synthetic.num_samples=40", "data.input_size=64"])
+    train = SyntheticPoseDataset.from_config(cfg.data.synthetic, "train")
+    labels = crop_labels([train.annotation(i) for i in range(40)], 64, cfg.data.padding)
+    t, v = labels["targets"].reshape(40, 14, 2), labels["visibility"] > 0
+    centre = np.stack([t[v[:, j], j].mean(axis=0) for j in range(14)])  # per joint, visible labels only
+    rng = np.random.default_rng(0)
+    target = rng.uniform(0, 64, (5, 14, 2))
+    vis = rng.random((5, 14)) > 0.2
+    preds = {"target": torch.tensor(target.reshape(5, 28)), "visibility": torch.tensor(vis.astype(np.float32))}
+    err, source = mean_pose_baseline(preds, cfg.data)
+    assert source == "training set"
+    assert err == pytest.approx(np.linalg.norm(target - centre, axis=-1)[vis].mean(), rel=1e-5)
+    cfg.data.dataset = "lsp"  # no LSP files here: falls back to the evaluated set's own mean pose
+    cfg.data.real.lsp_root = "/nonexistent"
+    err, source = mean_pose_baseline(preds, cfg.data)
+    own = np.stack([target[vis[:, j], j].mean(axis=0) for j in range(14)])
+    assert source == "evaluated set"
+    assert err == pytest.approx(np.linalg.norm(target - own, axis=-1)[vis].mean(), rel=1e-5)

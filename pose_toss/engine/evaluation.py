@@ -124,6 +124,28 @@ def resolve_eval_data(data: str, input_size: int, run_dir=None, split: str = "te
     return data_cfg, records, skeleton, source
 
 
+def mean_pose_baseline(preds: dict, data_cfg) -> tuple[float, str]:
+    """Mean joint error of predicting one fixed pose for everybody: the training set's mean pose (crop
+    frame, per joint over its visible labels) when the training split can be read, else the evaluated
+    set's own. The floor a model must clearly beat to have learned anything."""
+    from pose_toss.data.dataset import crop_labels
+    from pose_toss.data.readers import AnnotationError
+    from pose_toss.engine.runtime import load_records
+
+    target = preds["target"].reshape(len(preds["target"]), -1, 2)
+    vis = preds["visibility"].bool()
+    try:
+        train, _ = load_records(data_cfg, "train", images=False)
+        labels = crop_labels(train, data_cfg.input_size, data_cfg.padding)
+        poses = torch.from_numpy(labels["targets"]).reshape(len(train), -1, 2)
+        weights = torch.from_numpy(labels["visibility"]).unsqueeze(-1)
+        source = "training set"
+    except (OSError, ValueError, AnnotationError):
+        poses, weights, source = target, vis.unsqueeze(-1).float(), "evaluated set"
+    centre = (poses * weights).sum(0) / weights.sum(0).clamp_min(1)
+    return float((target - centre).norm(dim=-1)[vis].mean()), source
+
+
 def prediction_pictures(dataset, preds: dict, skeleton, count: int = 16, tile: int = 256) -> np.ndarray:
     """A contact sheet of crops with the predicted pose and its 50% / 90% joint ellipses."""
     from pose_toss.viz.draw import contact_sheet, draw_pose_scaled
@@ -166,10 +188,7 @@ def evaluate_checkpoint(checkpoint, data: str, out, *, split: str = "test", over
                          num_workers=num_workers)
     preds = predict_dataset(model, loader, dev, progress=progress, desc="evaluating")
     metrics = metrics_from_predictions(preds, skeleton)
-    mean_pose = preds["target"].reshape(len(preds["target"]), -1, 2)
-    vis = preds["visibility"].bool()
-    centre = (mean_pose * vis.unsqueeze(-1)).sum(0) / vis.sum(0).clamp_min(1).unsqueeze(-1)
-    metrics["mean_pose_error"] = float((mean_pose - centre).norm(dim=-1)[vis].mean())
+    metrics["mean_pose_error"], metrics["mean_pose_from"] = mean_pose_baseline(preds, data_cfg)
     image_ids = [records[int(i)].get("image_id", int(records[int(i)].get("index", int(i)))) for i in preds["index"]]
     results = coco_results(preds["mean"].numpy(), preds["cov"].numpy(), preds["affine"].numpy(), image_ids)
     with staged_output_dir(out, overwrite) as stage:

@@ -84,8 +84,8 @@ def evaluation_report(metrics: dict, title: str, context: list[str], pictures: l
     out += [f"- {c}" for c in context] + [""]
     out += ["## Summary", "", comparison_table(["model"], [metrics], mark_best=False), ""]
     out += [f"Samples: {metrics['num_samples']}, visible joints: {metrics['num_joints_visible']}. "
-            f"Predicting the evaluated set's mean pose instead gives {fmt(metrics.get('mean_pose_error'))} px "
-            "mean joint error.", ""]
+            f"Predicting the {metrics.get('mean_pose_from', 'evaluated set')}'s mean pose for everybody instead "
+            f"gives {fmt(metrics.get('mean_pose_error'))} px mean joint error.", ""]
     out += ["## Per joint", ""]
     keys = [k for k in pj if k not in ("name",)]
     out += [table(["joint"] + keys, [[pj["name"][j]] + [pj[k][j] for k in keys] for j in range(len(pj["name"]))]),

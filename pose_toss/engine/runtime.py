@@ -83,18 +83,19 @@ def restore_rng_states(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_records(data_cfg, split: str, progress: bool = False) -> tuple[list[dict], Skeleton]:
+def load_records(data_cfg, split: str, progress: bool = False, images: bool = True) -> tuple[list[dict], Skeleton]:
     """The records of one split (train / val / test) of the configured dataset, and its skeleton.
 
-    Synthetic figures are rendered once into memory (a few MB per thousand at 128 px); real images
-    are read when a sample is drawn.
+    Synthetic figures are rendered once into memory (a few MB per thousand at 128 px), or not at all
+    with ``images=False`` (labels only); real images are read when a sample is drawn.
     """
     if data_cfg.dataset == "synthetic":
         from tqdm import tqdm
 
         ds = SyntheticPoseDataset.from_config(data_cfg.synthetic, split)
-        records = [ds.record(i) for i in tqdm(range(len(ds)), desc=f"rendering {split}", disable=not progress,
-                                              leave=False)]
+        make = ds.record if images else ds.annotation
+        records = [make(i) for i in tqdm(range(len(ds)), desc=f"rendering {split}", disable=not progress or not images,
+                                         leave=False)]
         return records, ds.skeleton
     records = dataset_records(data_cfg, split)
     if not records:
