@@ -27,7 +27,12 @@ def test_bench_writes_every_section(tmp_path, capsys):
         assert s["seconds"] > 0 and math.isclose(s["over_mse"], s["seconds"] / mse)
     assert r["steps"]["nll_tic_z_at_features"]["bottleneck_at"] == "features"
     assert r["jacobian"]["batched_s"] > 0 and r["jacobian"]["loop_over_batched"] > 0
-    assert [row["n"] for row in r["pseudo_labels"]["rows"]] == [300, 600]
+    pl = r["pseudo_labels"]
+    assert [row["n"] for row in pl["rows"]] == [300, 600]
+    for row in pl["rows"]:  # the refresh = the labels + one embedding pass over the N images
+        assert math.isclose(row["embedding_pass_seconds"], row["n"] / pl["embedding_images_per_s"])
+        assert math.isclose(row["refresh_share_of_epoch"],
+                            (row["seconds"] + row["embedding_pass_seconds"]) / row["epoch_seconds"])
     assert r["data_samples_per_s_per_core"]["64"] > 0
     assert set(r["inference_images_per_s"]) == {"1", "32"}
     assert r["memory"]["cpu_peak_rss_mib"] > 0 and r["machine"]["cores"] >= 1
