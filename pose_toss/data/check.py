@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pose_toss.data.dataset import PoseDataset, crop_labels
+from pose_toss.data.dataset import PoseDataset, crop_labels, sample_image_rgb
 from pose_toss.io import atomic_write_text, jsonable, staged_output_dir
 from pose_toss.skeletons import Skeleton
 
@@ -65,7 +65,7 @@ def augmented_crops(records: list[dict], data_cfg, skeleton: Skeleton, count: in
         if "missing_image" in sample:
             unreadable.append(sample["missing_image"])
             continue
-        image = (sample["image"].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+        image = sample_image_rgb(sample)
         tiles.append(draw_pose_scaled(image, sample["target"].numpy(), None, tile / image.shape[0],
                                       skeleton=skeleton, visibility=sample["visibility"].numpy()))
     return tiles, unreadable

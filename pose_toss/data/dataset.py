@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Sequence
 
@@ -25,8 +26,6 @@ def load_image_rgb(path: str) -> np.ndarray:
     """H x W x 3 uint8 RGB from any file OpenCV reads (grey, CMYK, alpha are converted)."""
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)  # drops alpha, expands grey, converts CMYK
     if img is None:
-        import os
-
         if not os.path.isfile(path):
             raise OSError(f"image file not found: {path}")
         raise OSError(f"cannot decode image file: {path}")
@@ -118,6 +117,11 @@ class PoseDataset(Dataset):
             sample["head_size"] = torch.tensor(float(rec["head_size"]) * _affine_scale(out.affine),
                                                dtype=torch.float32)
         return sample
+
+
+def sample_image_rgb(sample: dict) -> np.ndarray:
+    """A sample's ``image`` tensor (3 x S x S in [0, 1]) back as S x S x 3 uint8 RGB, for drawing."""
+    return (sample["image"].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
 
 
 def collate_samples(samples: list[dict]) -> dict:

@@ -16,6 +16,7 @@ read (``PoseDataset``), since annotations alone do not give the image size.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -37,6 +38,14 @@ def _mask_bad(joints: np.ndarray, visibility: np.ndarray) -> tuple[np.ndarray, n
     ok = np.isfinite(joints).all(axis=1) & (np.nan_to_num(joints, nan=-1.0) >= 0).all(axis=1)
     vis = (np.asarray(visibility, dtype=np.float64) > 0) & ok
     return np.where(ok[:, None], joints, 0.0), vis.astype(np.float32)
+
+
+def _read_json(p: Path):
+    try:
+        with open(p) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AnnotationError(f"{p}: cannot read as JSON ({e})") from None
 
 
 def _check_file(path) -> Path:
@@ -162,11 +171,7 @@ def read_mpii(path, images_dir=None, single_person_only: bool = False) -> list[d
 
 
 def _read_mpii_json(p: Path) -> list[dict]:
-    try:
-        with open(p) as f:
-            items = json.load(f)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AnnotationError(f"{p}: cannot read as JSON ({e})") from None
+    items = _read_json(p)
     if not isinstance(items, list):
         raise AnnotationError(f"{p}: expected a list of people, got {type(items).__name__}")
     records = []
@@ -282,11 +287,7 @@ def read_coco(annotation_json, images_dir=None) -> list[dict]:
     ``../<split>`` beside an ``annotations/person_keypoints_<split>.json``.
     """
     p = _check_file(annotation_json)
-    try:
-        with open(p) as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AnnotationError(f"{p}: cannot read as JSON ({e})") from None
+    data = _read_json(p)
     for key in ("images", "annotations", "categories"):
         if key not in data:
             raise AnnotationError(f"{p}: missing field {key!r} (expected a COCO keypoints annotation file)")
@@ -294,11 +295,8 @@ def read_coco(annotation_json, images_dir=None) -> list[dict]:
 
     coco = COCO()
     coco.dataset = data
-    with open(os.devnull, "w") as null:
-        import contextlib
-
-        with contextlib.redirect_stdout(null):  # pycocotools prints progress lines
-            coco.createIndex()
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):  # pycocotools prints progress
+        coco.createIndex()
     images = Path(images_dir) if images_dir is not None else _coco_images_dir(p, data)
     person_ids = coco.getCatIds(catNms=["person"]) or [1]
     records = []

@@ -148,12 +148,13 @@ def mean_pose_baseline(preds: dict, data_cfg) -> tuple[float, str]:
 
 def prediction_pictures(dataset, preds: dict, skeleton, count: int = 16, tile: int = 256) -> np.ndarray:
     """A contact sheet of crops with the predicted pose and its 50% / 90% joint ellipses."""
+    from pose_toss.data.dataset import sample_image_rgb
     from pose_toss.viz.draw import contact_sheet, draw_pose_scaled
 
     tiles = []
     for n in range(min(count, len(preds["index"]))):
         i = int(preds["index"][n])
-        image = (dataset[i]["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        image = sample_image_rgb(dataset[i])
         factor = tile / image.shape[0]
         tiles.append(draw_pose_scaled(image, preds["mean"][n].numpy(), preds["cov"][n].numpy(), factor,
                                       skeleton=skeleton, levels=(0.5, 0.9)))

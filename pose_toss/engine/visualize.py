@@ -79,9 +79,7 @@ def person_picture(image: np.ndarray, joints: np.ndarray, cov: np.ndarray, box: 
     """The padded person box cut from ``image`` and enlarged, with the pose and its ellipses; with
     ``links`` the joint pairs correlated above it, with ``condition_joint`` beside it a second panel
     where that joint is moved one standard deviation along its widest axis and the rest follow."""
-    import cv2
-
-    from pose_toss.viz.draw import draw_conditional, draw_correlation_links, draw_pose
+    from pose_toss.viz.draw import draw_conditional, draw_correlation_links, draw_pose, enlarge
 
     x, y, w, h = box
     side = max(w, h) * padding
@@ -93,10 +91,8 @@ def person_picture(image: np.ndarray, joints: np.ndarray, cov: np.ndarray, box: 
     sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + s, iw), min(y0 + s, ih)
     if sx1 > sx0 and sy1 > sy0:
         canvas[sy0 - y0: sy1 - y0, sx0 - x0: sx1 - x0] = image[sy0:sy1, sx0:sx1]
-    f = max(1.0, MIN_PICTURE_SIDE / s)
-    canvas = cv2.resize(canvas, (round(s * f), round(s * f)), interpolation=cv2.INTER_LINEAR)
-    pts = (np.asarray(joints, dtype=np.float64).reshape(-1, 2) - [x0, y0] + 0.5) * f - 0.5
-    c = np.asarray(cov, dtype=np.float64) * f**2
+    shifted = np.asarray(joints, dtype=np.float64).reshape(-1, 2) - [x0, y0]
+    canvas, pts, c = enlarge(canvas, shifted, cov, max(1.0, MIN_PICTURE_SIDE / s))
     if links is not None:
         panel = draw_correlation_links(canvas, pts, c, skeleton, links)
     else:

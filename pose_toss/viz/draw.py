@@ -85,15 +85,21 @@ def draw_pose(image: np.ndarray, joints: np.ndarray, cov: np.ndarray | None = No
     return img
 
 
-def draw_pose_scaled(image: np.ndarray, joints: np.ndarray, cov: np.ndarray | None, factor: float,
-                     **kwargs) -> np.ndarray:
-    """``draw_pose`` on the image enlarged by ``factor`` (small crops become legible); joints and
-    covariance are mapped with the resize's pixel-centre convention x' = (x + 0.5) f - 0.5."""
+def enlarge(image: np.ndarray, joints: np.ndarray, cov: np.ndarray | None, factor: float
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The image resized by ``factor`` with joints (J x 2) and covariance mapped to it, using the
+    resize's pixel-centre convention x' = (x + 0.5) f - 0.5 (small crops become legible)."""
     h, w = image.shape[:2]
     big = cv2.resize(image, (round(w * factor), round(h * factor)), interpolation=cv2.INTER_LINEAR)
     pts = (np.asarray(joints, dtype=np.float64).reshape(-1, 2) + 0.5) * factor - 0.5
     scaled_cov = None if cov is None else np.asarray(cov, dtype=np.float64) * factor**2
-    return draw_pose(big, pts, scaled_cov, **kwargs)
+    return big, pts, scaled_cov
+
+
+def draw_pose_scaled(image: np.ndarray, joints: np.ndarray, cov: np.ndarray | None, factor: float,
+                     **kwargs) -> np.ndarray:
+    """``draw_pose`` on the image enlarged by ``factor`` (see ``enlarge``)."""
+    return draw_pose(*enlarge(image, joints, cov, factor), **kwargs)
 
 
 def contact_sheet(tiles: Sequence[np.ndarray], cols: int = 4, tile_size: int = 256, pad: int = 4) -> np.ndarray:
