@@ -154,6 +154,8 @@ class TrainConfig:
     heatmap_weight: float = opt(0.0, min=0.0,
                                 help="weight of the heatmap cross-entropy (heatmap head) added to the stage loss")
     amp: bool = opt(True, help="bf16 autocast on CUDA (covariance math stays float32); ignored on CPU")
+    channels_last: bool = opt(True, help="train with channels-last convolution weights (faster in oneDNN "
+                                         "on CPU and in cuDNN); model files keep the usual layout")
     max_bad_steps: int = opt(20, min=1, help="stop after this many non-finite steps in a row")
     max_steps_per_epoch: int | None = opt(None, min=1, help="cut epochs short (smoke tests, benchmarks)")
     progress: bool = opt(True, help="progress bars")

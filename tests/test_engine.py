@@ -165,6 +165,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     resumed.fit()
     a, b = weights(straight.model), weights(resumed.model)
     assert a.keys() == b.keys()
+    # train.channels_last (the default) holds for resumed runs too
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in resumed.model.parameters() if p.dim() == 4)
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]

@@ -137,6 +137,24 @@ def test_save_and_load_round_trip(tmp_path):
         load_model(tmp_path / "junk.safetensors")
 
 
+def test_channels_last_weights_give_the_same_model(tmp_path):
+    # The trainer keeps conv weights channels-last for speed: outputs, the TIC Jacobian and saved files
+    # must not depend on it.
+    model = tiny("tic").eval()
+    fast = tiny("tic").eval().to(memory_format=torch.channels_last)
+    assert next(fast.backbone.parameters()).is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(2, 3, 64, 64)
+    a, b = model(x), fast(x)
+    torch.testing.assert_close(b.mean, a.mean, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(b.cov, a.cov, rtol=1e-3, atol=1e-3)
+    fast.train()
+    fast(x).cov.diagonal(dim1=1, dim2=2).sum().backward()
+    again = load_model(save_model(fast.eval(), tmp_path / "m.safetensors")).eval()
+    assert all(p.is_contiguous() for p in again.parameters())
+    c = again(x)
+    torch.testing.assert_close(c.mean, fast(x).mean, rtol=1e-4, atol=1e-3)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown timm backbone 'resnet_nope'"):
         build_pose_model("resnet_nope", 14)

@@ -60,11 +60,14 @@ class Progress:
 
 def build_model_from_config(cfg: Config, num_joints: int) -> PoseModel:
     m = cfg.model
-    return build_pose_model(m.backbone, num_joints=num_joints, head=m.head, embed_dim=m.embed_dim,
-                            covariance=m.covariance, input_size=cfg.data.input_size, pretrained=m.pretrained,
-                            deconv_channels=m.deconv_channels, cov_hidden=m.cov_hidden, use_hessian=m.use_hessian,
-                            cov_floor=m.cov_floor, jacobian_chunk=m.jacobian_chunk, feature_stride=m.feature_stride,
-                            heatmap_stride=cfg.data.heatmap_stride, bottleneck_at=m.bottleneck_at)
+    model = build_pose_model(m.backbone, num_joints=num_joints, head=m.head, embed_dim=m.embed_dim,
+                             covariance=m.covariance, input_size=cfg.data.input_size, pretrained=m.pretrained,
+                             deconv_channels=m.deconv_channels, cov_hidden=m.cov_hidden, use_hessian=m.use_hessian,
+                             cov_floor=m.cov_floor, jacobian_chunk=m.jacobian_chunk, feature_stride=m.feature_stride,
+                             heatmap_stride=cfg.data.heatmap_stride, bottleneck_at=m.bottleneck_at)
+    if cfg.train.channels_last:  # convolutions then run channels-last whatever the input's layout
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 def stage_at(cfg: Config, epoch: int) -> tuple[int, int]:
