@@ -18,7 +18,7 @@ install: $(BIN)/pose-toss
 # data, then evaluation with every metric, a report and pictures of the predicted joint covariances.
 demo: install
 	$(BIN)/pose-toss train --config configs/demo.yaml --out $(DEMO_OUT)/run --overwrite
-	$(BIN)/pose-toss eval --checkpoint $(DEMO_OUT)/run --data synthetic --out $(DEMO_OUT)/eval --overwrite
+	$(BIN)/pose-toss eval --checkpoint $(DEMO_OUT)/run --data synthetic --out $(DEMO_OUT)/eval --overwrite --flip-test
 
 lint: install
 	$(BIN)/ruff check .

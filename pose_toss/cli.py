@@ -70,12 +70,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     m = evaluate_checkpoint(args.checkpoint, args.data, args.out, split=args.split, overwrite=args.overwrite,
                             device=args.device, batch_size=args.batch_size, pictures=args.pictures,
-                            progress=not args.quiet)
+                            progress=not args.quiet, flip_test=args.flip_test)
     print(comparison_table(["model"], [m], mark_best=False))
     print(f"mean joint error {m['mean_joint_error']:.2f} px against {m['mean_pose_error']:.2f} px for the "
           f"{m['mean_pose_from']}'s mean pose ({m['mean_pose_error'] / max(m['mean_joint_error'], 1e-9):.1f}x lower); "
           f"90% ellipses hold "
           f"{100 * m['coverage@0.9']:.1f}% of the ground truths")
+    if args.flip_test:
+        print(f"flip test on; without it, the mean joint error is {m['mean_joint_error_no_flip']:.2f} px "
+              f"({m['mean_pose_error'] / max(m['mean_joint_error_no_flip'], 1e-9):.1f}x below the mean pose)")
     out = Path(args.out)
     print(f"report: {out / 'report.md'}")
     print(f"metrics: {out / 'metrics.json'}   predictions (COCO + covariance): {out / 'predictions.json'}")
@@ -171,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--pictures", type=int, default=16, help="crops drawn with their ellipses (0: none)")
+    p.add_argument("--flip-test", action="store_true",
+                   help="also predict each mirrored crop and merge the two Gaussians (moment matching)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 

@@ -207,3 +207,28 @@ def joint_correlations(cov: torch.Tensor) -> torch.Tensor:
         inv_sqrt = evecs @ torch.diag_embed(evals.clamp_min(1e-12).rsqrt()) @ evecs.transpose(-1, -2)
         whitened = inv_sqrt.unsqueeze(-3) @ blocks @ inv_sqrt.unsqueeze(-4)
         return torch.linalg.matrix_norm(whitened, ord=2).clamp(0.0, 1.0)
+
+
+def unmirror(mean: torch.Tensor, cov: torch.Tensor, flip_coords: torch.Tensor,
+             width: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A prediction made on the horizontally mirrored crop, mapped back to the crop's frame.
+
+    Mirroring is ``x -> width - 1 - x`` with left and right joints swapped (``flip_coords``: the
+    permutation of the 2J coordinates). As a map ``A`` on coordinates (swap, then negate x) it sends
+    the covariance to ``A cov A^T``.
+    """
+    sign = torch.ones(mean.shape[-1], dtype=mean.dtype, device=mean.device)
+    sign[0::2] = -1.0
+    idx = flip_coords.to(mean.device)
+    back = mean[..., idx] * sign
+    back[..., 0::2] += width - 1
+    cov_back = cov[..., idx, :][..., :, idx] * (sign[:, None] * sign[None, :])
+    return back, cov_back
+
+
+def equal_mixture(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Tensor,
+                  cov_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance of the 50/50 mixture of two Gaussians (moment matching): the covariance is
+    the average of the two plus the spread of their means, ``d d^T / 4`` with ``d = mean_a - mean_b``."""
+    d = (mean_a - mean_b).unsqueeze(-1)
+    return 0.5 * (mean_a + mean_b), 0.5 * (cov_a + cov_b) + 0.25 * d @ d.transpose(-1, -2)

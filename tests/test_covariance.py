@@ -3,10 +3,12 @@ import torch
 
 from pose_toss.covariance import (
     cholesky_from_vector,
+    equal_mixture,
     full_covariance,
     hessian_gram,
     jacobian,
     tic_covariance,
+    unmirror,
 )
 
 torch.manual_seed(0)
@@ -101,3 +103,38 @@ def test_cholesky_parameterisation_is_positive_definite():
     low0 = cholesky_from_vector(vec, D, floor=0.0)
     assert torch.allclose(cov, 4 * low0 @ low0.transpose(1, 2) + 1e-3 * torch.eye(D), rtol=1e-5, atol=1e-4)
     assert torch.linalg.eigvalsh(cov.double()).min() > 0
+
+
+def _random_spd(n, d, gen):
+    a = torch.randn(n, d, d, generator=gen, dtype=torch.float64)
+    return a @ a.transpose(1, 2) + 0.1 * torch.eye(d, dtype=torch.float64)
+
+
+def test_equal_mixture_matches_second_moments():
+    gen = torch.Generator().manual_seed(3)
+    ma, mb = torch.randn(2, 4, 6, generator=gen, dtype=torch.float64)
+    ca, cb = _random_spd(4, 6, gen), _random_spd(4, 6, gen)
+    mean, cov = equal_mixture(ma, ca, mb, cb)
+    # E[x x^T] of a 50/50 mixture is the average of the components' second moments.
+    second = 0.5 * (ca + ma[:, :, None] * ma[:, None, :]) + 0.5 * (cb + mb[:, :, None] * mb[:, None, :])
+    torch.testing.assert_close(mean, 0.5 * (ma + mb))
+    torch.testing.assert_close(cov, second - mean[:, :, None] * mean[:, None, :])
+
+
+def test_unmirror_is_the_mirror_map_on_samples():
+    # Three joints, joint 0 <-> 2 swap sides; width 64 px. Map samples of N(mean, cov) through the mirror
+    # by hand: the mapped samples' exact mean and covariance are what unmirror must return.
+    gen = torch.Generator().manual_seed(4)
+    flip = torch.tensor([4, 5, 2, 3, 0, 1])
+    mean = torch.randn(2, 6, generator=gen, dtype=torch.float64) * 10 + 30
+    cov = _random_spd(2, 6, gen)
+    back, cov_back = unmirror(mean, cov, flip, 64)
+    a = torch.zeros(6, 6, dtype=torch.float64)  # the linear part of the mirror: swap joints, negate x
+    for i, j in enumerate(flip.tolist()):
+        a[i, j] = -1.0 if i % 2 == 0 else 1.0
+    shift = torch.tensor([63.0, 0.0] * 3, dtype=torch.float64)
+    torch.testing.assert_close(back, mean @ a.T + shift)
+    torch.testing.assert_close(cov_back, a @ cov @ a.T)
+    twice = unmirror(back, cov_back, flip, 64)  # mirroring twice is the identity
+    torch.testing.assert_close(twice[0], mean)
+    torch.testing.assert_close(twice[1], cov)

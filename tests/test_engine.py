@@ -249,6 +249,16 @@ def test_train_eval_cli_end_to_end(tmp_path, capsys):
         np.testing.assert_allclose(kps[:, :2], person["joints"][0], atol=0.05)
         np.testing.assert_allclose(np.asarray(p["covariance"]), person["cov"][0], rtol=1e-3, atol=1e-2)
 
+    # The flip test merges each crop with its mirror image; its single-pass error is the plain eval's.
+    ev_flip = tmp_path / "eval_flip"
+    assert main(["eval", "--checkpoint", str(run), "--out", str(ev_flip), "--quiet", "--pictures", "0",
+                 "--flip-test"]) == 0
+    assert "flip test on" in capsys.readouterr().out
+    flipped = json.loads((ev_flip / "metrics.json").read_text())
+    assert flipped["flip_test"] is True and metrics["flip_test"] is False
+    assert flipped["mean_joint_error_no_flip"] == pytest.approx(metrics["mean_joint_error"], rel=1e-5)
+    assert "flip test" in (ev_flip / "report.md").read_text()
+
     # Resume of a finished run does nothing and says so; a bad --data is named.
     assert main(["train", "--resume", str(run)]) == 0
     assert main(["eval", "--checkpoint", str(run), "--data", "nowhere", "--out", str(tmp_path / "e2")]) == 2

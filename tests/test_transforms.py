@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
+import torch
 
+from pose_toss.covariance import unmirror
 from pose_toss.data.synthetic import SyntheticPoseDataset
 from pose_toss.data.transforms import (
     TopDownTransform,
@@ -107,3 +109,21 @@ def test_joints_leaving_the_crop_are_masked():
     joints[0] = [500.0, 50.0]
     out = tf(np.zeros((100, 100, 3), np.uint8), joints, np.ones(14), np.array([50.0, 50.0]), 80.0)
     assert out.visibility[0] == 0 and out.visibility[1:].all()
+
+
+def test_unmirror_undoes_the_pipelines_horizontal_flip():
+    # The flip test maps predictions on mirrored crops back with covariance.unmirror; it must agree with
+    # the training pipeline's flip (albumentations, then the left/right swap).
+    rng = np.random.default_rng(0)
+    joints = rng.uniform(20, 100, (14, 2))
+    image = np.zeros((120, 120, 3), np.uint8)
+    plain = TopDownTransform(64, LSP14, augment=False)
+    mirror = TopDownTransform(64, LSP14, augment=True, rotation=0.0, scale=(1.0, 1.0), flip_prob=1.0,
+                              color_jitter_prob=0.0, blur_prob=0.0)
+    a = plain(image, joints, np.ones(14), np.array([60.0, 60.0]), 120.0)
+    b = mirror(image, joints, np.ones(14), np.array([60.0, 60.0]), 120.0, seed=1)
+    assert b.flipped
+    cov = torch.eye(28, dtype=torch.float64).expand(1, 28, 28)
+    back, _ = unmirror(torch.from_numpy(b.joints.reshape(1, -1)), cov,
+                       torch.from_numpy(LSP14.flip_coordinate_index.copy()), 64)
+    np.testing.assert_allclose(back.numpy().reshape(14, 2), a.joints, atol=1e-6)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pose_toss.covariance import equal_mixture, unmirror
 from pose_toss.metrics import pose_metrics
 
 OPTIONAL_KEYS = ("target_true", "cov_true", "head_size")
@@ -23,24 +24,36 @@ def autocast_context(device: torch.device, amp: bool):
 
 @torch.no_grad()
 def predict_dataset(model, loader, device: torch.device, amp: bool = False, progress: bool = False,
-                    desc: str = "predicting") -> dict[str, torch.Tensor]:
+                    desc: str = "predicting", flip_coords: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Means, covariances and the batch's labels for every sample the loader yields, on the CPU.
 
     The model runs in eval mode; TIC's Jacobian still needs autograd, which ``torch.func`` enables
     for itself inside ``no_grad``. Duplicates (padded distributed shards) are dropped by index.
+
+    ``flip_coords`` (the skeleton's left/right permutation of the 2J coordinates) turns on the flip
+    test: each crop is also predicted mirrored, and the two Gaussians are merged by moment matching.
+    The single-pass means are kept as ``mean_no_flip``.
     """
     was_training = model.training
     model.eval()
     cols: dict[str, list] = {k: [] for k in ("mean", "cov", "target", "visibility", "affine", "index",
-                                             *OPTIONAL_KEYS)}
+                                             "mean_no_flip", *OPTIONAL_KEYS)}
     try:
         for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
             if "image" not in batch:
                 continue
+            images = batch["image"].to(device, non_blocking=True)
             with autocast_context(device, amp):
-                out = model(batch["image"].to(device, non_blocking=True))
-            cols["mean"].append(out.mean.float().cpu())
-            cols["cov"].append(out.cov.float().cpu())
+                out = model(images)
+            mean, cov = out.mean.float(), out.cov.float()
+            if flip_coords is not None:
+                with autocast_context(device, amp):
+                    mirrored = model(images.flip(-1))
+                back = unmirror(mirrored.mean.float(), mirrored.cov.float(), flip_coords, images.shape[-1])
+                cols["mean_no_flip"].append(mean.cpu())
+                mean, cov = equal_mixture(mean, cov, *back)
+            cols["mean"].append(mean.cpu())
+            cols["cov"].append(cov.cpu())
             for key in ("target", "visibility", "affine", *OPTIONAL_KEYS):
                 if key in batch:
                     cols[key].append(torch.as_tensor(batch[key]))
@@ -163,9 +176,12 @@ def prediction_pictures(dataset, preds: dict, skeleton, count: int = 16, tile: i
 
 def evaluate_checkpoint(checkpoint, data: str, out, *, split: str = "test", overwrite: bool = False,
                         device: str = "auto", batch_size: int | None = None, num_workers: int = 0,
-                        pictures: int = 16, progress: bool = True) -> dict:
+                        pictures: int = 16, progress: bool = True, flip_test: bool = False) -> dict:
     """Evaluate a model on a dataset; writes ``metrics.json``, ``report.md``, ``predictions.json``
-    (COCO keypoint results with covariances) and ``pictures.png`` into ``out`` (staged, then renamed)."""
+    (COCO keypoint results with covariances) and ``pictures.png`` into ``out`` (staged, then renamed).
+
+    ``flip_test``: predict each crop and its mirror image and merge the two (see ``predict_dataset``);
+    the single-pass error is then reported too, as ``mean_joint_error_no_flip``."""
     import json
 
     from pose_toss.data.dataset import PoseDataset
@@ -187,8 +203,14 @@ def evaluate_checkpoint(checkpoint, data: str, out, *, split: str = "test", over
     dataset = PoseDataset.from_config(records, data_cfg, train=False, skeleton=skeleton)
     loader = make_loader(dataset, batch_size or data_cfg.batch_size, Runtime(dev), shuffle=False,
                          num_workers=num_workers)
-    preds = predict_dataset(model, loader, dev, progress=progress, desc="evaluating")
+    flip_coords = torch.from_numpy(skeleton.flip_coordinate_index.copy()) if flip_test else None
+    preds = predict_dataset(model, loader, dev, progress=progress, desc="evaluating", flip_coords=flip_coords)
     metrics = metrics_from_predictions(preds, skeleton)
+    metrics["flip_test"] = flip_test
+    if flip_test:
+        vis = preds["visibility"] > 0
+        single = (preds["mean_no_flip"] - preds["target"]).view(*vis.shape, 2).norm(dim=-1)
+        metrics["mean_joint_error_no_flip"] = float(single[vis].mean())
     metrics["mean_pose_error"], metrics["mean_pose_from"] = mean_pose_baseline(preds, data_cfg)
     image_ids = [records[int(i)].get("image_id", int(records[int(i)].get("index", int(i)))) for i in preds["index"]]
     results = coco_results(preds["mean"].numpy(), preds["cov"].numpy(), preds["affine"].numpy(), image_ids)
@@ -203,6 +225,9 @@ def evaluate_checkpoint(checkpoint, data: str, out, *, split: str = "test", over
         plots = report_plots(stage, metrics, skeleton, run_dir)
         context = [f"model: `{model_file}` ({model.config['backbone']}, {model.config['covariance']} covariance, "
                    f"{model.input_size} px)", f"data: {source}"]
+        if flip_test:
+            context.append("flip test: each crop and its mirror image, merged as an equal Gaussian mixture "
+                           f"(single-pass mean joint error {metrics['mean_joint_error_no_flip']:.2f} px)")
         atomic_write_text(stage / "report.md", evaluation_report(metrics, "Evaluation", context, pics, plots))
     return metrics
 
