@@ -214,16 +214,14 @@ def unmirror(mean: torch.Tensor, cov: torch.Tensor, flip_coords: torch.Tensor,
     """A prediction made on the horizontally mirrored crop, mapped back to the crop's frame.
 
     Mirroring is ``x -> width - 1 - x`` with left and right joints swapped (``flip_coords``: the
-    permutation of the 2J coordinates). As a map ``A`` on coordinates (swap, then negate x) it sends
-    the covariance to ``A cov A^T``.
+    permutation of the 2J coordinates): every joint moves by the same map ``diag(-1, 1)``.
+    ``mean``: B x 2J, ``cov``: B x 2J x 2J.
     """
-    sign = torch.ones(mean.shape[-1], dtype=mean.dtype, device=mean.device)
-    sign[0::2] = -1.0
     idx = flip_coords.to(mean.device)
-    back = mean[..., idx] * sign
-    back[..., 0::2] += width - 1
-    cov_back = cov[..., idx, :][..., :, idx] * (sign[:, None] * sign[None, :])
-    return back, cov_back
+    back = mean[:, idx]  # advanced indexing copies
+    back[:, 0::2] = (width - 1) - back[:, 0::2]
+    mirror = torch.diag(torch.tensor([-1.0, 1.0], dtype=cov.dtype, device=cov.device)).expand(cov.shape[0], 2, 2)
+    return back, linear_map_covariance(cov[:, idx][:, :, idx], mirror)
 
 
 def equal_mixture(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Tensor,

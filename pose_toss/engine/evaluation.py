@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 from pose_toss.covariance import equal_mixture, unmirror
-from pose_toss.metrics import pose_metrics
+from pose_toss.metrics import joint_errors, pose_metrics
 
 OPTIONAL_KEYS = ("target_true", "cov_true", "head_size")
 
@@ -208,9 +208,8 @@ def evaluate_checkpoint(checkpoint, data: str, out, *, split: str = "test", over
     metrics = metrics_from_predictions(preds, skeleton)
     metrics["flip_test"] = flip_test
     if flip_test:
-        vis = preds["visibility"] > 0
-        single = (preds["mean_no_flip"] - preds["target"]).view(*vis.shape, 2).norm(dim=-1)
-        metrics["mean_joint_error_no_flip"] = float(single[vis].mean())
+        single = joint_errors(preds["mean_no_flip"], preds["target"])
+        metrics["mean_joint_error_no_flip"] = float(single[preds["visibility"] > 0].mean())
     metrics["mean_pose_error"], metrics["mean_pose_from"] = mean_pose_baseline(preds, data_cfg)
     image_ids = [records[int(i)].get("image_id", int(records[int(i)].get("index", int(i)))) for i in preds["index"]]
     results = coco_results(preds["mean"].numpy(), preds["cov"].numpy(), preds["affine"].numpy(), image_ids)
