@@ -13,13 +13,19 @@ import math
 import torch
 
 
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    """At least float32: half precision is promoted, float64 kept."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def _coord_mask(mask: torch.Tensor | None, mean: torch.Tensor) -> torch.Tensor:
-    """B x D float mask, each joint's flag repeated for its x and y."""
+    """B x D float mask (float32, or float64 like ``mean``), each joint's flag repeated for its x and y."""
+    dtype = torch.promote_types(mean.dtype, torch.float32)
     if mask is None:
-        return torch.ones_like(mean, dtype=torch.float32)
+        return torch.ones_like(mean, dtype=dtype)
     if mask.shape[-1] * 2 != mean.shape[-1]:
         raise ValueError(f"mask has {mask.shape[-1]} joints but mean has {mean.shape[-1]} coordinates (expected 2J)")
-    return (mask > 0).float().repeat_interleave(2, dim=-1)
+    return (mask > 0).to(dtype).repeat_interleave(2, dim=-1)
 
 
 def masked_covariance(cov: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -63,8 +69,8 @@ def robust_cholesky(cov: torch.Tensor, max_tries: int = 8, stats: dict | None = 
 
 def _whitened(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
               stats: dict | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(coordinate mask m, Cholesky factor of the masked covariance, whitened residual, log det) in float32."""
-    mean, cov, target = mean.float(), cov.float(), target.float()
+    """(coordinate mask m, Cholesky factor of the masked covariance, whitened residual, log det), at least float32."""
+    mean, cov, target = _f32(mean), _f32(cov), _f32(target)
     m = _coord_mask(mask, mean)
     chol = robust_cholesky(masked_covariance(cov, m), stats=stats)
     white = torch.linalg.solve_triangular(chol, ((target - mean) * m).unsqueeze(-1), upper=False).squeeze(-1)
@@ -83,7 +89,7 @@ def gaussian_nll(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, ma
 def mse(mean: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Sum of squared errors over the visible coordinates, per sample."""
     m = _coord_mask(mask, mean)
-    return (((target.float() - mean.float()) * m) ** 2).sum(-1)
+    return (((_f32(target) - _f32(mean)) * m) ** 2).sum(-1)
 
 
 def beta_nll(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
@@ -91,8 +97,8 @@ def beta_nll(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, mask: 
     """beta-NLL on the diagonal: each coordinate's Gaussian NLL weighted by stop-grad(variance)^beta."""
     with torch.autocast(device_type=mean.device.type, enabled=False):
         m = _coord_mask(mask, mean)
-        var = torch.diagonal(cov.float(), dim1=-2, dim2=-1)
-        r2 = (target.float() - mean.float()) ** 2
+        var = torch.diagonal(_f32(cov), dim1=-2, dim2=-1)
+        r2 = (_f32(target) - _f32(mean)) ** 2
         per = 0.5 * (torch.log(var) + r2 / var + math.log(2 * math.pi))
         return (per * var.detach() ** beta * m).sum(-1)
 
@@ -112,7 +118,8 @@ def kl_calibrated(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, p
     """
     with torch.autocast(device_type=mean.device.type, enabled=False):
         m, chol, white, logdet = _whitened(mean, cov, target, mask, stats)
-        prior_white = torch.cholesky_solve(masked_covariance(prior_cov.float(), m), chol)  # S^-1 P
+        prior = masked_covariance(prior_cov.to(chol.dtype), m.to(chol.dtype))
+        prior_white = torch.cholesky_solve(prior, chol)  # S^-1 P
         trace = torch.diagonal(prior_white, dim1=-2, dim2=-1).sum(-1) - (1.0 - m).sum(-1)  # padding adds 1 each
         return 0.5 * trace + 0.5 * (white**2).sum(-1) + logdet
 
@@ -126,7 +133,7 @@ def sqrtm_newton_schulz(mat: torch.Tensor, iters: int = 30, tol: float = 1e-6) -
     early once every sample's update is below ``tol``.
     """
     with torch.autocast(device_type=mat.device.type, enabled=False):
-        mat = mat.float() if mat.dtype in (torch.float16, torch.bfloat16) else mat
+        mat = _f32(mat)
         d = mat.shape[-1]
         norm = torch.diagonal(mat, dim1=-2, dim2=-1).sum(-1).clamp_min(1e-20).reshape(-1, 1, 1)
         eye = torch.eye(d, device=mat.device, dtype=mat.dtype).expand_as(mat)
@@ -153,13 +160,33 @@ def w2_bound(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, target
         raise ValueError("w2_bound needs target_cov or target_sqrt")
     with torch.autocast(device_type=mean.device.type, enabled=False):
         m = _coord_mask(mask, mean)
-        pred_root = sqrtm_newton_schulz(masked_covariance(cov.float(), m))
-        if target_sqrt is None:
-            with torch.no_grad():
-                target_sqrt = sqrtm_eigh(masked_covariance(target_cov.float(), m))
-        else:
-            target_sqrt = masked_covariance(target_sqrt.float(), m)  # the root of a block-masked matrix
-        return mse(mean, target, mask) + ((pred_root - target_sqrt.detach()) ** 2).sum((-2, -1))
+        pred_root = sqrtm_newton_schulz(masked_covariance(_f32(cov), m.to(_f32(cov).dtype)))
+        with torch.no_grad():
+            target_root = masked_sqrtm(target_cov, m, target_sqrt).to(pred_root.dtype)
+        return mse(mean, target, mask).to(pred_root.dtype) + ((pred_root - target_root) ** 2).sum((-2, -1))
+
+
+def masked_sqrtm(cov: torch.Tensor | None, m: torch.Tensor, root: torch.Tensor | None = None) -> torch.Tensor:
+    """The root of ``M cov M + (I - M)``: the visible block's own root, padded with identity.
+
+    That is not the visible block of the full root when visible and invisible coordinates are
+    correlated, so a precomputed ``root`` (of the full ``cov``) serves only the samples with every
+    coordinate visible; the others are taken from ``cov`` by eigendecomposition (no gradient).
+    """
+    if root is None and cov is None:
+        raise ValueError("masked_sqrtm needs the covariance or its root")
+    partial = (m <= 0).any(-1)
+    if root is not None and not partial.any():
+        return root
+    if cov is None:
+        raise ValueError(f"{int(partial.sum())} samples have invisible coordinates: the root of their visible block "
+                         "needs the covariance itself, not the root of the full matrix")
+    if root is None:
+        cov = _f32(cov)
+        return sqrtm_eigh(masked_covariance(cov, m.to(cov.dtype)))
+    out = _f32(root).clone()
+    out[partial] = sqrtm_eigh(masked_covariance(cov[partial].to(out.dtype), m[partial].to(out.dtype)))
+    return out
 
 
 def sqrtm_eigh(mat: torch.Tensor) -> torch.Tensor:
@@ -178,8 +205,8 @@ def loss_prediction(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor,
     """
     with torch.autocast(device_type=mean.device.type, enabled=False):
         m = _coord_mask(mask, mean)[:, ::2]
-        var = torch.diagonal(cov.float(), dim1=-2, dim2=-1)[:, ::2]
-        sq = ((target.float() - mean.float()) ** 2).reshape(mean.shape[0], -1, 2).sum(-1).detach()
+        var = torch.diagonal(_f32(cov), dim1=-2, dim2=-1)[:, ::2]
+        sq = ((_f32(target) - _f32(mean)) ** 2).reshape(mean.shape[0], -1, 2).sum(-1).detach()
         fit = torch.nn.functional.huber_loss(var / scale, 0.5 * sq / scale, reduction="none")
         return mse(mean, target, mask) + (fit * m).sum(-1)
 

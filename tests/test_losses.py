@@ -119,6 +119,43 @@ def test_w2_bound_masks_with_zero_padding_contribution():
     assert got[0].item() == pytest.approx(ref.item(), rel=1e-4)
 
 
+def test_masked_w2_root_is_the_root_of_the_visible_block_hand_case():
+    # Two joints, the second invisible; the target correlates the x coordinates of both (4 and 4, cov 3).
+    # Visible block diag(4, 1): root diag(2, 1). Prediction: identity at the target mean. By hand the
+    # bound is |I - diag(2, 1)|^2 = 1. The visible block of the full root has (sqrt 7 + 1) / 2 = 1.82 in
+    # place of 2 and would give 0.677.
+    target_cov = torch.tensor([[[4.0, 0, 3, 0], [0, 1, 0, 0], [3, 0, 4, 0], [0, 0, 0, 1]]], dtype=torch.float64)
+    mean = torch.zeros(1, 4, dtype=torch.float64)
+    mask = torch.tensor([[1, 0]])
+    pred = torch.eye(4, dtype=torch.float64)[None]
+    full_root = sqrtm_eigh(target_cov)
+    assert full_root[0, 0, 0].item() == pytest.approx((7**0.5 + 1) / 2)
+    by_root = w2_bound(mean, pred, mean, target_cov, mask, target_sqrt=full_root)
+    by_cov = w2_bound(mean, pred, mean, target_cov, mask)
+    assert by_root.item() == pytest.approx(1.0, abs=1e-6) and by_cov.item() == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError, match="1 samples have invisible coordinates"):
+        w2_bound(mean, pred, mean, mask=mask, target_sqrt=full_root)
+
+
+def test_masked_w2_bound_matches_scipy_on_correlated_masks():
+    from scipy.linalg import sqrtm
+
+    b, j = 6, 7
+    pred, target_cov = spd(b, 2 * j), spd(b, 2 * j)  # dense: visible and invisible joints correlated
+    mean = torch.randn(b, 2 * j, generator=gen, dtype=torch.float64)
+    target = torch.randn(b, 2 * j, generator=gen, dtype=torch.float64)
+    mask = (torch.rand(b, j, generator=gen) > 0.3).int()
+    mask[0] = 1  # one fully visible sample keeps the precomputed root
+    mask[1, :3] = 0
+    got = w2_bound(mean, pred, target, target_cov, mask, target_sqrt=sqrtm_eigh(target_cov))
+    assert got.dtype == torch.float64  # float64 kept when given
+    for i in range(b):
+        keep = mask[i].repeat_interleave(2).bool().numpy()
+        p, t = pred[i].numpy()[np.ix_(keep, keep)], target_cov[i].numpy()[np.ix_(keep, keep)]
+        ref = ((mean[i] - target[i]).numpy()[keep] ** 2).sum() + ((np.real(sqrtm(p)) - np.real(sqrtm(t))) ** 2).sum()
+        assert got[i].item() == pytest.approx(ref, rel=1e-5)
+
+
 def test_kl_gaussian_matches_torch_distributions():
     s1, s2 = spd(4, 5), spd(4, 5)
     m1, m2 = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
