@@ -31,6 +31,24 @@ def kl_gaussian(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tensor, co
     return 0.5 * (trace + (diff**2).sum(-1) - d + logdet2 - logdet1)
 
 
+def tic_summary(share: torch.Tensor, singular_values: torch.Tensor, rtol: float = 1e-3) -> dict:
+    """How much of a TIC covariance the Jacobian carries, over a set of samples.
+
+    ``share`` (B): ``tr(eps1^2 J J^T) / tr(cov)``; ``singular_values`` (B x min(D, E)) of each J,
+    descending. J's numerical rank counts singular values above ``rtol`` times the largest; its
+    effective rank is ``exp`` of the entropy of the normalised singular values (Roy and Vetterli),
+    min(D, E) when they are all equal and 1 when one dominates.
+    """
+    q = torch.quantile(share.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
+    s = singular_values.double()
+    rank = (s > rtol * s[:, :1]).sum(1) * (s[:, 0] > 0)
+    p = s / s.sum(1, keepdim=True).clamp_min(1e-300)
+    effective = torch.exp(-torch.where(p > 0, p * p.clamp_min(1e-300).log(), torch.zeros_like(p)).sum(1))
+    return {"tic_share_q25": float(q[0]), "tic_share_median": float(q[1]), "tic_share_q75": float(q[2]),
+            "jacobian_rank_median": float(rank.double().quantile(0.5)), "jacobian_rank_min": int(rank.min()),
+            "jacobian_effective_rank_median": float(effective.quantile(0.5)), "jacobian_full_rank": int(s.shape[1])}
+
+
 # --------------------------------------------------------------------------------------------------
 # Pose metrics. Inputs: mean / target B x D (D = 2J, [x0, y0, ...]), cov B x D x D, visibility B x J.
 # Every per-joint quantity is over visible joints only; invisible ones are NaN in per-joint arrays.
@@ -73,7 +91,7 @@ def torso_sizes(target: torch.Tensor, visibility: torch.Tensor, skeleton) -> tor
     that pair is missing); NaN when neither diagonal is visible."""
     t, v = _joints(target), visibility.bool()
     sizes = torch.full((t.shape[0],), float("nan"), dtype=torch.float64)
-    for a, b in (("r_shoulder", "l_hip"), ("l_shoulder", "r_hip")):
+    for a, b in (("l_shoulder", "r_hip"), ("r_shoulder", "l_hip")):
         i, j = skeleton.index(a), skeleton.index(b)
         ok = v[:, i] & v[:, j] & torch.isnan(sizes)
         sizes[ok] = (t[ok, i] - t[ok, j]).norm(dim=-1)

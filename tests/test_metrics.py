@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.io
 import scipy.stats
 import torch
 
@@ -18,6 +19,7 @@ from pose_toss.metrics import (
     sparsification,
     spearman,
     tac,
+    tic_summary,
     torso_sizes,
 )
 from pose_toss.skeletons import LSP14
@@ -45,11 +47,38 @@ def test_torso_size_uses_the_lsp_diagonal_and_falls_back():
     t[:, LSP14.index("l_shoulder")] = torch.tensor([10.0, 0.0])
     t[:, LSP14.index("r_hip")] = torch.tensor([10.0, 8.0])
     vis = torch.ones(2, 14)
-    vis[1, LSP14.index("l_hip")] = 0  # second sample: the other diagonal
+    vis[1, LSP14.index("r_hip")] = 0  # second sample: the other diagonal
     sizes = torso_sizes(t.reshape(2, -1), vis, LSP14)
-    assert sizes.tolist() == [5.0, 8.0]
-    vis[1, LSP14.index("r_hip")] = 0
+    assert sizes.tolist() == [8.0, 5.0]  # left shoulder to right hip first, as LSP's evaluation
+    vis[1, LSP14.index("l_hip")] = 0
     assert math.isnan(torso_sizes(t.reshape(2, -1), vis, LSP14)[1])
+
+
+def test_torso_size_matches_the_lsp_reference_on_real_joints(shared_data):
+    # LSP's reference PCK normalises by |joint 10 - joint 3| (1-based: left shoulder, right hip) of its
+    # 14-joint order; computed here from the raw array, not through the skeleton's names.
+    raw = scipy.io.loadmat(shared_data / "lsp" / "joints.mat")["joints"]  # 3 x 14 x 2000
+    xy = torch.from_numpy(raw[:2].transpose(2, 1, 0).astype(np.float64))  # N x 14 x 2
+    reference = (xy[:, 9] - xy[:, 2]).norm(dim=-1)
+    sizes = torso_sizes(xy.reshape(len(xy), -1), torch.ones(len(xy), 14), LSP14)
+    torch.testing.assert_close(sizes, reference)
+
+
+def test_tic_summary_ranks_and_share_quartiles():
+    svals = torch.tensor([[2.0, 2.0, 2.0, 2.0],  # all equal: rank 4, effective rank 4
+                          [3.0, 0.0, 0.0, 0.0],  # one direction: 1 and 1
+                          [1.0, 0.5, 1e-4, 0.0],  # 1e-4 is below 1e-3 of the largest: rank 2
+                          [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)  # J = 0: rank 0
+    share = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    out = tic_summary(share, svals)
+    p = np.array([1.0, 0.5, 1e-4]) / 1.5001
+    entropy_rank = float(np.exp(-(p * np.log(p)).sum()))
+    assert out["jacobian_rank_min"] == 0 and out["jacobian_full_rank"] == 4
+    assert out["jacobian_rank_median"] == pytest.approx(1.5)  # ranks 4, 1, 2, 0
+    effective = [4.0, 1.0, entropy_rank, 1.0]  # exp(0) = 1 for the zero J too
+    assert out["jacobian_effective_rank_median"] == pytest.approx(float(np.median(effective)), rel=1e-9)
+    q = np.quantile(share.numpy(), [0.25, 0.5, 0.75])
+    assert [out["tic_share_q25"], out["tic_share_median"], out["tic_share_q75"]] == pytest.approx(q.tolist())
 
 
 def test_coverage_hand_case():
