@@ -15,19 +15,30 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pose_toss.losses import masked_covariance
+from pose_toss.metrics import w2_gaussian
 from pose_toss.pseudo_labels import pseudo_covariances
 
 
 class EmbeddingBank:
+    """``true_cov`` (N x D x D, the targets' frame), when the data knows its label noise, lets every
+    refresh measure its labels against the truth (``quality``)."""
+
     def __init__(self, targets: torch.Tensor, masks: torch.Tensor | None = None, k: int = 64,
-                 temperature: float | None = None, shrinkage: float = 0.1, floor: float = 1e-3) -> None:
+                 temperature: float | str | None = 1.0, shrinkage: float = 0.1, floor: float = 1e-3,
+                 true_cov: torch.Tensor | None = None) -> None:
         self.targets = torch.as_tensor(targets, dtype=torch.float32)
         self.masks = None if masks is None else torch.as_tensor(masks, dtype=torch.float32)
         self.k, self.temperature, self.shrinkage, self.floor = k, temperature, shrinkage, floor
+        self.true_cov = None if true_cov is None else torch.as_tensor(true_cov)
+        d = self.targets.shape[1]
+        if self.true_cov is not None and self.true_cov.shape != (len(self), d, d):
+            raise ValueError(f"true_cov has shape {tuple(self.true_cov.shape)}, expected ({len(self)}, {d}, {d})")
         self.embeddings: torch.Tensor | None = None
         self.cov: torch.Tensor | None = None
         self.sqrt: torch.Tensor | None = None
         self.last_refresh_seconds = 0.0
+        self.quality: dict = {}  # of the last refresh: tau, effective neighbours, W2^2 to the truth
         self.unavailable: torch.Tensor | None = None  # N bools: images that could not be read
 
     def __len__(self) -> int:
@@ -45,10 +56,26 @@ class EmbeddingBank:
             masks = torch.ones(self.targets.shape[0], self.targets.shape[1] // 2) if masks is None else masks.clone()
             masks[self.unavailable.to(masks.device)] = 0.0
             masks = masks.to(device)
+        stats: dict = {}
         self.cov, self.sqrt = pseudo_covariances(self.embeddings, self.targets.to(device), self.k, self.temperature,
-                                                 masks, self.shrinkage, self.floor)
+                                                 masks, self.shrinkage, self.floor, stats=stats)
         self.last_refresh_seconds = time.perf_counter() - start
+        self.quality = stats
+        if self.true_cov is not None:
+            self.quality["w2_to_true"] = self.w2_to_true(masks)
         return self.last_refresh_seconds
+
+    def w2_to_true(self, masks: torch.Tensor | None = None) -> float:
+        """Mean exact W2^2 between N(0, label) and N(0, true covariance) over each sample's visible
+        coordinates: how far the labels are from what they stand for (synthetic data)."""
+        if self.cov is None or self.true_cov is None:
+            raise RuntimeError("w2_to_true needs filled labels and the true covariances")
+        m = (torch.ones(len(self), self.targets.shape[1]) if masks is None
+             else (masks.cpu() > 0).double().repeat_interleave(2, dim=1))
+        zero = torch.zeros(len(self), self.targets.shape[1], dtype=torch.float64)
+        pseudo = masked_covariance(self.cov.cpu().double(), m.double())
+        true = masked_covariance(self.true_cov.double(), m.double())
+        return float(w2_gaussian(zero, pseudo, zero, true).mean())
 
     @torch.no_grad()
     def _embed_all(self, embed_fn, loader, device, progress: bool = False) -> torch.Tensor:

@@ -1,9 +1,13 @@
 """Covariance pseudo-labels from nearest neighbours in an embedding space (ToSS Algorithm 1).
 
-For sample i: Mahalanobis distances ``d_ij`` to every other embedding (bank covariance shrunk towards
-its diagonal), the k nearest (self excluded), weights ``softmax_j(-d_ij / tau)``, and the weighted
-covariance of the neighbours' targets around their weighted mean. Intuition: a target varies a lot
-where similar inputs carry different labels.
+For sample i: squared Mahalanobis distances ``d_ij`` to every other embedding (bank covariance shrunk
+towards its diagonal), the k nearest (self excluded), weights ``softmax_j(-d_ij / tau)``, and the
+weighted covariance of the neighbours' targets around their weighted mean. Intuition: a target varies
+a lot where similar inputs carry different labels.
+
+``tau = 1`` is the paper's softmax(-d); ``"median"`` divides by the median neighbour distance, which
+spreads the weight over nearly all k neighbours. The effective number of neighbours, ``1 / sum_j w_ij^2``,
+says which regime a bank is in.
 """
 
 from __future__ import annotations
@@ -51,14 +55,37 @@ def knn(points: torch.Tensor, k: int, block_size: int | None = None, max_block_e
     return torch.cat(dists), torch.cat(idxs)
 
 
-def pseudo_covariances(embeddings: torch.Tensor, targets: torch.Tensor, k: int = 64, temperature: float | None = None,
-                       masks: torch.Tensor | None = None, shrinkage: float = 0.1, floor: float = 1e-3,
-                       block_size: int | None = None, with_sqrt: bool = True,
+def neighbour_weights(dist: torch.Tensor, temperature: float | str | None = 1.0) -> tuple[torch.Tensor, float]:
+    """``softmax(-dist / tau)`` over each row of N x k neighbour distances -> (weights, tau).
+
+    ``temperature``: a number (tau itself; 1 is the paper's) or ``"median"`` (tau = the median neighbour
+    distance; None means the same, as in configs written before the choice existed)."""
+    if temperature is None or temperature == "median":
+        tau = float(dist.median().clamp_min(1e-12))
+    elif isinstance(temperature, str):
+        raise ValueError(f"temperature must be a positive number or 'median', got {temperature!r}")
+    else:
+        tau = float(temperature)
+        if not tau > 0:
+            raise ValueError(f"temperature must be a positive number or 'median', got {temperature!r}")
+    return torch.softmax(-dist / tau, dim=1), tau
+
+
+def effective_neighbours(weights: torch.Tensor) -> torch.Tensor:
+    """``1 / sum_j w_ij^2`` per row of N x k weights: k for uniform weights, 1 when one neighbour has all."""
+    return 1.0 / (weights.double() ** 2).sum(1)
+
+
+def pseudo_covariances(embeddings: torch.Tensor, targets: torch.Tensor, k: int = 64,
+                       temperature: float | str | None = 1.0, masks: torch.Tensor | None = None,
+                       shrinkage: float = 0.1, floor: float = 1e-3, block_size: int | None = None,
+                       with_sqrt: bool = True, stats: dict | None = None,
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pseudo-covariances (N x D x D) and their square roots for every sample of an embedding bank.
 
-    ``embeddings`` N x E, ``targets`` N x D, ``masks`` N x J visibility (D = 2J) or None. ``temperature``
-    defaults to the median neighbour distance. Missing joints: each coordinate pair is averaged over
+    ``embeddings`` N x E, ``targets`` N x D, ``masks`` N x J visibility (D = 2J) or None. ``temperature``:
+    see ``neighbour_weights``. ``stats`` (a dict) receives ``temperature`` (the tau used) and
+    ``effective_neighbours`` (the mean over samples). Missing joints: each coordinate pair is averaged over
     the neighbours where both are visible (weights renormalised), then the matrix is projected onto
     the positive definite cone. ``floor`` (relative to the mean variance) keeps every label PD.
     ``with_sqrt=False`` skips the roots (None is returned): without masks no eigendecomposition is then
@@ -67,8 +94,10 @@ def pseudo_covariances(embeddings: torch.Tensor, targets: torch.Tensor, k: int =
     if embeddings.shape[0] != targets.shape[0]:
         raise ValueError(f"{embeddings.shape[0]} embeddings but {targets.shape[0]} targets")
     dist, idx = knn(whiten(embeddings, shrinkage), k, block_size)
-    tau = temperature if temperature is not None else float(dist.median().clamp_min(1e-12))
-    weights = torch.softmax(-dist / tau, dim=1)  # N x k
+    weights, tau = neighbour_weights(dist, temperature)  # N x k
+    if stats is not None:
+        stats["temperature"] = tau
+        stats["effective_neighbours"] = float(effective_neighbours(weights).mean())
     y = targets.float().to(embeddings.device)[idx]  # N x k x D
     if masks is None:
         mean = (weights.unsqueeze(-1) * y).sum(1, keepdim=True)

@@ -39,6 +39,30 @@ def test_refresh_from_model_matches_direct_computation():
         bank.refresh_from_model(model, DataLoader(Subset(ds, range(20)), batch_size=8))
 
 
+def test_label_quality_against_the_true_covariance():
+    from scipy.linalg import sqrtm
+
+    gen = torch.Generator().manual_seed(0)
+    n, j = 60, 3
+    z, targets = torch.randn(n, 4, generator=gen), torch.randn(n, 2 * j, generator=gen) * 5
+    masks = torch.ones(n, j)
+    masks[::4, 2] = 0
+    a = torch.randn(n, 2 * j, 2 * j, generator=gen, dtype=torch.float64)
+    true = a @ a.transpose(1, 2) + torch.eye(2 * j, dtype=torch.float64)
+    bank = EmbeddingBank(targets, masks, k=12, temperature="median", true_cov=true)
+    bank.set_embeddings(z)
+    assert set(bank.quality) == {"temperature", "effective_neighbours", "w2_to_true"}
+    refs = []
+    for i in range(n):  # exact W2^2 between N(0, label) and N(0, truth) on the visible block, by scipy
+        keep = masks[i].repeat_interleave(2).bool().numpy()
+        p, t = bank.cov[i].double().numpy()[np.ix_(keep, keep)], true[i].numpy()[np.ix_(keep, keep)]
+        rt = np.real(sqrtm(t))
+        refs.append(np.trace(p + t - 2 * np.real(sqrtm(rt @ p @ rt))))
+    assert bank.quality["w2_to_true"] == pytest.approx(float(np.mean(refs)), rel=1e-6)
+    with pytest.raises(ValueError, match=r"true_cov has shape \(60, 6, 5\), expected \(60, 6, 6\)"):
+        EmbeddingBank(targets, masks, true_cov=true[:, :, :5])
+
+
 def test_frozen_sources(tmp_path):
     ds, targets, masks, model = setup()
     bank = EmbeddingBank(targets, masks, k=10)

@@ -1,9 +1,10 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from pose_toss.pseudo_labels import knn, pseudo_covariances, whiten
+from pose_toss.pseudo_labels import effective_neighbours, knn, neighbour_weights, pseudo_covariances, whiten
 
 
 def test_blockwise_knn_equals_brute_force():
@@ -73,6 +74,38 @@ def test_masked_entries_never_leak_and_labels_stay_pd():
     assert torch.allclose(full, plain, rtol=1e-4, atol=1e-5)
     no_root, none = pseudo_covariances(z, y, k=48, with_sqrt=False)
     assert none is None and torch.allclose(no_root, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_neighbour_weights_are_the_papers_softmax_or_median_scaled():
+    d = torch.tensor([[0.5, 1.0, 4.0, 9.0], [2.0, 2.0, 2.0, 3.0]], dtype=torch.float64)
+    for temperature, tau in ((1.0, 1.0), (2.5, 2.5), ("median", float(np.median(d.numpy()))), (None, 2.0)):
+        w, used = neighbour_weights(d, temperature)
+        e = np.exp(-d.numpy() / tau)
+        np.testing.assert_allclose(w.numpy(), e / e.sum(1, keepdims=True), rtol=1e-12)
+        assert used == pytest.approx(tau)
+    assert effective_neighbours(torch.full((3, 8), 1 / 8)).tolist() == pytest.approx([8.0] * 3)
+    assert effective_neighbours(torch.tensor([[1.0, 0, 0], [0.5, 0.5, 0]])).tolist() == pytest.approx([1.0, 2.0])
+    for bad in ("mean", 0.0, -1.0):
+        with pytest.raises(ValueError, match="temperature must be a positive number or 'median'"):
+            neighbour_weights(d, bad)
+
+
+def test_pseudo_label_stats_report_the_weights_used():
+    gen = torch.Generator().manual_seed(3)
+    # In 16 whitened dimensions squared neighbour distances are many units apart: the paper's tau = 1
+    # concentrates on the nearest few (distances are scale-free, so only the dimension sets the regime).
+    z, y = torch.randn(2000, 16, generator=gen), torch.randn(2000, 4, generator=gen)
+    for temperature in (1.0, "median"):
+        stats: dict = {}
+        pseudo_covariances(z, y, k=32, temperature=temperature, stats=stats)
+        dist, _ = knn(whiten(z), 32)
+        w, tau = neighbour_weights(dist, temperature)
+        assert stats["temperature"] == pytest.approx(tau)
+        assert stats["effective_neighbours"] == pytest.approx(float((1 / (w.double() ** 2).sum(1)).mean()))
+        if temperature == "median":
+            assert stats["effective_neighbours"] > 25  # nearly uniform over the 32
+        else:
+            assert stats["effective_neighbours"] < 25
 
 
 def test_bad_input():

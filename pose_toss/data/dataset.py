@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from pose_toss.data.codec import HeatmapCodec
 from pose_toss.data.transforms import (
     TopDownTransform,
+    affine_covariance,
     affine_points,
     box_to_center_size,
     center_scale_to_size,
@@ -141,12 +142,13 @@ def _affine_scale(affine: np.ndarray) -> float:
 
 
 def crop_labels(records: Sequence[dict], input_size: int, padding: float) -> dict[str, np.ndarray]:
-    """Targets (N x 2J), visibility (N x J) and affines (N x 2 x 3) in the unaugmented crop frame.
+    """Targets (N x 2J), visibility (N x J) and affines (N x 2 x 3) in the unaugmented crop frame, and
+    ``cov_true`` (N x 2J x 2J) there too when every record knows its label noise.
 
     Needs no image: the crop follows from the person box alone. This is the frame the embedding
     bank's pseudo-labels live in.
     """
-    targets, vis, affines = [], [], []
+    targets, vis, affines, covs = [], [], [], []
     for rec in records:
         center, size = record_crop_source(rec, padding)
         a = crop_affine(center, size, input_size)
@@ -157,5 +159,10 @@ def crop_labels(records: Sequence[dict], input_size: int, padding: float) -> dic
         targets.append(pts.reshape(-1))
         vis.append(v)
         affines.append(a)
-    return {"targets": np.asarray(targets, dtype=np.float32), "visibility": np.asarray(vis, dtype=np.float32),
-            "affines": np.asarray(affines, dtype=np.float64)}
+        if rec.get("cov_true") is not None:
+            covs.append(affine_covariance(a, np.asarray(rec["cov_true"], dtype=np.float64)))
+    out = {"targets": np.asarray(targets, dtype=np.float32), "visibility": np.asarray(vis, dtype=np.float32),
+           "affines": np.asarray(affines, dtype=np.float64)}
+    if records and len(covs) == len(records):
+        out["cov_true"] = np.asarray(covs)
+    return out
