@@ -139,6 +139,41 @@ def step_times(cfg: Config, batch: int, repeats: int = 5, warmup: int = 2, devic
     return rows
 
 
+def tic_spectrum(model, images: torch.Tensor) -> dict:
+    """J's rank and the Taylor term's share of Σ (``metrics.tic_summary``) for a TIC model on images."""
+    from pose_toss.covariance import taylor_share
+    from pose_toss.metrics import tic_summary
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(images)
+    finally:
+        model.train(was_training)
+    if out.tic is None:
+        raise ValueError(f"the model's covariance is {model.config['covariance']!r}, not TIC: it has no Jacobian")
+    share = taylor_share(out.tic.jacobian, out.tic.eps1, out.cov)
+    return tic_summary(share, torch.linalg.svdvals(out.tic.jacobian.double()))
+
+
+def trained_tic_spectrum(checkpoint, count: int = 64, device: torch.device | None = None) -> dict:
+    """``tic_spectrum`` of a trained model on the first ``count`` images of its run's synthetic
+    validation split (the default data's when the file belongs to no run)."""
+    from pose_toss.data.dataset import PoseDataset
+    from pose_toss.engine.evaluation import resolve_checkpoint, resolve_eval_data
+    from pose_toss.models.checkpoint import load_model
+
+    device = device or torch.device("cpu")
+    model_file, run_dir = resolve_checkpoint(checkpoint)
+    model = load_model(model_file, map_location=device)
+    data_cfg, records, skeleton, source = resolve_eval_data("synthetic", model.input_size, run_dir, "val")
+    dataset = PoseDataset.from_config(records[:count], data_cfg, train=False, skeleton=skeleton)
+    images = torch.stack([torch.as_tensor(dataset[i]["image"]) for i in range(len(dataset))]).to(device)
+    return {"checkpoint": str(model_file), "images": f"{len(dataset)} of the {source}",
+            **tic_spectrum(model, images)}
+
+
 def jacobian_times(cfg: Config, batch: int, repeats: int = 5, warmup: int = 2, device: torch.device | None = None,
                    loop: bool = True) -> dict:
     """TIC's Jacobian on the configured model: batched vs a per-sample autograd loop."""
@@ -163,7 +198,8 @@ def jacobian_times(cfg: Config, batch: int, repeats: int = 5, warmup: int = 2, d
         for i in range(batch):
             torch.autograd.functional.jacobian(lambda zi, i=i: model.decode(zi, ctx[i:i + 1]), z[i:i + 1])
 
-    out = {"batched_s": median_seconds(batched, repeats, warmup, device), "bottleneck_at": model.bottleneck_at}
+    out = {"batched_s": median_seconds(batched, repeats, warmup, device), "bottleneck_at": model.bottleneck_at,
+           "spectrum_at_init": tic_spectrum(model, images)}
     if loop:
         out["per_sample_loop_s"] = median_seconds(per_sample, max(1, repeats // 2), 1, device)
         out["loop_over_batched"] = out["per_sample_loop_s"] / out["batched_s"]
@@ -250,7 +286,9 @@ def inference_throughput(cfg: Config, batches=(1, 32), repeats: int = 5, warmup:
 
 def run_benchmarks(cfg: Config, batch: int = 32, repeats: int = 5, device: str = "auto",
                    pseudo_sizes=(10_000, 40_000, 100_000), data_sizes=(128, 256), data_samples: int = 400,
-                   log=print) -> dict:
+                   checkpoint=None, log=print) -> dict:
+    """Every section of the module docstring; ``checkpoint`` (a trained TIC model or run) adds its J
+    spectrum and Taylor share on validation images."""
     from pose_toss.engine.runtime import resolve_device
 
     dev = resolve_device(device)
@@ -269,6 +307,8 @@ def run_benchmarks(cfg: Config, batch: int = 32, repeats: int = 5, device: str =
     result["jacobian"] = jacobian_times(cfg, batch, repeats, device=dev)
     jac = result["jacobian"]
     jac["share_of_nll_tic_step"] = jac["batched_s"] / result["steps"]["nll_tic"]["seconds"]
+    if checkpoint is not None:
+        jac["spectrum_trained"] = trained_tic_spectrum(checkpoint, device=dev)
     log("pseudo-labels ...")
     pl = pseudo_label_scaling(pseudo_sizes, embed_dim=64, dim=28, k=64, device=dev)
     # Against an epoch over as many samples with the configured W2-TIC step. A refresh also embeds
@@ -308,6 +348,16 @@ def benchmark_markdown(r: dict, command: str) -> str:
         out.append(f"| per-sample autograd loop | {jac['per_sample_loop_s']:.4f} ({jac['loop_over_batched']:.1f}× "
                    "batched) |")
     out.append(f"| share of an NLL-TIC step | {100 * jac['share_of_nll_tic_step']:.1f} % |")
+    out += ["", "| J and Σ (TIC) | tr(ε₁²JJᵀ)/tr(Σ) q25 / median / q75 | rank J median (min) of | effective rank |",
+            "| --- | --- | --- | --- |"]
+    for key, label in (("spectrum_at_init", "bench model at initialisation, random images"),
+                       ("spectrum_trained", "trained model, validation images")):
+        if key in jac:
+            t = jac[key]
+            name = label + (f" (`{t['checkpoint']}`)" if "checkpoint" in t else "")
+            out.append(f"| {name} | {t['tic_share_q25']:.3f} / {t['tic_share_median']:.3f} / {t['tic_share_q75']:.3f} "
+                       f"| {t['jacobian_rank_median']:.0f} ({t['jacobian_rank_min']}) of {t['jacobian_full_rank']} "
+                       f"| {t['jacobian_effective_rank_median']:.1f} |")
     pl = r["pseudo_labels"]
     out += ["", f"| pseudo-labels N (E = {pl['embed_dim']}, D = {pl['dim']}, k = {pl['k']}) | labels s | epoch of N "
             "samples, s (W2-TIC steps) | labels' share | embedding pass s | whole refresh's share |",

@@ -132,7 +132,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     result = run_benchmarks(cfg, batch=args.batch, repeats=args.repeats, device=args.device,
                             pseudo_sizes=tuple(args.pseudo_sizes), data_sizes=tuple(args.data_sizes),
-                            data_samples=args.data_samples)
+                            data_samples=args.data_samples, checkpoint=args.checkpoint)
     text = benchmark_markdown(result, "pose-toss bench " + " ".join(shlex.quote(a) for a in args.argv))
     with staged_output_dir(args.out, overwrite=args.overwrite) as stage:
         atomic_write_text(stage / "bench.json", json.dumps(jsonable(result), indent=1))
@@ -214,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-sizes", type=int, nargs="+", default=[128, 256], metavar="PX",
                    help="input sizes for the data pipeline")
     p.add_argument("--data-samples", type=int, default=400, help="samples timed per data-pipeline size")
+    p.add_argument("--checkpoint", help="a trained TIC model file or run: also report its J rank and Taylor share "
+                                        "of the covariance on validation images")
     p.add_argument("--overwrite", action="store_true")
     _add_config_args(p)
     p.set_defaults(func=cmd_bench)

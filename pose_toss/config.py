@@ -110,6 +110,12 @@ class ModelConfig:
     bottleneck_at: str = opt("head", choices=("head", "features"),
                              help="where up(z) re-enters: the head's last layer (TIC's Jacobian skips the "
                                   "deconvolutions) or the backbone features (J through the whole head)")
+    bottleneck_grid: int = opt(4, min=2, max=64,
+                               help="z is read from the features pooled to grid x grid and re-enters as a "
+                                    "grid x grid map resized to the head, so it can move the heatmaps' peaks "
+                                    "(files written with the earlier per-channel offset load as grid 1)")
+    covariance_trains_backbone: bool = opt(False, help="false: the covariance network reads z detached (TIC-TAC), "
+                                                       "so covariance losses never train the backbone")
     use_hessian: bool = opt(False, help="add TIC's Hessian term (costly)")
     cov_floor: float = opt(1e-2, min=0.0, help="added to every variance, px^2")
     jacobian_chunk: int | None = opt(None, min=1, help="cotangents vmapped at once for TIC's Jacobian")
@@ -125,7 +131,10 @@ class PseudoLabelConfig:
                            "features at stage start, then frozen; file: embeddings from `file`")
     file: str | None = opt(None, help="N x E .npy/.npz embeddings of the training set (source: file)")
     refresh_every: int = opt(1, min=1, help="refresh the bank every this many epochs (bottleneck source)")
-    temperature: float | None = opt(None, min=0.0, help="softmax temperature; null: median neighbour distance")
+    temperature: float | str | None = opt(1.0, min=0.0,
+                                          help="softmax temperature over squared whitened Mahalanobis distances: "
+                                               "a number (1: the paper's softmax(-d)) or 'median' (the median "
+                                               "neighbour distance; null means the same)")
     shrinkage: float = opt(0.1, min=0.0, max=1.0, help="shrink the embedding covariance towards its diagonal")
     floor: float = opt(1e-3, min=0.0, help="relative eigenvalue floor that keeps each label PD")
     features_dim: int = opt(64, min=1, help="PCA dimensions for source: features")
@@ -185,6 +194,10 @@ class Config:
             if st.loss not in ("mse", "loss_pred") and cov in ("identity", "isotropic"):
                 raise ConfigError(f"{where}: {st.loss} trains a covariance, but model.covariance is {cov!r}; "
                                   "expected tic, full or diagonal")
+            temp = st.pseudo_labels.temperature
+            if (isinstance(temp, str) and temp != "median") or (isinstance(temp, float) and not temp > 0):
+                raise ConfigError(f"{source}: key 'stages.{i}.pseudo_labels.temperature': expected a number > 0 or "
+                                  f"'median', got {temp!r}")
             if st.loss in PSEUDO_LABEL_LOSSES and st.pseudo_labels.source == "file" and not st.pseudo_labels.file:
                 raise ConfigError(f"{source}: key 'stages.{i}.pseudo_labels.file': expected a path when "
                                   "source is 'file'")

@@ -35,16 +35,18 @@ def jacobian(decode_fn: Callable[..., torch.Tensor], z: torch.Tensor, *args: tor
         convolution backward is slow). No loop over samples.
       - ``"reverse"`` / ``"forward"``: per-sample ``vmap(jacrev)`` / ``vmap(jacfwd)``; ``"auto"`` picks
         reverse when D <= E (fewer passes). These make no independence assumption.
-    The result is detached: TIC uses J as a fixed basis, no gradient flows through it.
+    The result is detached: TIC uses J as a fixed basis, no gradient flows through it. J is covariance
+    math: it is taken in at least float32 with autocast off (a bf16 J is several per cent off), so
+    half-precision inputs are promoted and float64 ones kept.
     """
     if z.dim() != 2:
         raise ValueError(f"z must be B x E, got shape {tuple(z.shape)}")
     for i, a in enumerate(args):
         if a.shape[0] != z.shape[0]:
             raise ValueError(f"argument {i} has batch size {a.shape[0]}, expected {z.shape[0]} like z")
-    z = z.detach()
-    args = tuple(a.detach() for a in args)
-    with torch.enable_grad():
+    z = _at_least_float32(z.detach())
+    args = tuple(_at_least_float32(a.detach()) for a in args)
+    with torch.enable_grad(), torch.autocast(device_type=z.device.type, enabled=False):
         if mode == "batched":
             return _batched_reverse_jacobian(decode_fn, z, args, chunk_size)
         f = _per_sample(decode_fn)
@@ -63,6 +65,10 @@ def jacobian(decode_fn: Callable[..., torch.Tensor], z: torch.Tensor, *args: tor
     return jac.detach()
 
 
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32)) if t.is_floating_point() else t
+
+
 def _batched_reverse_jacobian(decode_fn: Callable, z: torch.Tensor, args: tuple, chunk_size: int | None):
     out, pullback = vjp(lambda zz: decode_fn(zz, *args), z)
     b, d = out.shape
@@ -79,10 +85,10 @@ def _batched_reverse_jacobian(decode_fn: Callable, z: torch.Tensor, args: tuple,
 
 def hessian_gram(decode_fn: Callable[..., torch.Tensor], z: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
     """``H~_ab = tr(H_a H_b)`` with H_a the E x E Hessian of output a w.r.t. z -> B x D x D (costly)."""
-    z = z.detach()
-    args = tuple(a.detach() for a in args)
+    z = _at_least_float32(z.detach())
+    args = tuple(_at_least_float32(a.detach()) for a in args)
     f = _per_sample(decode_fn)
-    with torch.enable_grad():
+    with torch.enable_grad(), torch.autocast(device_type=z.device.type, enabled=False):
         hess = vmap(jacfwd(jacrev(f, argnums=0), argnums=0))(z, *args)  # B x D x E x E
     return torch.einsum("bdij,beij->bde", hess, hess).detach()
 
@@ -98,6 +104,23 @@ def tic_covariance(jac: torch.Tensor, eps1: torch.Tensor, chol: torch.Tensor, ep
                 raise ValueError("a Hessian term needs eps2")
             cov = cov + eps2.float().reshape(-1, 1, 1) ** 2 * hess_gram.float()
         return symmetrise_with_floor(cov, floor)
+
+
+def rms_scale(jac: torch.Tensor) -> torch.Tensor:
+    """``sqrt(tr(J J^T) / D)`` per sample for B x D x E Jacobians (detached, bounded away from 0): the RMS
+    standard deviation per output that ``J J^T`` alone would give."""
+    return ((jac.detach() ** 2).sum((-2, -1)) / jac.shape[-2]).sqrt().clamp_min(1e-12)
+
+
+def trace_scale(psd: torch.Tensor) -> torch.Tensor:
+    """``sqrt(tr(M) / D)`` per sample for B x D x D PSD matrices (detached, bounded away from 0)."""
+    return (torch.diagonal(psd.detach(), dim1=-2, dim2=-1).sum(-1) / psd.shape[-1]).clamp_min(1e-24).sqrt()
+
+
+def taylor_share(jac: torch.Tensor, eps1: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """``tr(eps1^2 J J^T) / tr(cov)`` per sample: how much of a TIC covariance the Jacobian carries."""
+    taylor = eps1.detach().double() ** 2 * (jac.double() ** 2).sum((-2, -1))
+    return taylor / torch.diagonal(cov.detach().double(), dim1=-2, dim2=-1).sum(-1)
 
 
 def cholesky_from_vector(vec: torch.Tensor, dim: int, floor: float = 1e-3) -> torch.Tensor:

@@ -8,6 +8,9 @@ import math
 
 from pose_toss.benchmarks import STEP_METHODS, pseudo_label_scaling
 from pose_toss.cli import main
+from pose_toss.config import load_config
+from pose_toss.engine.trainer import build_model_from_config
+from pose_toss.models.checkpoint import save_model
 
 TINY = ["data.input_size=64", "model.backbone=resnet10t", "model.deconv_channels=16", "model.embed_dim=8",
         "model.cov_hidden=16"]
@@ -15,8 +18,9 @@ TINY = ["data.input_size=64", "model.backbone=resnet10t", "model.deconv_channels
 
 def test_bench_writes_every_section(tmp_path, capsys):
     out = tmp_path / "bench"
+    model_file = save_model(build_model_from_config(load_config(overrides=TINY), 14), tmp_path / "m.safetensors")
     args = ["bench", "--out", str(out), "--batch", "2", "--repeats", "1", "--pseudo-sizes", "300", "600",
-            "--data-sizes", "64", "--data-samples", "4"]
+            "--data-sizes", "64", "--data-samples", "4", "--checkpoint", str(model_file)]
     for o in TINY:
         args += ["--set", o]
     assert main(args) == 0
@@ -27,6 +31,11 @@ def test_bench_writes_every_section(tmp_path, capsys):
         assert s["seconds"] > 0 and math.isclose(s["over_mse"], s["seconds"] / mse)
     assert r["steps"]["nll_tic_z_at_features"]["bottleneck_at"] == "features"
     assert r["jacobian"]["batched_s"] > 0 and r["jacobian"]["loop_over_batched"] > 0
+    for key in ("spectrum_at_init", "spectrum_trained"):  # J's rank and its share of the covariance
+        spectrum = r["jacobian"][key]
+        assert spectrum["jacobian_rank_min"] == spectrum["jacobian_full_rank"] == 8  # E = 8
+        assert 0 < spectrum["tic_share_median"] < 1
+    assert r["jacobian"]["spectrum_trained"]["checkpoint"] == str(model_file)
     pl = r["pseudo_labels"]
     assert [row["n"] for row in pl["rows"]] == [300, 600]
     for row in pl["rows"]:  # the refresh = the labels + one embedding pass over the N images
@@ -38,6 +47,7 @@ def test_bench_writes_every_section(tmp_path, capsys):
     assert r["memory"]["cpu_peak_rss_mib"] > 0 and r["machine"]["cores"] >= 1
     md = (out / "bench.md").read_text()
     assert "| w2_bound_full | full | w2_bound |" in md and "Command: `pose-toss bench --out" in md
+    assert "| bench model at initialisation, random images |" in md and "trained model, validation images" in md
     assert md in capsys.readouterr().out
     assert main(args) == 2  # an existing output is never overwritten silently
 

@@ -228,10 +228,19 @@ def test_train_eval_cli_end_to_end(tmp_path, capsys):
     assert "mean joint error" in printed and str(ev / "report.md") in printed
     metrics = json.loads((ev / "metrics.json").read_text())
     for key in ("mean_joint_error", "mse", "pck@0.2", "nll", "tac", "coverage@0.9", "calibration_gap", "spearman",
-                "ause", "auroc_pck_miss", "w2_to_true", "kl_true_to_pred", "per_joint", "mean_pose_error"):
+                "ause", "auroc_pck_miss", "w2_to_true", "kl_true_to_pred", "per_joint", "mean_pose_error",
+                "tic_share_q25", "tic_share_median", "tic_share_q75", "jacobian_effective_rank_median"):
         assert key in metrics, key
+    # The TIC model's J is full rank (E = 8 < D = 28) and carries a share of the covariance.
+    assert metrics["jacobian_rank_min"] == metrics["jacobian_full_rank"] == 8
+    assert 0 < metrics["tic_share_q25"] <= metrics["tic_share_median"] <= metrics["tic_share_q75"] < 1
     report = (ev / "report.md").read_text()
     assert "## Per joint" in report and "r_ankle" in report and "pictures.png" in report
+    assert "## TIC: how much of Σ the Jacobian carries" in report
+    # Every W2 epoch logs its labels' weights and, on synthetic data, their distance to the truth.
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert log[0]["pseudo_label_effective_neighbours"] >= 1 and log[0]["pseudo_label_w2_to_true"] > 0
+    assert "pseudo_label_w2_to_true" not in log[1]  # the NLL stage has no labels
     assert (ev / "pictures.png").stat().st_size > 1000
     for plot in ("calibration.png", "sparsification.png", "training_curves.png"):  # linked and readable
         assert f"]({plot})" in report and cv2.imread(str(ev / plot)) is not None, plot

@@ -1,3 +1,5 @@
+import json
+import math
 import re
 from pathlib import Path
 
@@ -42,17 +44,92 @@ def test_tic_equals_formula_by_hand(bottleneck_at):
     model = tiny("tic", bottleneck_at=bottleneck_at).eval()
     images = torch.rand(2, 3, 64, 64)
     out = model(images)
+    head = model.cov_head
     with torch.no_grad():
         feats = model.features(images)
         z = model.embed(feats)
         ctx = model.decoder_input(feats)
-        eps1, _, low = model.cov_head.parameters_from_embedding(z)
+        raw = head.mlp(z)
+        low = head.parameters_from_embedding(z, out.tic.jacobian)[2]
         assert torch.allclose(model.decode(z, ctx), out.mean)
     for i in range(2):
         jac = torch.autograd.functional.jacobian(lambda zi, i=i: model.decode(zi[None], ctx[i:i + 1])[0], z[i])
         assert jac.abs().max() > 1e-3  # z moves the mean wherever it enters
-        expected = eps1[i] ** 2 * jac @ jac.T + low[i] @ low[i].T + model.cov_head.floor * torch.eye(28)
+        # eps1 = s / rms(J): the MLP's first output is the Taylor term's RMS std per coordinate, in px
+        taylor_std = torch.nn.functional.softplus(raw[i, 0]) / math.log(2) * head.init_std
+        eps1 = taylor_std / ((jac**2).sum() / 28).sqrt()
+        expected = eps1**2 * jac @ jac.T + low[i] @ low[i].T + head.floor * torch.eye(28)
         assert torch.allclose(out.cov[i], expected, rtol=1e-4, atol=1e-4)
+        assert torch.trace(eps1**2 * jac @ jac.T).item() == pytest.approx(28 * taylor_std.item() ** 2, rel=1e-4)
+
+
+def test_a_grid_map_moves_the_peaks_where_a_channel_offset_cannot():
+    # Make the head's last pre-activation a positive constant: every channel is on everywhere. A per-channel
+    # offset (grid 1) then shifts each heatmap's logits uniformly, which the soft-argmax ignores: J = 0.
+    # A spatially varying map (grid 4) moves the peaks: J has full rank min(D, E).
+    for grid, rank in ((1, 0), (4, 8)):
+        model = tiny("tic", bottleneck_grid=grid).eval()
+        with torch.no_grad():
+            bn = model.head.up[-1]
+            bn.weight.zero_()
+            bn.bias.fill_(5.0)
+            model.bottleneck.up.weight.mul_(0.1)  # offsets well inside the +-5 margin: no ReLU switches off
+        out = model(torch.rand(3, 3, 64, 64))
+        singular = torch.linalg.svdvals(out.tic.jacobian.double())
+        if grid == 1:
+            assert out.tic.jacobian.abs().max() < 1e-5
+        else:
+            assert (singular > 1e-3 * singular[:, :1]).sum(1).tolist() == [rank] * 3
+
+
+def test_covariance_losses_train_no_backbone_unless_asked():
+    # TIC-TAC reads z detached in the covariance network: Faithful (MSE + NLL of the detached residual) then
+    # gives the backbone exactly MSE's gradient, and a covariance-only loss gives it none.
+    from pose_toss import losses
+
+    images, target = torch.rand(4, 3, 64, 64), torch.rand(4, 28) * 64
+    vis = torch.ones(4, 14)
+
+    def backbone_grads(loss_fn, **kw):
+        model = tiny(**{"covariance": "tic", **kw}).train()
+        with torch.no_grad():  # the zero-initialised output layer would pass no gradient to z either way
+            model.cov_head.mlp[-1].weight.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(1))
+        out = model(images)
+        loss_fn(out).sum().backward()
+        return torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel())
+                          for p in model.backbone.parameters()])
+
+    mse = backbone_grads(lambda o: losses.mse(o.mean, target, vis))
+    faithful = backbone_grads(lambda o: losses.faithful(o.mean, o.cov, target, vis))
+    torch.testing.assert_close(faithful, mse, rtol=1e-5, atol=1e-7)
+    trace = backbone_grads(lambda o: torch.diagonal(o.cov, dim1=1, dim2=2).sum(-1))
+    assert trace.abs().max() == 0
+    trains = backbone_grads(lambda o: torch.diagonal(o.cov, dim1=1, dim2=2).sum(-1), covariance_trains_backbone=True)
+    assert trains.abs().max() > 0
+    for covariance in ("full", "diagonal"):
+        assert backbone_grads(lambda o: torch.diagonal(o.cov, dim1=1, dim2=2).sum(-1),
+                              covariance=covariance).abs().max() == 0
+
+
+def test_jacobian_is_float32_under_autocast():
+    # bf16 autocast must not reach J: given the same (bf16-made) inputs, J under autocast equals J without it,
+    # while a plain autograd Jacobian under autocast is visibly off.
+    from pose_toss.covariance import jacobian
+
+    model = tiny("tic").eval()
+    images = torch.rand(3, 3, 64, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = model.features(images)
+        z, ctx = model.embed(feats), model.decoder_input(feats)
+        out = model(images)
+    assert ctx.dtype == torch.bfloat16 and out.cov.dtype == torch.float32 and out.tic.jacobian.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = jacobian(model.decode, z, ctx)
+    reference = jacobian(model.decode, z.float(), ctx.float())
+    torch.testing.assert_close(under, reference, rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        naive = torch.autograd.functional.jacobian(lambda zz: model.decode(zz, ctx[:1].float()), z[:1].float())
+    assert (naive[0, :, 0] - reference[0]).abs().max() > 1e-3 * reference[0].abs().max()
 
 
 @pytest.mark.parametrize("bottleneck_at", ["head", "features"])
@@ -135,6 +212,26 @@ def test_save_and_load_round_trip(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         load_model(tmp_path / "junk.safetensors")
+
+
+def test_model_files_from_earlier_versions_load_as_what_they_were(tmp_path):
+    # Files written before the grid bottleneck, the detached covariance input and the relative eps1 have
+    # none of those keys: they must rebuild the per-channel offset, the absolute eps1 and the old input.
+    from safetensors.torch import load_file, save_file
+
+    old = tiny("tic", bottleneck_grid=1, covariance_trains_backbone=True, tic_eps_relative=False).eval()
+    path = save_model(old, tmp_path / "new.safetensors")
+    config = dict(old.config)
+    for key in ("bottleneck_grid", "covariance_trains_backbone", "tic_eps_relative"):
+        del config[key]
+    save_file(load_file(str(path)), str(tmp_path / "old.safetensors"), metadata={"pose_toss_model": json.dumps(config)})
+    again = load_model(tmp_path / "old.safetensors").eval()
+    assert again.config == old.config and again.bottleneck.grid == 1
+    x = torch.rand(2, 3, 64, 64)
+    a, b = old(x), again(x)
+    assert torch.equal(a.mean, b.mean) and torch.equal(a.cov, b.cov)
+    raw = torch.nn.functional.softplus(again.cov_head.mlp(b.embedding)[:, 0]) / math.log(2)
+    torch.testing.assert_close(b.tic.eps1, raw)  # the absolute eps1 of those files
 
 
 def test_channels_last_weights_give_the_same_model(tmp_path):

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pose_toss.covariance import equal_mixture, unmirror
-from pose_toss.metrics import joint_errors, pose_metrics
+from pose_toss.covariance import equal_mixture, taylor_share, unmirror
+from pose_toss.metrics import joint_errors, pose_metrics, tic_summary
 
 OPTIONAL_KEYS = ("target_true", "cov_true", "head_size")
 
@@ -33,11 +33,15 @@ def predict_dataset(model, loader, device: torch.device, amp: bool = False, prog
     ``flip_coords`` (the skeleton's left/right permutation of the 2J coordinates) turns on the flip
     test: each crop is also predicted mirrored, and the two Gaussians are merged by moment matching.
     The single-pass means are kept as ``mean_no_flip``.
+
+    A TIC model also gives, per sample, ``tic_share`` (tr(eps1^2 J J^T) / tr(cov)) and J's singular
+    values (``jacobian_singular_values``), from the single pass.
     """
     was_training = model.training
     model.eval()
     cols: dict[str, list] = {k: [] for k in ("mean", "cov", "target", "visibility", "affine", "index",
-                                             "mean_no_flip", *OPTIONAL_KEYS)}
+                                             "mean_no_flip", "tic_share", "jacobian_singular_values",
+                                             *OPTIONAL_KEYS)}
     try:
         for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
             if "image" not in batch:
@@ -46,6 +50,9 @@ def predict_dataset(model, loader, device: torch.device, amp: bool = False, prog
             with autocast_context(device, amp):
                 out = model(images)
             mean, cov = out.mean.float(), out.cov.float()
+            if out.tic is not None:
+                cols["tic_share"].append(taylor_share(out.tic.jacobian, out.tic.eps1, cov).float().cpu())
+                cols["jacobian_singular_values"].append(torch.linalg.svdvals(out.tic.jacobian.double()).float().cpu())
             if flip_coords is not None:
                 with autocast_context(device, amp):
                     mirrored = model(images.flip(-1))
@@ -71,9 +78,12 @@ def predict_dataset(model, loader, device: torch.device, amp: bool = False, prog
 
 
 def metrics_from_predictions(preds: dict[str, torch.Tensor], skeleton) -> dict:
-    return pose_metrics(preds["mean"], preds["cov"], preds["target"], preds["visibility"], skeleton,
-                        head_sizes=preds.get("head_size"), target_true=preds.get("target_true"),
-                        cov_true=preds.get("cov_true"))
+    metrics = pose_metrics(preds["mean"], preds["cov"], preds["target"], preds["visibility"], skeleton,
+                           head_sizes=preds.get("head_size"), target_true=preds.get("target_true"),
+                           cov_true=preds.get("cov_true"))
+    if "tic_share" in preds:
+        metrics.update(tic_summary(preds["tic_share"], preds["jacobian_singular_values"]))
+    return metrics
 
 
 def scalar_metrics(metrics: dict) -> dict:

@@ -21,6 +21,8 @@ SUMMARY_COLUMNS = (
     ("auroc_pck_miss", "AUROC miss", False),
     ("w2_to_true", "W₂² to truth", True),
     ("kl_true_to_pred", "KL(truth‖pred)", True),
+    ("tic_share_median", "J share of Σ", None),
+    ("jacobian_rank_median", "rank J", None),
 )
 # Coverage is best when closest to its nominal level.
 NOMINAL = {"coverage@0.5": 0.5, "coverage@0.9": 0.9, "coverage@0.95": 0.95}
@@ -49,6 +51,8 @@ def best_marks(rows: list[dict], key: str, lower: bool | None) -> set[int]:
     vals = [(i, r.get(key)) for i, r in enumerate(rows)]
     vals = [(i, v) for i, v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
     if not vals:
+        return set()
+    if lower is None and key not in NOMINAL:  # descriptive columns: no best
         return set()
     if lower is None:
         score = {i: abs(v - NOMINAL[key]) for i, v in vals}
@@ -106,6 +110,16 @@ def evaluation_report(metrics: dict, title: str, context: list[str], pictures: l
                                                   for i in picks]), ""]
     if "sparsification" in plots:
         out += [f"![sparsification curve against the oracle]({plots['sparsification']})", ""]
+    if "tic_share_median" in metrics:
+        out += ["## TIC: how much of Σ the Jacobian carries", "",
+                "Σ = ε₁² J Jᵀ + L Lᵀ (+ floor), J = ∂mean/∂z. Share of the trace that the Taylor term carries, "
+                "over the evaluated samples, and J's rank (singular values above 10⁻³ of the largest) and "
+                "effective rank (exp of the entropy of its normalised singular values).", ""]
+        out += [table(["tr(ε₁²JJᵀ)/tr(Σ) q25", "median", "q75", "rank J median", "rank J min", "effective rank",
+                       "full rank"],
+                      [[metrics["tic_share_q25"], metrics["tic_share_median"], metrics["tic_share_q75"],
+                        metrics["jacobian_rank_median"], metrics["jacobian_rank_min"],
+                        metrics["jacobian_effective_rank_median"], metrics["jacobian_full_rank"]]]), ""]
     if "training" in plots:
         out += ["## Training", "", f"![training curves from metrics.jsonl]({plots['training']})", ""]
     if pictures:

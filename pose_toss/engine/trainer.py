@@ -64,7 +64,8 @@ def build_model_from_config(cfg: Config, num_joints: int) -> PoseModel:
                              covariance=m.covariance, input_size=cfg.data.input_size, pretrained=m.pretrained,
                              deconv_channels=m.deconv_channels, cov_hidden=m.cov_hidden, use_hessian=m.use_hessian,
                              cov_floor=m.cov_floor, jacobian_chunk=m.jacobian_chunk, feature_stride=m.feature_stride,
-                             heatmap_stride=cfg.data.heatmap_stride, bottleneck_at=m.bottleneck_at)
+                             heatmap_stride=cfg.data.heatmap_stride, bottleneck_at=m.bottleneck_at,
+                             bottleneck_grid=m.bottleneck_grid, covariance_trains_backbone=m.covariance_trains_backbone)
     if cfg.train.channels_last:  # convolutions then run channels-last whatever the input's layout
         model.to(memory_format=torch.channels_last)
     return model
@@ -135,6 +136,7 @@ class Trainer:
         labels = crop_labels(train_records, d.input_size, d.padding)
         self.bank_affines = torch.from_numpy(labels["affines"]).float()
         self.bank_targets, self.bank_masks = labels["targets"], labels["visibility"]
+        self.bank_true_cov = labels.get("cov_true")  # synthetic data: the labels' quality is measured
         self.bank: EmbeddingBank | None = None
         self._bank_built_for = -1
         self.flip_coords = torch.from_numpy(self.skeleton.flip_coordinate_index.copy())
@@ -207,7 +209,7 @@ class Trainer:
         s = self.state
         if self.bank is None or self._bank_built_for != stage_idx:
             self.bank = EmbeddingBank(self.bank_targets, self.bank_masks, k=pl.k, temperature=pl.temperature,
-                                      shrinkage=pl.shrinkage, floor=pl.floor)
+                                      shrinkage=pl.shrinkage, floor=pl.floor, true_cov=self.bank_true_cov)
             self._bank_built_for = stage_idx
         due = s.bank_stage != stage_idx or (pl.source == "bottleneck" and (epoch - stage_start) % pl.refresh_every == 0)
         if not due:
@@ -222,7 +224,10 @@ class Trainer:
         else:
             seconds = self.bank.refresh_from_model(self.model, self.bank_loader, self.rt.device, self.progress_bars)
         s.bank_embeddings, s.bank_stage = self.bank.embeddings.detach().cpu(), stage_idx
-        self.log(f"pseudo-labels: {len(self.bank)} refreshed from {pl.source} in {seconds:.1f} s")
+        q = self.bank.quality
+        self.log(f"pseudo-labels: {len(self.bank)} refreshed from {pl.source} in {seconds:.1f} s "
+                 f"(tau {q['temperature']:.3g}, {q['effective_neighbours']:.1f} effective neighbours of {pl.k}"
+                 + (f", W2² to the true covariance {q['w2_to_true']:.1f}" if "w2_to_true" in q else "") + ")")
         return seconds
 
     # -- one step ---------------------------------------------------------------------------------
@@ -338,8 +343,11 @@ class Trainer:
             val = scalar_metrics(self.validate())
             self.schedule.epoch_end(val["nll"])
             s.epoch = epoch + 1
+            labels = ({f"pseudo_label_{k}": v for k, v in self.bank.quality.items()}
+                      if st.loss in PSEUDO_LABEL_LOSSES else {})
             line = {"epoch": s.epoch, "stage": stage_idx + 1, "loss": st.loss, "lr": self.schedule.lr,
-                    **train, "pseudo_label_seconds": round(pl_seconds, 3), "epoch_seconds": round(train_seconds, 2),
+                    **train, "pseudo_label_seconds": round(pl_seconds, 3), **labels,
+                    "epoch_seconds": round(train_seconds, 2),
                     **{f"val_{k}": v for k, v in val.items()}}
             is_best = math.isfinite(val["nll"]) and val["nll"] < s.best_val_nll
             if is_best:

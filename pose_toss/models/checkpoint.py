@@ -38,7 +38,13 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     if META_KEY not in meta:
         raise ValueError(f"{path}: metadata has no '{META_KEY}' entry; was it written by pose_toss.save_model?")
     config = json.loads(meta[META_KEY])
-    config.setdefault("bottleneck_at", "features")  # files written before z could enter at the head
+    # Files from earlier versions load as what they were: z at the features before it could enter at
+    # the head, a per-channel offset before the grid map, the covariance training the backbone through
+    # z, and an absolute eps1.
+    config.setdefault("bottleneck_at", "features")
+    config.setdefault("bottleneck_grid", 1)
+    config.setdefault("covariance_trains_backbone", True)
+    config.setdefault("tic_eps_relative", False)
     model = PoseModel(**config, pretrained=False)
     model.load_state_dict(state)
     return model.to(map_location)

@@ -2,12 +2,16 @@
 
 Each returns B x D x D symmetric positive definite matrices in input pixels^2, computed in float32.
 The TIC head is usable on any model: give it the model's embedding and a ``decode_fn(z) -> B x 2J``.
+
+As in TIC-TAC, the covariance networks read the embedding detached: a covariance loss trains the
+covariance network and never reaches the backbone through z (``trains_backbone=True`` lets it).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -18,7 +22,9 @@ from pose_toss.covariance import (
     full_covariance,
     hessian_gram,
     jacobian,
+    rms_scale,
     tic_covariance,
+    trace_scale,
 )
 
 # Pre-activations are clamped so that no embedding, however large, gives inf or NaN.
@@ -34,9 +40,10 @@ def _mlp(embed_dim: int, hidden: int, out: int) -> nn.Sequential:
     return mlp
 
 
-def _clean(z: torch.Tensor) -> torch.Tensor:
-    z = torch.nan_to_num(z.float(), nan=0.0, posinf=1e4, neginf=-1e4)
-    return z.clamp(-1e4, 1e4)
+def _clean(z: torch.Tensor, trains_backbone: bool = False) -> torch.Tensor:
+    """The covariance network's input: finite, bounded, float32, detached unless it may train the backbone."""
+    z = torch.nan_to_num(z.float(), nan=0.0, posinf=1e4, neginf=-1e4).clamp(-1e4, 1e4)
+    return z if trains_backbone else z.detach()
 
 
 @contextlib.contextmanager
@@ -64,15 +71,16 @@ class IdentityCovariance(nn.Module):
 
 class DiagonalCovariance(nn.Module):
     def __init__(self, embed_dim: int, num_joints: int, hidden: int = 128, init_std: float = 4.0,
-                 floor: float = 1e-3) -> None:
+                 floor: float = 1e-3, trains_backbone: bool = False) -> None:
         super().__init__()
         self.mlp = _mlp(embed_dim, hidden, 2 * num_joints)
         self.scale = init_std**2 / LN2
         self.floor = floor
+        self.trains_backbone = trains_backbone
 
     def forward(self, z: torch.Tensor, *_, **__) -> torch.Tensor:
         with torch.autocast(device_type=z.device.type, enabled=False):
-            raw = self.mlp(_clean(z)).clamp(-_CLAMP, _CLAMP)
+            raw = self.mlp(_clean(z, self.trains_backbone)).clamp(-_CLAMP, _CLAMP)
             return diagonal_covariance(raw, self.floor, self.scale)
 
 
@@ -90,7 +98,7 @@ class IsotropicCovariance(nn.Module):
 
     def forward(self, z: torch.Tensor, *_, **__) -> torch.Tensor:
         with torch.autocast(device_type=z.device.type, enabled=False):
-            raw = self.mlp(_clean(z.detach())).clamp(-_CLAMP, _CLAMP)
+            raw = self.mlp(_clean(z)).clamp(-_CLAMP, _CLAMP)
             return diagonal_covariance(raw.repeat_interleave(2, dim=-1), self.floor, self.scale)
 
 
@@ -98,29 +106,50 @@ class FullCovariance(nn.Module):
     """Cholesky factor with a positive diagonal, predicted from z."""
 
     def __init__(self, embed_dim: int, num_joints: int, hidden: int = 128, init_std: float = 4.0,
-                 floor: float = 1e-3) -> None:
+                 floor: float = 1e-3, trains_backbone: bool = False) -> None:
         super().__init__()
         self.dim = 2 * num_joints
         self.mlp = _mlp(embed_dim, hidden, self.dim * (self.dim + 1) // 2)
         self.init_std = init_std
         self.floor = floor
+        self.trains_backbone = trains_backbone
 
     def forward(self, z: torch.Tensor, *_, **__) -> torch.Tensor:
         with torch.autocast(device_type=z.device.type, enabled=False):
-            raw = self.mlp(_clean(z)).clamp(-_CLAMP, _CLAMP)
+            raw = self.mlp(_clean(z, self.trains_backbone)).clamp(-_CLAMP, _CLAMP)
             return full_covariance(raw, self.dim, self.floor, self.init_std / LN2)
+
+
+@dataclass
+class TICParts:
+    """What a TIC covariance is made of, per sample: J (B x D x E, detached), eps1 (B), L (B x D x D),
+    and the optional Hessian term (eps2 B, H~ B x D x D)."""
+
+    jacobian: torch.Tensor
+    eps1: torch.Tensor
+    chol: torch.Tensor
+    eps2: torch.Tensor | None = None
+    hess_gram: torch.Tensor | None = None
 
 
 class TICCovarianceHead(nn.Module):
     """Taylor Induced Covariance: ``eps1^2 J J^T (+ eps2^2 H~) + L L^T + floor I``.
 
-    J = d decode_fn / d z is computed per sample with torch.func and no gradient; eps1, eps2 and the
-    Cholesky factor L come from a small MLP on z. Pass ``eval_modules`` (the decoder's modules) to run
-    the decoder in eval mode while J is taken.
+    J = d decode_fn / d z is computed per sample with torch.func, in float32 and without gradient;
+    eps1, eps2 and the Cholesky factor L come from a small MLP on the (detached) z. Pass
+    ``eval_modules`` (the decoder's modules) to run the decoder in eval mode while J is taken.
+
+    ``eps_relative_to_jacobian`` (the default): the MLP predicts the Taylor term's RMS standard deviation
+    per coordinate in pixels, ``s``, and ``eps1 = s / rms(J)`` with ``rms(J)^2 = tr(J J^T) / D``
+    (detached). It is the same family of covariances (eps1 is still one scalar per sample), but its
+    scale no longer depends on how strongly z moves the heatmaps, which varies by orders of magnitude
+    between models; initially both terms carry the same variance. ``False`` is the earlier
+    ``eps1 = softplus(raw) / ln 2``, for model files written with it.
     """
 
     def __init__(self, embed_dim: int, num_joints: int, hidden: int = 128, use_hessian: bool = False,
-                 floor: float = 1e-3, init_std: float = 4.0, chunk_size: int | None = None) -> None:
+                 floor: float = 1e-3, init_std: float = 4.0, chunk_size: int | None = None,
+                 trains_backbone: bool = False, eps_relative_to_jacobian: bool = True) -> None:
         super().__init__()
         if embed_dim < 1:
             raise ValueError(f"embed_dim must be >= 1, got {embed_dim}")
@@ -130,18 +159,28 @@ class TICCovarianceHead(nn.Module):
         self.floor = floor
         self.init_std = init_std
         self.chunk_size = chunk_size
+        self.trains_backbone = trains_backbone
+        self.eps_relative_to_jacobian = eps_relative_to_jacobian
         self.mlp = _mlp(embed_dim, hidden, 2 + self.dim * (self.dim + 1) // 2)
 
-    def parameters_from_embedding(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(eps1 B, eps2 B, L B x D x D) from z."""
-        raw = self.mlp(_clean(z)).clamp(-_CLAMP, _CLAMP)
+    def parameters_from_embedding(self, z: torch.Tensor, jac: torch.Tensor | None = None,
+                                  hess_gram: torch.Tensor | None = None
+                                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(eps1 B, eps2 B, L B x D x D) from z; with relative eps, J (and H~ for eps2) set their scale."""
+        raw = self.mlp(_clean(z, self.trains_backbone)).clamp(-_CLAMP, _CLAMP)
         eps1 = torch.nn.functional.softplus(raw[:, 0]) / LN2
         eps2 = torch.nn.functional.softplus(raw[:, 1]) / LN2
+        if self.eps_relative_to_jacobian:
+            if jac is None:
+                raise ValueError("eps relative to the Jacobian needs the Jacobian")
+            eps1 = eps1 * self.init_std / rms_scale(jac)
+            if hess_gram is not None:  # likewise relative to H~'s mean diagonal
+                eps2 = eps2 * self.init_std / trace_scale(hess_gram)
         low = cholesky_from_vector(raw[:, 2:], self.dim, 0.0) * (self.init_std / LN2)
         return eps1, eps2, low
 
-    def forward(self, z: torch.Tensor, decode_fn: Callable[..., torch.Tensor], *decode_args: torch.Tensor,
-                eval_modules: Iterable[nn.Module] = ()) -> torch.Tensor:
+    def parts(self, z: torch.Tensor, decode_fn: Callable[..., torch.Tensor], *decode_args: torch.Tensor,
+              eval_modules: Iterable[nn.Module] = ()) -> TICParts:
         if z.dim() != 2 or z.shape[1] != self.embed_dim:
             raise ValueError(f"z must be B x {self.embed_dim}, got shape {tuple(z.shape)}")
         with eval_mode(eval_modules):
@@ -151,6 +190,13 @@ class TICCovarianceHead(nn.Module):
                                  f"{self.dim}")
             hess = hessian_gram(decode_fn, z, *decode_args) if self.use_hessian else None
         with torch.autocast(device_type=z.device.type, enabled=False):
-            eps1, eps2, low = self.parameters_from_embedding(z.float())
-            return tic_covariance(torch.nan_to_num(jac.float()), eps1, low, eps2 if hess is not None else None,
-                                  hess, self.floor)
+            jac = torch.nan_to_num(jac.float())
+            eps1, eps2, low = self.parameters_from_embedding(z.float(), jac, hess)
+        return TICParts(jac, eps1, low, eps2 if hess is not None else None, hess)
+
+    def assemble(self, parts: TICParts) -> torch.Tensor:
+        return tic_covariance(parts.jacobian, parts.eps1, parts.chol, parts.eps2, parts.hess_gram, self.floor)
+
+    def forward(self, z: torch.Tensor, decode_fn: Callable[..., torch.Tensor], *decode_args: torch.Tensor,
+                eval_modules: Iterable[nn.Module] = ()) -> torch.Tensor:
+        return self.assemble(self.parts(z, decode_fn, *decode_args, eval_modules=eval_modules))

@@ -1,6 +1,6 @@
 """TIC-TAC bottleneck and keypoint heads.
 
-The mean is a function of the embedding z: up(z) is added as a per-channel offset either to the
+The mean is a function of the embedding z: up(z) is a spatially varying map added either to the
 backbone's feature map (``bottleneck_at="features"``: the whole head lies between z and the mean) or to
 the head's last pre-activation (``bottleneck_at="head"``: only the last activation, the 1x1 convolution
 and the soft-argmax do). Each head splits into a ``trunk`` that does not see z and a ``tail`` that does.
@@ -11,26 +11,47 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pose_toss.data.codec import soft_argmax
 
 
 class Bottleneck(nn.Module):
-    """Pooled features -> z (E dims) and z -> a per-channel offset added back to the features."""
+    """z (E dims) from the feature map pooled to ``grid x grid``, and z back to a ``grid x grid`` map per
+    channel, resized (bilinear) to whatever it is added to.
 
-    def __init__(self, channels: int, embed_dim: int, out_channels: int | None = None) -> None:
+    The map must vary over space for TIC's Jacobian to mean anything: a per-channel constant before a
+    ReLU and a soft-argmax only shifts each heatmap's logits uniformly, which the softmax ignores
+    (measured: J of rank about 6 of 28, 0.01 % of the covariance). ``grid=1`` is that earlier
+    per-channel design, kept so that model files written with it load as what they were.
+    """
+
+    def __init__(self, channels: int, embed_dim: int, out_channels: int | None = None, grid: int = 4) -> None:
         super().__init__()
-        self.down = nn.Linear(channels, embed_dim)
-        self.up = nn.Linear(embed_dim, out_channels or channels)
+        if grid < 1:
+            raise ValueError(f"bottleneck grid must be >= 1, got {grid}")
+        self.grid = grid
+        self.out_channels = out_channels or channels
+        self.down = nn.Linear(channels * grid * grid, embed_dim)
+        self.up = nn.Linear(embed_dim, self.out_channels * grid * grid)
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
-        return self.down(features.mean(dim=(2, 3)))
+        if self.grid == 1:
+            return self.down(features.mean(dim=(2, 3)))
+        return self.down(F.adaptive_avg_pool2d(features, self.grid).flatten(1))
 
     def offset(self, z: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """up(z) shaped to add to ``like`` (B x C x H x W maps or B x C vectors)."""
+        """up(z) shaped to add to ``like`` (B x C x H x W maps, or B x C vectors when ``grid`` is 1)."""
         o = self.up(z)
-        return o[:, :, None, None] if like.dim() == 4 else o
+        if like.dim() == 2:
+            if self.grid != 1:
+                raise ValueError(f"a grid {self.grid} bottleneck adds maps, not vectors; use grid 1 for vector inputs")
+            return o
+        if self.grid == 1:
+            return o[:, :, None, None]
+        o = o.reshape(z.shape[0], self.out_channels, self.grid, self.grid)
+        return F.interpolate(o, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
 
 class HeatmapHead(nn.Module):
@@ -72,7 +93,7 @@ class HeatmapHead(nn.Module):
         return coords.flatten(1), heat
 
     def forward(self, features: torch.Tensor, offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``offset`` (B x C x 1 x 1) is added to the features before the trunk."""
+        """``offset`` (B x C x H x W, or broadcastable to it) is added to the features before the trunk."""
         return self.tail(self.trunk(features if offset is None else features + offset))
 
 

@@ -24,6 +24,7 @@ from pose_toss.models.covariance_heads import (
     IdentityCovariance,
     IsotropicCovariance,
     TICCovarianceHead,
+    TICParts,
     eval_mode,
 )
 from pose_toss.models.heads import Bottleneck, HeatmapHead, RegressionHead
@@ -41,6 +42,7 @@ class PoseOutput:
     cov: torch.Tensor | None  # B x 2J x 2J, symmetric positive definite, pixels^2 (None: not asked for)
     embedding: torch.Tensor  # B x E
     heatmaps: torch.Tensor | None = None  # B x J x S/4 x S/4 (heatmap head)
+    tic: TICParts | None = None  # J, eps1, L of a TIC covariance (diagnostics: how much of it J carries)
 
 
 class PoseModel(nn.Module):
@@ -50,7 +52,9 @@ class PoseModel(nn.Module):
                  covariance: str = "tic", input_size: int = 256, pretrained: bool | str = False,
                  deconv_channels: int = 128, cov_hidden: int = 128, use_hessian: bool = False,
                  cov_floor: float = 1e-2, jacobian_chunk: int | None = None,
-                 feature_stride: int | None = None, heatmap_stride: int = 4, bottleneck_at: str = "head") -> None:
+                 feature_stride: int | None = None, heatmap_stride: int = 4, bottleneck_at: str = "head",
+                 bottleneck_grid: int = 4, covariance_trains_backbone: bool = False,
+                 tic_eps_relative: bool = True) -> None:
         super().__init__()
         if bottleneck_at not in BOTTLENECK_AT:
             raise ValueError(f"bottleneck_at must be one of {BOTTLENECK_AT}, got {bottleneck_at!r}")
@@ -62,12 +66,16 @@ class PoseModel(nn.Module):
             raise ValueError(f"embed_dim must be an integer >= 1, got {embed_dim!r}")
         if num_joints < 1:
             raise ValueError(f"num_joints must be >= 1, got {num_joints}")
+        if head == "regression" and bottleneck_at == "head":
+            # z enters the MLP's hidden layer, a vector: a per-unit offset there is not lost to a softmax.
+            bottleneck_grid = 1
         self.config = {
             "backbone": backbone, "num_joints": num_joints, "head": head, "embed_dim": embed_dim,
             "covariance": covariance, "input_size": input_size, "deconv_channels": deconv_channels,
             "cov_hidden": cov_hidden, "use_hessian": use_hessian, "cov_floor": cov_floor,
             "jacobian_chunk": jacobian_chunk, "feature_stride": feature_stride,
-            "heatmap_stride": heatmap_stride, "bottleneck_at": bottleneck_at,
+            "heatmap_stride": heatmap_stride, "bottleneck_at": bottleneck_at, "bottleneck_grid": bottleneck_grid,
+            "covariance_trains_backbone": covariance_trains_backbone, "tic_eps_relative": tic_eps_relative,
         }
         self.bottleneck_at = bottleneck_at
         self.num_joints = num_joints
@@ -78,15 +86,17 @@ class PoseModel(nn.Module):
             self.head = HeatmapHead(c, num_joints, self.backbone.stride, deconv_channels, heatmap_stride)
         else:
             self.head = RegressionHead(c, num_joints, input_size)
-        self.bottleneck = Bottleneck(c, embed_dim, self.head.out_channels if bottleneck_at == "head" else c)
+        self.bottleneck = Bottleneck(c, embed_dim, self.head.out_channels if bottleneck_at == "head" else c,
+                                     bottleneck_grid)
         init_std = input_size / 32.0  # initial spread: a few pixels on the crop
+        trains = covariance_trains_backbone
         if covariance == "tic":
             self.cov_head = TICCovarianceHead(embed_dim, num_joints, cov_hidden, use_hessian, cov_floor, init_std,
-                                              jacobian_chunk)
+                                              jacobian_chunk, trains, tic_eps_relative)
         elif covariance == "full":
-            self.cov_head = FullCovariance(embed_dim, num_joints, cov_hidden, init_std, cov_floor)
+            self.cov_head = FullCovariance(embed_dim, num_joints, cov_hidden, init_std, cov_floor, trains)
         elif covariance == "diagonal":
-            self.cov_head = DiagonalCovariance(embed_dim, num_joints, cov_hidden, init_std, cov_floor)
+            self.cov_head = DiagonalCovariance(embed_dim, num_joints, cov_hidden, init_std, cov_floor, trains)
         elif covariance == "isotropic":
             self.cov_head = IsotropicCovariance(embed_dim, num_joints, cov_hidden, init_std, cov_floor)
         else:
@@ -124,31 +134,38 @@ class PoseModel(nn.Module):
         """The mean (B x 2J) as a function of the embedding: what TIC's Jacobian differentiates."""
         return self.decode_all(z, context)[0].float()
 
-    def covariance(self, z: torch.Tensor, features: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def covariance(self, z: torch.Tensor, features: torch.Tensor, context: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, TICParts | None]:
+        """(B x D x D covariance, TIC's parts or None)."""
         if not isinstance(self.cov_head, TICCovarianceHead):
-            return self.cov_head(z)
+            return self.cov_head(z), None
         if self.bottleneck_at == "features":
-            return self.cov_head(z, self.decode, features, eval_modules=(self.bottleneck, self.head))
+            parts = self.cov_head.parts(z, self.decode, features, eval_modules=(self.bottleneck, self.head))
+            return self.cov_head.assemble(parts), parts
         # J passes only through the head's tail (no batch norm there). Batch statistics in the trunk
         # must not couple samples in J either: in training the trunk is re-run in eval mode for it.
         if self.training or context is None:
             with torch.no_grad(), eval_mode((self.head,)):
                 context = self.head.trunk(features)
-        return self.cov_head(z, self.decode, context)
+        parts = self.cov_head.parts(z, self.decode, context)
+        return self.cov_head.assemble(parts), parts
 
     def forward(self, images: torch.Tensor, with_covariance: bool = True) -> PoseOutput:
         """``with_covariance=False`` skips the covariance (``cov`` is None): mean-only objectives."""
         feats = self.features(images)
         z = self.embed(feats)
+        cov, parts = None, None
         if self.training:
             # J first: it runs the decoder in eval mode, before this batch updates the running statistics.
-            cov = self.covariance(z, feats) if with_covariance else None
+            if with_covariance:
+                cov, parts = self.covariance(z, feats)
             context = self.decoder_input(feats)
         else:
             context = self.decoder_input(feats)
-            cov = self.covariance(z, feats, context) if with_covariance else None
+            if with_covariance:
+                cov, parts = self.covariance(z, feats, context)
         mean, heat = self.decode_all(z, context)
-        return PoseOutput(mean.float(), cov, z, heat)
+        return PoseOutput(mean.float(), cov, z, heat, parts)
 
     # -- inference on whole images ------------------------------------------------------------------
 
@@ -219,8 +236,11 @@ def build_pose_model(backbone: str = "resnet18", num_joints: int = 14, head: str
     or True (downloads from timm's hub). Extra keywords: ``deconv_channels``, ``cov_hidden``,
     ``use_hessian``, ``cov_floor``, ``jacobian_chunk``, ``bottleneck_at`` ("head": z enters at the
     head's last layer, so TIC's Jacobian skips the deconvolutions; "features": z enters before the
-    head, J goes through all of it, several times the cost), ``feature_stride`` (take the backbone's feature
-    map at that stride, e.g. 16, instead of its last), ``heatmap_stride`` (4: SimpleBaseline; 8 halves
-    the deconvolutions and so TIC's Jacobian cost).
+    head, J goes through all of it, several times the cost), ``bottleneck_grid`` (z is read from the
+    features pooled to this grid and re-enters as a map of this size, resized to the head: a map that
+    varies over space is what lets z move the heatmaps' peaks; 1 is the earlier per-channel offset),
+    ``covariance_trains_backbone`` (False: the covariance network reads z detached, as in TIC-TAC),
+    ``feature_stride`` (take the backbone's feature map at that stride, e.g. 16, instead of its last),
+    ``heatmap_stride`` (4: SimpleBaseline; 8 halves the deconvolutions and so TIC's Jacobian cost).
     """
     return PoseModel(backbone, num_joints, head, embed_dim, covariance, input_size, pretrained, **kwargs)
