@@ -42,25 +42,57 @@ def test_vit_backbone_at_configured_size():
 @pytest.mark.parametrize("bottleneck_at", ["head", "features"])
 def test_tic_equals_formula_by_hand(bottleneck_at):
     model = tiny("tic", bottleneck_at=bottleneck_at).eval()
+    head = model.cov_head
+    head.jacobian_log_scale.fill_(math.log(0.37))  # the running rms(J) that eps1 is measured against
     images = torch.rand(2, 3, 64, 64)
     out = model(images)
-    head = model.cov_head
     with torch.no_grad():
         feats = model.features(images)
         z = model.embed(feats)
         ctx = model.decoder_input(feats)
         raw = head.mlp(z)
-        low = head.parameters_from_embedding(z, out.tic.jacobian)[2]
+        low = head.parameters_from_embedding(z, torch.tensor(0.37))[2]
         assert torch.allclose(model.decode(z, ctx), out.mean)
     for i in range(2):
         jac = torch.autograd.functional.jacobian(lambda zi, i=i: model.decode(zi[None], ctx[i:i + 1])[0], z[i])
         assert jac.abs().max() > 1e-3  # z moves the mean wherever it enters
-        # eps1 = s / rms(J): the MLP's first output is the Taylor term's RMS std per coordinate, in px
-        taylor_std = torch.nn.functional.softplus(raw[i, 0]) / math.log(2) * head.init_std
-        eps1 = taylor_std / ((jac**2).sum() / 28).sqrt()
+        # eps1 = s / r: s from the MLP in pixels, r the running scale of J
+        eps1 = torch.nn.functional.softplus(raw[i, 0]) / math.log(2) * head.init_std / 0.37
         expected = eps1**2 * jac @ jac.T + low[i] @ low[i].T + head.floor * torch.eye(28)
         assert torch.allclose(out.cov[i], expected, rtol=1e-4, atol=1e-4)
-        assert torch.trace(eps1**2 * jac @ jac.T).item() == pytest.approx(28 * taylor_std.item() ** 2, rel=1e-4)
+
+
+def test_eps1_scale_runs_over_batches_and_keeps_each_samples_jacobian():
+    # The scale eps1 is measured against is a running average (log space, momentum 0.1) of the batches'
+    # median rms(J): the first training batch sets it, later ones read the old value and then move it,
+    # eval only reads it. Within a batch it is one number, so a sample whose J is twice as large gets a
+    # Taylor term four times as large.
+    from pose_toss.covariance import jacobian, rms_scale
+
+    head = TICCovarianceHead(embed_dim=2, num_joints=2, init_std=1.0)
+    weight = torch.nn.Parameter(torch.randn(4, 2))
+    decode = lambda z: (z[:, :1] * z) @ weight.T  # noqa: E731  (J grows with z[0])
+    z1, z2 = torch.tensor([[1.0, 0.5], [2.0, 0.5]]), torch.tensor([[3.0, 1.0], [3.0, -1.0]])
+    batch_scale = lambda z: rms_scale(jacobian(decode, z)).log().median()  # noqa: E731
+    head.eval()
+    assert torch.isnan(head.jacobian_log_scale)  # nothing seen yet: eval uses its own batch
+    head.train()
+    first = head.parts(z1, decode)
+    assert head.jacobian_log_scale.item() == pytest.approx(batch_scale(z1).item(), rel=1e-6)
+    torch.testing.assert_close(first.eps1, torch.full((2,), 1.0 / batch_scale(z1).exp().item()))
+    head.train()
+    before = head.jacobian_log_scale.clone()
+    second = head.parts(z2, decode)
+    torch.testing.assert_close(second.eps1, torch.full((2,), 1.0 / before.exp().item()))  # the old value
+    assert head.jacobian_log_scale.item() == pytest.approx(0.9 * before.item() + 0.1 * batch_scale(z2).item())
+    head.eval()
+    frozen = head.jacobian_log_scale.clone()
+    parts = head.parts(z1, decode)
+    assert torch.equal(head.jacobian_log_scale, frozen)
+    taylor = (parts.eps1**2 * (parts.jacobian**2).sum((1, 2))).detach()
+    norms = (parts.jacobian**2).sum((1, 2))
+    assert (taylor[1] / taylor[0]).item() == pytest.approx((norms[1] / norms[0]).item(), rel=1e-5)
+    assert norms[1] / norms[0] > 2
 
 
 def test_a_grid_map_moves_the_peaks_where_a_channel_offset_cannot():
@@ -137,6 +169,7 @@ def test_jacobian_is_taken_in_eval_mode_without_gradient(bottleneck_at):
     model = tiny("tic", bottleneck_at=bottleneck_at).train()
     model.backbone.eval()  # the features' own batch statistics are not J's business
     images = torch.rand(4, 3, 64, 64)
+    model(images)  # the first batch sets eps1's running scale; later ones only read it before moving it
     state = {k: v.clone() for k, v in model.state_dict().items()}
     a = model(images).cov
     model.load_state_dict(state)  # the same running statistics for both calls

@@ -139,17 +139,20 @@ class TICCovarianceHead(nn.Module):
     eps1, eps2 and the Cholesky factor L come from a small MLP on the (detached) z. Pass
     ``eval_modules`` (the decoder's modules) to run the decoder in eval mode while J is taken.
 
-    ``eps_relative_to_jacobian`` (the default): the MLP predicts the Taylor term's RMS standard deviation
-    per coordinate in pixels, ``s``, and ``eps1 = s / rms(J)`` with ``rms(J)^2 = tr(J J^T) / D``
-    (detached). It is the same family of covariances (eps1 is still one scalar per sample), but its
-    scale no longer depends on how strongly z moves the heatmaps, which varies by orders of magnitude
-    between models; initially both terms carry the same variance. ``False`` is the earlier
-    ``eps1 = softplus(raw) / ln 2``, for model files written with it.
+    ``eps_relative_to_jacobian`` (the default): eps1 is measured against J's typical size,
+    ``eps1 = s(z) / r`` with ``s`` from the MLP (pixels) and ``r`` a running average of the batches'
+    median ``rms(J) = sqrt(tr(J J^T) / D)``, kept in a buffer like batch norm's running statistics
+    (updated from earlier batches in training, fixed in eval, so samples stay independent). J's global
+    scale varies by orders of magnitude between models and during training, and an absolute eps1 has
+    a bounded range; ``r`` absorbs that, while each sample's own ``|J|`` still sets its Taylor term.
+    Initially the two terms carry comparable variance. ``False`` is the earlier
+    ``eps1 = softplus(raw) / ln 2``, for model files written with it. eps2 is treated alike with H~.
     """
 
     def __init__(self, embed_dim: int, num_joints: int, hidden: int = 128, use_hessian: bool = False,
                  floor: float = 1e-3, init_std: float = 4.0, chunk_size: int | None = None,
-                 trains_backbone: bool = False, eps_relative_to_jacobian: bool = True) -> None:
+                 trains_backbone: bool = False, eps_relative_to_jacobian: bool = True,
+                 scale_momentum: float = 0.1) -> None:
         super().__init__()
         if embed_dim < 1:
             raise ValueError(f"embed_dim must be >= 1, got {embed_dim}")
@@ -161,21 +164,39 @@ class TICCovarianceHead(nn.Module):
         self.chunk_size = chunk_size
         self.trains_backbone = trains_backbone
         self.eps_relative_to_jacobian = eps_relative_to_jacobian
+        self.scale_momentum = scale_momentum
         self.mlp = _mlp(embed_dim, hidden, 2 + self.dim * (self.dim + 1) // 2)
+        if eps_relative_to_jacobian:  # log of the running scales; NaN until the first batch
+            self.register_buffer("jacobian_log_scale", torch.tensor(float("nan")))
+            if use_hessian:
+                self.register_buffer("hessian_log_scale", torch.tensor(float("nan")))
 
-    def parameters_from_embedding(self, z: torch.Tensor, jac: torch.Tensor | None = None,
-                                  hess_gram: torch.Tensor | None = None
+    def running_scale(self, name: str, per_sample: torch.Tensor) -> torch.Tensor:
+        """The scale eps is measured against: the running average (in log space) of the batches' median
+        ``per_sample`` scale. Training reads the value from earlier batches, then updates it; the first
+        batch (or an eval before any training) uses its own median."""
+        buffer = getattr(self, name)
+        batch = per_sample.detach().float().log().median()
+        unset = torch.isnan(buffer)
+        used = torch.where(unset, batch, buffer)
+        if self.training:
+            with torch.no_grad():
+                buffer.copy_(torch.where(unset, batch, torch.lerp(buffer, batch, self.scale_momentum)))
+        return used.exp()
+
+    def parameters_from_embedding(self, z: torch.Tensor, jacobian_scale: torch.Tensor | None = None,
+                                  hessian_scale: torch.Tensor | None = None
                                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(eps1 B, eps2 B, L B x D x D) from z; with relative eps, J (and H~ for eps2) set their scale."""
+        """(eps1 B, eps2 B, L B x D x D) from z; relative eps is divided by the given scales."""
         raw = self.mlp(_clean(z, self.trains_backbone)).clamp(-_CLAMP, _CLAMP)
         eps1 = torch.nn.functional.softplus(raw[:, 0]) / LN2
         eps2 = torch.nn.functional.softplus(raw[:, 1]) / LN2
         if self.eps_relative_to_jacobian:
-            if jac is None:
-                raise ValueError("eps relative to the Jacobian needs the Jacobian")
-            eps1 = eps1 * self.init_std / rms_scale(jac)
-            if hess_gram is not None:  # likewise relative to H~'s mean diagonal
-                eps2 = eps2 * self.init_std / trace_scale(hess_gram)
+            if jacobian_scale is None:
+                raise ValueError("eps relative to the Jacobian needs the Jacobian's scale")
+            eps1 = eps1 * self.init_std / jacobian_scale
+            if hessian_scale is not None:
+                eps2 = eps2 * self.init_std / hessian_scale
         low = cholesky_from_vector(raw[:, 2:], self.dim, 0.0) * (self.init_std / LN2)
         return eps1, eps2, low
 
@@ -191,7 +212,12 @@ class TICCovarianceHead(nn.Module):
             hess = hessian_gram(decode_fn, z, *decode_args) if self.use_hessian else None
         with torch.autocast(device_type=z.device.type, enabled=False):
             jac = torch.nan_to_num(jac.float())
-            eps1, eps2, low = self.parameters_from_embedding(z.float(), jac, hess)
+            jac_scale = hess_scale = None
+            if self.eps_relative_to_jacobian:
+                jac_scale = self.running_scale("jacobian_log_scale", rms_scale(jac))
+                if hess is not None:
+                    hess_scale = self.running_scale("hessian_log_scale", trace_scale(hess))
+            eps1, eps2, low = self.parameters_from_embedding(z.float(), jac_scale, hess_scale)
         return TICParts(jac, eps1, low, eps2 if hess is not None else None, hess)
 
     def assemble(self, parts: TICParts) -> torch.Tensor:
