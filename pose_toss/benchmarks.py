@@ -158,8 +158,8 @@ def tic_spectrum(model, images: torch.Tensor) -> dict:
 
 
 def trained_tic_spectrum(checkpoint, count: int = 64, device: torch.device | None = None) -> dict:
-    """``tic_spectrum`` of a trained model on the first ``count`` images of its run's synthetic
-    validation split (the default data's when the file belongs to no run)."""
+    """``tic_spectrum`` of a trained model on the first ``count`` images of its run's validation split
+    (the default synthetic data's when the file belongs to no run)."""
     from pose_toss.data.dataset import PoseDataset
     from pose_toss.engine.evaluation import resolve_checkpoint, resolve_eval_data
     from pose_toss.models.checkpoint import load_model

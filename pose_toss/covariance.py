@@ -95,14 +95,16 @@ def hessian_gram(decode_fn: Callable[..., torch.Tensor], z: torch.Tensor, *args:
 
 def tic_covariance(jac: torch.Tensor, eps1: torch.Tensor, chol: torch.Tensor, eps2: torch.Tensor | None = None,
                    hess_gram: torch.Tensor | None = None, floor: float = 1e-3) -> torch.Tensor:
-    """TIC: ``eps1^2 J J^T + eps2^2 H~ + L L^T + floor I`` (B x D x D), in float32 whatever autocast says."""
+    """TIC: ``eps1^2 J J^T + eps2^2 H~ + L L^T + floor I`` (B x D x D), in at least float32 whatever autocast
+    says (float64 inputs stay float64)."""
     with torch.autocast(device_type=jac.device.type, enabled=False):
-        jac, chol, eps1 = jac.float(), chol.float(), eps1.float()
+        dtype = torch.promote_types(torch.promote_types(jac.dtype, chol.dtype), torch.float32)
+        jac, chol, eps1 = jac.to(dtype), chol.to(dtype), eps1.to(dtype)
         cov = eps1.reshape(-1, 1, 1) ** 2 * (jac @ jac.transpose(-1, -2)) + chol @ chol.transpose(-1, -2)
         if hess_gram is not None:
             if eps2 is None:
                 raise ValueError("a Hessian term needs eps2")
-            cov = cov + eps2.float().reshape(-1, 1, 1) ** 2 * hess_gram.float()
+            cov = cov + eps2.to(dtype).reshape(-1, 1, 1) ** 2 * hess_gram.to(dtype)
         return symmetrise_with_floor(cov, floor)
 
 
@@ -124,11 +126,13 @@ def taylor_share(jac: torch.Tensor, eps1: torch.Tensor, cov: torch.Tensor) -> to
 
 
 def cholesky_from_vector(vec: torch.Tensor, dim: int, floor: float = 1e-3) -> torch.Tensor:
-    """Lower-triangular factor with a positive diagonal from B x dim(dim+1)/2 unconstrained values."""
+    """Lower-triangular factor with a positive diagonal from B x dim(dim+1)/2 unconstrained values (at least
+    float32)."""
     b = vec.shape[0]
+    vec = _at_least_float32(vec)
     rows, cols = torch.tril_indices(dim, dim, device=vec.device)
     low = vec.new_zeros(b, dim, dim)
-    low[:, rows, cols] = vec.float()
+    low[:, rows, cols] = vec
     diag = torch.nn.functional.softplus(torch.diagonal(low, dim1=-2, dim2=-1)) + floor**0.5
     return torch.diagonal_scatter(low, diag, dim1=-2, dim2=-1)
 
@@ -141,7 +145,7 @@ def full_covariance(vec: torch.Tensor, dim: int, floor: float = 1e-3, scale: flo
 
 def diagonal_covariance(raw: torch.Tensor, floor: float = 1e-3, scale: float = 1.0) -> torch.Tensor:
     """``diag(scale * softplus(raw)) + floor I``."""
-    return torch.diag_embed(torch.nn.functional.softplus(raw.float()) * scale + floor)
+    return torch.diag_embed(torch.nn.functional.softplus(_at_least_float32(raw)) * scale + floor)
 
 
 def symmetrise_with_floor(cov: torch.Tensor, floor: float) -> torch.Tensor:

@@ -7,6 +7,7 @@ from pose_toss.covariance import (
     full_covariance,
     hessian_gram,
     jacobian,
+    taylor_share,
     tic_covariance,
     unmirror,
 )
@@ -95,6 +96,19 @@ def test_tic_assembly_and_float32_under_autocast():
     assert torch.allclose(cov, expected, rtol=1e-5, atol=1e-4)
 
 
+def test_taylor_share_is_the_traces_ratio():
+    jac = torch.randn(B, D, E, dtype=torch.float64)
+    eps1 = torch.rand(B, dtype=torch.float64) + 0.5
+    low = torch.tril(torch.randn(B, D, D, dtype=torch.float64))
+    cov = tic_covariance(jac, eps1, low, floor=0.01)
+    assert cov.dtype == torch.float64  # kept when given
+    share = taylor_share(jac, eps1, cov)
+    for i in range(B):
+        taylor = eps1[i] ** 2 * jac[i] @ jac[i].T
+        assert share[i].item() == pytest.approx((torch.trace(taylor) / torch.trace(cov[i])).item(), rel=1e-12)
+    assert (share > 0).all() and (share < 1).all()
+
+
 def test_cholesky_parameterisation_is_positive_definite():
     vec = torch.randn(4, D * (D + 1) // 2) * 10
     low = cholesky_from_vector(vec, D, floor=1e-3)
@@ -103,6 +117,8 @@ def test_cholesky_parameterisation_is_positive_definite():
     low0 = cholesky_from_vector(vec, D, floor=0.0)
     assert torch.allclose(cov, 4 * low0 @ low0.transpose(1, 2) + 1e-3 * torch.eye(D), rtol=1e-5, atol=1e-4)
     assert torch.linalg.eigvalsh(cov.double()).min() > 0
+    assert cholesky_from_vector(vec.bfloat16(), D).dtype == torch.float32  # covariance math in float32 at least
+    assert full_covariance(vec.double(), D).dtype == torch.float64  # and float64 kept
 
 
 def _random_spd(n, d, gen):

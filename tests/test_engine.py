@@ -176,6 +176,11 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert json.loads(lines[2])["loss"] == "nll"
     assert (tmp_path / "b" / "best" / "model.safetensors").is_file()
     assert load_model(tmp_path / "b" / "model.safetensors").config["covariance"] == "tic"
+    # A run whose checkpoints another model design wrote is refused by name, not by a shape mismatch.
+    other = tiny_config("stages.0.epochs=2", "stages.0.pseudo_labels.refresh_every=2", "stages.1.epochs=2",
+                        "model.bottleneck_grid=2")
+    with pytest.raises(ValueError, match=r"model.safetensors: does not fit the model that .*config.yaml describes"):
+        Trainer(other, tmp_path / "b", resume=True, log=quiet)
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):

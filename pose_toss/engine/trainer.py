@@ -189,7 +189,13 @@ class Trainer:
         from safetensors.torch import load_file
 
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
-        self.model.load_state_dict(load_file(str(path / MODEL_FILE), device=str(self.rt.device)))
+        try:
+            self.model.load_state_dict(load_file(str(path / MODEL_FILE), device=str(self.rt.device)))
+        except RuntimeError as e:  # shapes or names differ: the run was written by another model design
+            first = str(e).strip().splitlines()[-1].strip()
+            raise ValueError(f"{path / MODEL_FILE}: does not fit the model that {self.out / 'config.yaml'} describes "
+                             f"({first}); a run written by an earlier pose-toss cannot be resumed by this one, "
+                             f"but its model file still loads with load_model or `pose-toss eval`") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.state = Progress(**state["progress"])
