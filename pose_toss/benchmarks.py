@@ -141,7 +141,7 @@ def step_times(cfg: Config, batch: int, repeats: int = 5, warmup: int = 2, devic
 
 def tic_spectrum(model, images: torch.Tensor) -> dict:
     """J's rank and the Taylor term's share of Σ (``metrics.tic_summary``) for a TIC model on images."""
-    from pose_toss.covariance import taylor_share
+    from pose_toss.covariance import taylor_diagnostics
     from pose_toss.metrics import tic_summary
 
     was_training = model.training
@@ -153,8 +153,7 @@ def tic_spectrum(model, images: torch.Tensor) -> dict:
         model.train(was_training)
     if out.tic is None:
         raise ValueError(f"the model's covariance is {model.config['covariance']!r}, not TIC: it has no Jacobian")
-    share = taylor_share(out.tic.jacobian, out.tic.eps1, out.cov)
-    return tic_summary(share, torch.linalg.svdvals(out.tic.jacobian.double()))
+    return tic_summary(*taylor_diagnostics(out.tic.jacobian, out.tic.eps1, out.cov))
 
 
 def trained_tic_spectrum(checkpoint, count: int = 64, device: torch.device | None = None) -> dict:

@@ -44,8 +44,8 @@ def jacobian(decode_fn: Callable[..., torch.Tensor], z: torch.Tensor, *args: tor
     for i, a in enumerate(args):
         if a.shape[0] != z.shape[0]:
             raise ValueError(f"argument {i} has batch size {a.shape[0]}, expected {z.shape[0]} like z")
-    z = _at_least_float32(z.detach())
-    args = tuple(_at_least_float32(a.detach()) for a in args)
+    z = at_least_float32(z.detach())
+    args = tuple(at_least_float32(a.detach()) for a in args)
     with torch.enable_grad(), torch.autocast(device_type=z.device.type, enabled=False):
         if mode == "batched":
             return _batched_reverse_jacobian(decode_fn, z, args, chunk_size)
@@ -65,7 +65,8 @@ def jacobian(decode_fn: Callable[..., torch.Tensor], z: torch.Tensor, *args: tor
     return jac.detach()
 
 
-def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """Covariance math's precision: half precision is promoted to float32, float64 kept, integers left alone."""
     return t.to(torch.promote_types(t.dtype, torch.float32)) if t.is_floating_point() else t
 
 
@@ -85,8 +86,8 @@ def _batched_reverse_jacobian(decode_fn: Callable, z: torch.Tensor, args: tuple,
 
 def hessian_gram(decode_fn: Callable[..., torch.Tensor], z: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
     """``H~_ab = tr(H_a H_b)`` with H_a the E x E Hessian of output a w.r.t. z -> B x D x D (costly)."""
-    z = _at_least_float32(z.detach())
-    args = tuple(_at_least_float32(a.detach()) for a in args)
+    z = at_least_float32(z.detach())
+    args = tuple(at_least_float32(a.detach()) for a in args)
     f = _per_sample(decode_fn)
     with torch.enable_grad(), torch.autocast(device_type=z.device.type, enabled=False):
         hess = vmap(jacfwd(jacrev(f, argnums=0), argnums=0))(z, *args)  # B x D x E x E
@@ -125,11 +126,17 @@ def taylor_share(jac: torch.Tensor, eps1: torch.Tensor, cov: torch.Tensor) -> to
     return taylor / torch.diagonal(cov.detach().double(), dim1=-2, dim2=-1).sum(-1)
 
 
+def taylor_diagnostics(jac: torch.Tensor, eps1: torch.Tensor, cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample: the Taylor share (``taylor_share``, B) and J's singular values (B x min(D, E), descending),
+    float64 — what ``metrics.tic_summary`` reduces over a set of samples."""
+    return taylor_share(jac, eps1, cov), torch.linalg.svdvals(jac.detach().double())
+
+
 def cholesky_from_vector(vec: torch.Tensor, dim: int, floor: float = 1e-3) -> torch.Tensor:
     """Lower-triangular factor with a positive diagonal from B x dim(dim+1)/2 unconstrained values (at least
     float32)."""
     b = vec.shape[0]
-    vec = _at_least_float32(vec)
+    vec = at_least_float32(vec)
     rows, cols = torch.tril_indices(dim, dim, device=vec.device)
     low = vec.new_zeros(b, dim, dim)
     low[:, rows, cols] = vec
@@ -145,7 +152,7 @@ def full_covariance(vec: torch.Tensor, dim: int, floor: float = 1e-3, scale: flo
 
 def diagonal_covariance(raw: torch.Tensor, floor: float = 1e-3, scale: float = 1.0) -> torch.Tensor:
     """``diag(scale * softplus(raw)) + floor I``."""
-    return torch.diag_embed(torch.nn.functional.softplus(_at_least_float32(raw)) * scale + floor)
+    return torch.diag_embed(torch.nn.functional.softplus(at_least_float32(raw)) * scale + floor)
 
 
 def symmetrise_with_floor(cov: torch.Tensor, floor: float) -> torch.Tensor:

@@ -12,10 +12,7 @@ import math
 
 import torch
 
-
-def _f32(t: torch.Tensor) -> torch.Tensor:
-    """At least float32: half precision is promoted, float64 kept."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
+from pose_toss.covariance import at_least_float32
 
 
 def _coord_mask(mask: torch.Tensor | None, mean: torch.Tensor) -> torch.Tensor:
@@ -70,7 +67,7 @@ def robust_cholesky(cov: torch.Tensor, max_tries: int = 8, stats: dict | None = 
 def _whitened(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
               stats: dict | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(coordinate mask m, Cholesky factor of the masked covariance, whitened residual, log det), at least float32."""
-    mean, cov, target = _f32(mean), _f32(cov), _f32(target)
+    mean, cov, target = at_least_float32(mean), at_least_float32(cov), at_least_float32(target)
     m = _coord_mask(mask, mean)
     chol = robust_cholesky(masked_covariance(cov, m), stats=stats)
     white = torch.linalg.solve_triangular(chol, ((target - mean) * m).unsqueeze(-1), upper=False).squeeze(-1)
@@ -89,7 +86,7 @@ def gaussian_nll(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, ma
 def mse(mean: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Sum of squared errors over the visible coordinates, per sample."""
     m = _coord_mask(mask, mean)
-    return (((_f32(target) - _f32(mean)) * m) ** 2).sum(-1)
+    return (((at_least_float32(target) - at_least_float32(mean)) * m) ** 2).sum(-1)
 
 
 def beta_nll(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
@@ -97,8 +94,8 @@ def beta_nll(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, mask: 
     """beta-NLL on the diagonal: each coordinate's Gaussian NLL weighted by stop-grad(variance)^beta."""
     with torch.autocast(device_type=mean.device.type, enabled=False):
         m = _coord_mask(mask, mean)
-        var = torch.diagonal(_f32(cov), dim1=-2, dim2=-1)
-        r2 = (_f32(target) - _f32(mean)) ** 2
+        var = torch.diagonal(at_least_float32(cov), dim1=-2, dim2=-1)
+        r2 = (at_least_float32(target) - at_least_float32(mean)) ** 2
         per = 0.5 * (torch.log(var) + r2 / var + math.log(2 * math.pi))
         return (per * var.detach() ** beta * m).sum(-1)
 
@@ -133,7 +130,7 @@ def sqrtm_newton_schulz(mat: torch.Tensor, iters: int = 30, tol: float = 1e-6) -
     early once every sample's update is below ``tol``.
     """
     with torch.autocast(device_type=mat.device.type, enabled=False):
-        mat = _f32(mat)
+        mat = at_least_float32(mat)
         d = mat.shape[-1]
         norm = torch.diagonal(mat, dim1=-2, dim2=-1).sum(-1).clamp_min(1e-20).reshape(-1, 1, 1)
         eye = torch.eye(d, device=mat.device, dtype=mat.dtype).expand_as(mat)
@@ -160,7 +157,8 @@ def w2_bound(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, target
         raise ValueError("w2_bound needs target_cov or target_sqrt")
     with torch.autocast(device_type=mean.device.type, enabled=False):
         m = _coord_mask(mask, mean)
-        pred_root = sqrtm_newton_schulz(masked_covariance(_f32(cov), m.to(_f32(cov).dtype)))
+        cov = at_least_float32(cov)
+        pred_root = sqrtm_newton_schulz(masked_covariance(cov, m.to(cov.dtype)))
         with torch.no_grad():
             target_root = masked_sqrtm(target_cov, m, target_sqrt).to(pred_root.dtype)
         return mse(mean, target, mask).to(pred_root.dtype) + ((pred_root - target_root) ** 2).sum((-2, -1))
@@ -182,9 +180,9 @@ def masked_sqrtm(cov: torch.Tensor | None, m: torch.Tensor, root: torch.Tensor |
         raise ValueError(f"{int(partial.sum())} samples have invisible coordinates: the root of their visible block "
                          "needs the covariance itself, not the root of the full matrix")
     if root is None:
-        cov = _f32(cov)
+        cov = at_least_float32(cov)
         return sqrtm_eigh(masked_covariance(cov, m.to(cov.dtype)))
-    out = _f32(root).clone()
+    out = at_least_float32(root).clone()
     out[partial] = sqrtm_eigh(masked_covariance(cov[partial].to(out.dtype), m[partial].to(out.dtype)))
     return out
 
@@ -205,8 +203,8 @@ def loss_prediction(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor,
     """
     with torch.autocast(device_type=mean.device.type, enabled=False):
         m = _coord_mask(mask, mean)[:, ::2]
-        var = torch.diagonal(_f32(cov), dim1=-2, dim2=-1)[:, ::2]
-        sq = ((_f32(target) - _f32(mean)) ** 2).reshape(mean.shape[0], -1, 2).sum(-1).detach()
+        var = torch.diagonal(at_least_float32(cov), dim1=-2, dim2=-1)[:, ::2]
+        sq = ((at_least_float32(target) - at_least_float32(mean)) ** 2).reshape(mean.shape[0], -1, 2).sum(-1).detach()
         fit = torch.nn.functional.huber_loss(var / scale, 0.5 * sq / scale, reduction="none")
         return mse(mean, target, mask) + (fit * m).sum(-1)
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pose_toss.covariance import equal_mixture, taylor_share, unmirror
+from pose_toss.covariance import equal_mixture, taylor_diagnostics, unmirror
 from pose_toss.metrics import joint_errors, pose_metrics, tic_summary
 
 OPTIONAL_KEYS = ("target_true", "cov_true", "head_size")
@@ -51,8 +51,9 @@ def predict_dataset(model, loader, device: torch.device, amp: bool = False, prog
                 out = model(images)
             mean, cov = out.mean.float(), out.cov.float()
             if out.tic is not None:
-                cols["tic_share"].append(taylor_share(out.tic.jacobian, out.tic.eps1, cov).float().cpu())
-                cols["jacobian_singular_values"].append(torch.linalg.svdvals(out.tic.jacobian.double()).float().cpu())
+                share, singular = taylor_diagnostics(out.tic.jacobian, out.tic.eps1, cov)
+                cols["tic_share"].append(share.float().cpu())
+                cols["jacobian_singular_values"].append(singular.float().cpu())
             if flip_coords is not None:
                 with autocast_context(device, amp):
                     mirrored = model(images.flip(-1))
