@@ -88,13 +88,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pose_toss.engine.compare import compare, parse_methods
+    from pose_toss.engine.compare import compare, parse_lrs, parse_methods
 
     methods = parse_methods(args.methods)
+    lrs = parse_lrs(args.lrs) if args.lrs else None
     cfg = load_config(args.config, args.overrides)
-    result = compare(cfg, methods, args.out, overwrite=args.overwrite)
+    result = compare(cfg, methods, args.out, lrs=lrs, seeds=args.seeds, jobs=args.jobs, overwrite=args.overwrite)
     print(result["markdown"])
-    print(f"table: {Path(args.out) / 'comparison.md'} and comparison.json")
+    print(f"table: {Path(args.out) / 'comparison.md'} and comparison.json; curves: comparison_curves.png")
     return 0
 
 
@@ -220,11 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("compare", help="train and evaluate several methods with the same data, seed and budget")
+    p = sub.add_parser("compare", help="train and evaluate methods x learning rates x seeds with the same data and "
+                                       "budget: mean ± std tables and validation curves")
     p.add_argument("--methods", default="mse,diagonal,nll,beta_nll,faithful,nll_tic,w2,w2_then_nll_tic,loss_pred",
                    help="comma-separated: mse, diagonal, nll, beta_nll, faithful, nll_tic, kl_calibrated, w2, "
-                        "w2_then_nll_tic, loss_pred")
-    p.add_argument("--out", required=True, help="output directory; re-running resumes finished methods")
+                        "w2_then_nll_tic, w2_residual_then_nll_tic, loss_pred")
+    p.add_argument("--lrs", default=None, help="comma-separated learning rates, e.g. 1e-4,1e-3,1e-2 (default: the "
+                                               "config's train.lr)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per cell: train.seed, train.seed + 1, ...")
+    p.add_argument("--jobs", type=int, default=1, help="cells trained at once (worker processes sharing the "
+                                                      "device; the CPU threads and data workers are divided)")
+    p.add_argument("--out", required=True, help="output directory; re-running resumes: finished cells are read "
+                                                "back, interrupted ones continue from their last checkpoint")
     p.add_argument("--overwrite", action="store_true")
     _add_config_args(p)
     p.set_defaults(func=cmd_compare)

@@ -138,6 +138,9 @@ class PseudoLabelConfig:
     shrinkage: float = opt(0.1, min=0.0, max=1.0, help="shrink the embedding covariance towards its diagonal")
     floor: float = opt(1e-3, min=0.0, help="relative eigenvalue floor that keeps each label PD")
     features_dim: int = opt(64, min=1, help="PCA dimensions for source: features")
+    labels_from: str = opt("targets", choices=("targets", "residuals"),
+                           help="targets: the covariance of the neighbours' targets (the paper); residuals: the "
+                                "second moment of the neighbours' errors y - mean (bottleneck source only)")
 
 
 @dataclass
@@ -201,6 +204,10 @@ class Config:
             if st.loss in PSEUDO_LABEL_LOSSES and st.pseudo_labels.source == "file" and not st.pseudo_labels.file:
                 raise ConfigError(f"{source}: key 'stages.{i}.pseudo_labels.file': expected a path when "
                                   "source is 'file'")
+            if st.pseudo_labels.labels_from == "residuals" and st.pseudo_labels.source != "bottleneck":
+                raise ConfigError(f"{source}: key 'stages.{i}.pseudo_labels.labels_from': residuals need the model's "
+                                  f"current predictions, so source must be 'bottleneck', got "
+                                  f"{st.pseudo_labels.source!r}")
         lo, hi = self.data.augment.scale
         if not 0 < lo <= hi:
             raise ConfigError(f"{source}: key 'data.augment.scale': expected (lo, hi) with 0 < lo <= hi, "

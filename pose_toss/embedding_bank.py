@@ -19,14 +19,22 @@ from pose_toss.losses import masked_covariance
 from pose_toss.metrics import w2_gaussian
 from pose_toss.pseudo_labels import pseudo_covariances
 
+LABELS_FROM = ("targets", "residuals")
 
 class EmbeddingBank:
     """``true_cov`` (N x D x D, the targets' frame), when the data knows its label noise, lets every
-    refresh measure its labels against the truth (``quality``)."""
+    refresh measure its labels against the truth (``quality``).
+
+    ``labels_from``: ``"targets"`` (the paper: the neighbours' targets' covariance) or ``"residuals"``
+    (the second moment of the neighbours' errors ``y_j - mu_j``; every refresh then needs the model's
+    predictions for the whole bank, which ``refresh_from_model`` computes in the same pass)."""
 
     def __init__(self, targets: torch.Tensor, masks: torch.Tensor | None = None, k: int = 64,
                  temperature: float | str | None = 1.0, shrinkage: float = 0.1, floor: float = 1e-3,
-                 true_cov: torch.Tensor | None = None) -> None:
+                 true_cov: torch.Tensor | None = None, labels_from: str = "targets") -> None:
+        if labels_from not in LABELS_FROM:
+            raise ValueError(f"labels_from must be one of {LABELS_FROM}, got {labels_from!r}")
+        self.labels_from = labels_from
         self.targets = torch.as_tensor(targets, dtype=torch.float32)
         self.masks = None if masks is None else torch.as_tensor(masks, dtype=torch.float32)
         self.k, self.temperature, self.shrinkage, self.floor = k, temperature, shrinkage, floor
@@ -35,6 +43,7 @@ class EmbeddingBank:
         if self.true_cov is not None and self.true_cov.shape != (len(self), d, d):
             raise ValueError(f"true_cov has shape {tuple(self.true_cov.shape)}, expected ({len(self)}, {d}, {d})")
         self.embeddings: torch.Tensor | None = None
+        self.predictions: torch.Tensor | None = None  # N x D, the model's means (residual labels)
         self.cov: torch.Tensor | None = None
         self.sqrt: torch.Tensor | None = None
         self.last_refresh_seconds = 0.0
@@ -44,10 +53,18 @@ class EmbeddingBank:
     def __len__(self) -> int:
         return self.targets.shape[0]
 
-    def set_embeddings(self, embeddings: torch.Tensor) -> float:
-        """Use these embeddings (N x E) and recompute every pseudo-label; returns the seconds it took."""
+    def set_embeddings(self, embeddings: torch.Tensor, predictions: torch.Tensor | None = None) -> float:
+        """Use these embeddings (N x E) and recompute every pseudo-label; returns the seconds it took.
+        ``predictions`` (N x D, the targets' frame) are needed for residual labels."""
         if embeddings.shape[0] != len(self):
             raise ValueError(f"bank has {len(self)} targets but got {embeddings.shape[0]} embeddings")
+        if self.labels_from == "residuals":
+            if predictions is None:
+                raise ValueError("residual pseudo-labels need the model's predictions for every bank sample")
+            if predictions.shape != self.targets.shape:
+                raise ValueError(f"predictions have shape {tuple(predictions.shape)}, expected "
+                                 f"{tuple(self.targets.shape)} (the bank's targets)")
+            self.predictions = predictions.float()
         start = time.perf_counter()
         self.embeddings = embeddings.float()
         device = self.embeddings.device
@@ -57,8 +74,12 @@ class EmbeddingBank:
             masks[self.unavailable.to(masks.device)] = 0.0
             masks = masks.to(device)
         stats: dict = {}
-        self.cov, self.sqrt = pseudo_covariances(self.embeddings, self.targets.to(device), self.k, self.temperature,
-                                                 masks, self.shrinkage, self.floor, stats=stats)
+        values = self.targets.to(device)
+        if self.labels_from == "residuals":
+            values = values - self.predictions.to(device)
+        self.cov, self.sqrt = pseudo_covariances(self.embeddings, values, self.k, self.temperature, masks,
+                                                 self.shrinkage, self.floor, stats=stats,
+                                                 centre=self.labels_from == "targets")
         self.last_refresh_seconds = time.perf_counter() - start
         self.quality = stats
         if self.true_cov is not None:
@@ -111,18 +132,29 @@ class EmbeddingBank:
         return bank
 
     def refresh_from_model(self, model, loader, device: str | torch.device = "cpu", progress: bool = False) -> float:
-        """Embed the whole training set with the model's bottleneck (eval mode) and recompute the labels.
+        """Embed the whole training set with the model's bottleneck (eval mode) and recompute the labels
+        (with residual labels, the model's means come from the same pass).
 
         ``loader`` yields dicts with ``image`` and ``index`` (a PoseDataset without augmentation).
         """
         start = time.perf_counter()
         was_training = model.training
         model.eval()
+
+        def embed_and_predict(images):
+            out = model(images, with_covariance=False)
+            return torch.cat([out.embedding.float(), out.mean.float()], dim=1)
+
         try:
-            bank = self._embed_all(lambda x: model.embed(model.features(x)), loader, device, progress)
+            if self.labels_from == "residuals":
+                both = self._embed_all(embed_and_predict, loader, device, progress)
+                d = self.targets.shape[1]
+                self.set_embeddings(both[:, :-d], both[:, -d:])
+            else:
+                self.set_embeddings(self._embed_all(lambda x: model.embed(model.features(x)), loader, device,
+                                                    progress))
         finally:
             model.train(was_training)
-        self.set_embeddings(bank)
         self.last_refresh_seconds = time.perf_counter() - start
         return self.last_refresh_seconds
 

@@ -197,6 +197,70 @@ def auroc(scores: torch.Tensor, positives: torch.Tensor) -> float:
     return float(u / (n_pos * n_neg))
 
 
+# --------------------------------------------------------------------------------------------------
+# Covariance against known noise sources (synthetic data). W2 / KL to the true label distribution are
+# dominated by the model's own error (an identity covariance scores well there); these ask instead
+# whether the predicted covariance puts its spread, its shape and its correlations where the labels'
+# noise is. ``limbs`` L x 2 (joint pairs), ``limb_cue`` B x L: a limb's cue strength, 0 when clean.
+# --------------------------------------------------------------------------------------------------
+
+
+def major_axis_angle(blocks: torch.Tensor) -> torch.Tensor:
+    """Angle (radians, mod pi) of the major eigenvector of each 2 x 2 symmetric block (... x 2 x 2):
+    ``0.5 atan2(2 b, a - c)`` for ``[[a, b], [b, c]]``."""
+    a, b, c = blocks[..., 0, 0], blocks[..., 0, 1], blocks[..., 1, 1]
+    return 0.5 * torch.atan2(2 * b, a - c)
+
+
+def canonical_correlation(cov: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """First canonical correlation between joints ``a`` and ``b`` (L indices each) under each Gaussian,
+    B x L: the largest singular value of ``C_aa^-1/2 C_ab C_bb^-1/2`` (their 2 x 2 and cross blocks),
+    the most any linear combination of one joint's coordinates correlates with one of the other's."""
+    n, d, _ = cov.shape
+    grid = cov.double().reshape(n, d // 2, 2, d // 2, 2).permute(0, 1, 3, 2, 4)  # B x J x J x 2 x 2
+    caa, cbb, cab = grid[:, a, a], grid[:, b, b], grid[:, a, b]
+    la = torch.linalg.cholesky_ex(caa)[0]
+    lb = torch.linalg.cholesky_ex(cbb)[0]
+    # L_a^-1 C_ab L_b^-T has the same singular values as C_aa^-1/2 C_ab C_bb^-1/2.
+    left = torch.linalg.solve_triangular(la, cab, upper=False)
+    whitened = torch.linalg.solve_triangular(lb, left.transpose(-1, -2), upper=False).transpose(-1, -2)
+    return torch.linalg.matrix_norm(whitened, ord=2).clamp(0.0, 1.0)
+
+
+def cue_metrics(cov: torch.Tensor, visibility: torch.Tensor, limbs: torch.Tensor, limb_cue: torch.Tensor,
+                cov_true: torch.Tensor | None = None, strong: float = 0.5) -> dict:
+    """Does the covariance find the noise that cues put on limbs?
+
+    - ``cue_auroc_spread``: AUROC of a joint's spread sqrt(tr C_jj) for telling joints on a cued limb
+      from joints on none (visible joints);
+    - ``cue_axis_cos``: on limbs whose cue strength is at least ``strong``, the mean |cos| of the angle
+      between the predicted and the true major axis of each visible joint's 2 x 2 block (needs
+      ``cov_true``; 2 / pi for axes drawn at random, 1 when aligned);
+    - ``cue_corr_auroc``: AUROC of the first canonical correlation between a limb's two joints for telling
+      cued limbs from clean ones (both joints visible); ``cue_corr_auroc_true`` the same for the true
+      covariance, the ceiling.
+    """
+    vis = visibility.bool()
+    a, b = limbs[:, 0].long(), limbs[:, 1].long()
+    member = torch.zeros(len(limbs), vis.shape[1], dtype=torch.float64)
+    member[torch.arange(len(limbs)), a] = 1.0
+    member[torch.arange(len(limbs)), b] = 1.0
+    cued_limb = limb_cue.double() > 0
+    on_cued = (cued_limb.double() @ member) > 0  # B x J
+    out = {"cue_auroc_spread": auroc(joint_spread(cov)[vis], on_cued[vis])}
+    pair_vis = vis[:, a] & vis[:, b]
+    out["cue_corr_auroc"] = auroc(canonical_correlation(cov, a, b)[pair_vis], cued_limb[pair_vis])
+    if cov_true is not None:
+        out["cue_corr_auroc_true"] = auroc(canonical_correlation(cov_true, a, b)[pair_vis], cued_limb[pair_vis])
+        on_strong = (((limb_cue.double() >= strong) & cued_limb).double() @ member > 0) & vis
+        if on_strong.any():
+            gap = major_axis_angle(joint_blocks(cov)) - major_axis_angle(joint_blocks(cov_true))
+            out["cue_axis_cos"] = float(torch.cos(gap)[on_strong].abs().mean())
+        else:
+            out["cue_axis_cos"] = float("nan")
+    return out
+
+
 def _nanmean(x: torch.Tensor) -> float:
     x = x[torch.isfinite(x)]
     return float(x.mean()) if x.numel() else float("nan")
@@ -205,12 +269,13 @@ def _nanmean(x: torch.Tensor) -> float:
 def pose_metrics(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, visibility: torch.Tensor,
                  skeleton, head_sizes: torch.Tensor | None = None, target_true: torch.Tensor | None = None,
                  cov_true: torch.Tensor | None = None, pck_threshold: float = 0.2, pckh_threshold: float = 0.5,
-                 ) -> dict:
+                 limbs: torch.Tensor | None = None, limb_cue: torch.Tensor | None = None) -> dict:
     """Every evaluation number of DESIGN.md's Metrics section, overall and per joint.
 
     All lengths in the pixels of ``target``. ``head_sizes`` (B) enables PCKh; ``target_true`` and
     ``cov_true`` (synthetic data) enable the exact W2 and KL(true || predicted) to the label
-    distribution, computed over each sample's visible coordinates.
+    distribution, computed over each sample's visible coordinates. ``limbs`` and ``limb_cue`` (the
+    synthetic data's cued limbs) add ``cue_metrics``.
     """
     from pose_toss.losses import gaussian_nll, masked_covariance
 
@@ -271,6 +336,8 @@ def pose_metrics(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, vi
         out["w2_to_true"] = float(w2_gaussian(p_mean, p_cov, t_mean, t_cov).mean())
         out["w2_cov_to_true"] = float(w2_gaussian(t_mean, p_cov, t_mean, t_cov).mean())
         out["kl_true_to_pred"] = float(kl_gaussian(t_mean, t_cov, p_mean, p_cov).mean())
+    if limbs is not None and limb_cue is not None:
+        out.update(cue_metrics(cov, vis, limbs, limb_cue, cov_true))
     out["per_joint"] = per_joint
     out["calibration"] = {"levels": list(CALIBRATION_LEVELS), "overall": overall_cov,
                           "per_joint": cov_levels.T.tolist(), "has_joint": inside_any.tolist()}

@@ -5,6 +5,11 @@ towards its diagonal), the k nearest (self excluded), weights ``softmax_j(-d_ij 
 weighted covariance of the neighbours' targets around their weighted mean. Intuition: a target varies
 a lot where similar inputs carry different labels.
 
+Beyond the paper, ``centre=False`` with residuals ``y_j - mu_j`` (targets minus the model's predictions)
+as the "targets" gives the weighted second moment of the neighbours' errors: an estimate of how wrong
+the model is around z rather than of how much the poses around z differ (which is large wherever poses
+vary, however sure the model is).
+
 ``tau = 1`` is the paper's softmax(-d); ``"median"`` divides by the median neighbour distance, which
 spreads the weight over nearly all k neighbours. The effective number of neighbours, ``1 / sum_j w_ij^2``,
 says which regime a bank is in.
@@ -79,7 +84,7 @@ def effective_neighbours(weights: torch.Tensor) -> torch.Tensor:
 def pseudo_covariances(embeddings: torch.Tensor, targets: torch.Tensor, k: int = 64,
                        temperature: float | str | None = 1.0, masks: torch.Tensor | None = None,
                        shrinkage: float = 0.1, floor: float = 1e-3, block_size: int | None = None,
-                       with_sqrt: bool = True, stats: dict | None = None,
+                       with_sqrt: bool = True, stats: dict | None = None, centre: bool = True,
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pseudo-covariances (N x D x D) and their square roots for every sample of an embedding bank.
 
@@ -89,7 +94,8 @@ def pseudo_covariances(embeddings: torch.Tensor, targets: torch.Tensor, k: int =
     the neighbours where both are visible (weights renormalised), then the matrix is projected onto
     the positive definite cone. ``floor`` (relative to the mean variance) keeps every label PD.
     ``with_sqrt=False`` skips the roots (None is returned): without masks no eigendecomposition is then
-    needed at all, the weighted covariance being PSD by construction.
+    needed at all, the weighted covariance being PSD by construction. ``centre=False``: second moments
+    around zero instead of covariances around the neighbours' weighted mean (for residual targets).
     """
     if embeddings.shape[0] != targets.shape[0]:
         raise ValueError(f"{embeddings.shape[0]} embeddings but {targets.shape[0]} targets")
@@ -100,13 +106,14 @@ def pseudo_covariances(embeddings: torch.Tensor, targets: torch.Tensor, k: int =
         stats["effective_neighbours"] = float(effective_neighbours(weights).mean())
     y = targets.float().to(embeddings.device)[idx]  # N x k x D
     if masks is None:
-        mean = (weights.unsqueeze(-1) * y).sum(1, keepdim=True)
+        mean = (weights.unsqueeze(-1) * y).sum(1, keepdim=True) if centre else torch.zeros_like(y[:, :1])
         centred = (y - mean) * weights.sqrt().unsqueeze(-1)
         cov = centred.transpose(1, 2) @ centred
     else:
         m = (masks.to(embeddings.device)[idx] > 0).float().repeat_interleave(2, dim=-1)  # N x k x D
         wm = weights.unsqueeze(-1) * m
-        mean = (wm * y).sum(1) / wm.sum(1).clamp_min(1e-12)  # per coordinate, over visible neighbours
+        # per coordinate, over visible neighbours
+        mean = (wm * y).sum(1) / wm.sum(1).clamp_min(1e-12) if centre else torch.zeros_like(y[:, 0])
         centred = (y - mean.unsqueeze(1)) * m
         pair_w = torch.einsum("nk,nka,nkb->nab", weights, m, m)
         cov = torch.einsum("nk,nka,nkb->nab", weights, centred, centred) / pair_w.clamp_min(1e-12)

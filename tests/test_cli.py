@@ -43,6 +43,8 @@ def test_files_match_the_dataset(generated):
         assert np.allclose(records[i]["joints"], rec["joints"], rtol=1e-6, atol=1e-5)
         assert np.allclose(records[i]["cov_true"], rec["cov_true"], rtol=1e-6, atol=1e-8)
         assert np.linalg.eigvalsh(records[i]["cov_true"]).min() > 0
+        assert [(c.kind, c.limb) for c in records[i]["cues"]] == [(c.kind, c.limb) for c in rec["cues"]]
+        assert [c.severity for c in records[i]["cues"]] == pytest.approx([c.severity for c in rec["cues"]], abs=1e-4)
 
 
 def test_same_seed_same_bytes(generated, tmp_path):
@@ -81,6 +83,12 @@ def test_read_synthetic_errors(tmp_path):
     (tmp_path / "annotations.json").write_text(json.dumps({"format": "pose-toss-synthetic/1", "samples": [
         {"file": "a.png", "joints": [[0, 0]] * 3}]}))
     with pytest.raises(ValueError, match=r"samples\[0\]\.joints has shape \(3, 2\), expected \(14, 2\)"):
+        read_synthetic(tmp_path)
+    sample = {"file": "a.png", "joints": [[0, 0]] * 14, "joints_true": [[0, 0]] * 14, "visibility": [1] * 14,
+              "cov_true": np.eye(28).tolist(), "bbox": [0, 0, 1, 1], "cues": [{"kind": "fog", "limb": [8, 7],
+                                                                               "severity": 0.5}]}
+    (tmp_path / "annotations.json").write_text(json.dumps({"format": "pose-toss-synthetic/1", "samples": [sample]}))
+    with pytest.raises(ValueError, match=r"samples\[0\]\.cues\[0\]: kind 'fog'"):
         read_synthetic(tmp_path)
 
 

@@ -39,6 +39,23 @@ def test_refresh_from_model_matches_direct_computation():
         bank.refresh_from_model(model, DataLoader(Subset(ds, range(20)), batch_size=8))
 
 
+def test_residual_labels_use_the_models_own_errors():
+    ds, targets, masks, model = setup()
+    bank = EmbeddingBank(targets, masks, k=10, labels_from="residuals")
+    bank.refresh_from_model(model, DataLoader(ds, batch_size=16, shuffle=True))
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.stack([ds[i]["image"] for i in range(40)]), with_covariance=False)
+    assert torch.allclose(bank.embeddings, out.embedding, atol=1e-5)
+    assert torch.allclose(bank.predictions, out.mean, atol=1e-4)
+    want, _ = pseudo_covariances(out.embedding, targets - out.mean, 10, masks=masks, centre=False)
+    assert torch.allclose(bank.cov, want, rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="residual pseudo-labels need the model's predictions"):
+        bank.set_embeddings(out.embedding)
+    with pytest.raises(ValueError, match="labels_from must be one of"):
+        EmbeddingBank(targets, masks, labels_from="errors")
+
+
 def test_label_quality_against_the_true_covariance():
     from scipy.linalg import sqrtm
 

@@ -1,6 +1,7 @@
 """Trainer, schedule, stage objectives, evaluation command and method configs."""
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -15,7 +16,7 @@ from pose_toss.config import Config, ConfigError, StageConfig, load_config
 from pose_toss.data.synthetic import SyntheticPoseDataset
 from pose_toss.data.transforms import TopDownTransform, affine_covariance, box_to_center_size, crop_affine
 from pose_toss.engine import objectives
-from pose_toss.engine.compare import method_config, parse_methods
+from pose_toss.engine.compare import method_config, parse_lrs, parse_methods
 from pose_toss.engine.objectives import labels_in_batch_frame
 from pose_toss.engine.schedule import LRSchedule
 from pose_toss.engine.trainer import Trainer, TrainingDiverged, stage_at
@@ -288,22 +289,61 @@ def test_sqrt_helper_used_for_labels_is_a_root():
     torch.testing.assert_close(r @ r, spd, atol=1e-4, rtol=1e-4)
 
 
-def test_compare_tabulates_methods_and_resumes(tmp_path):
+def test_compare_sweeps_seeds_and_lrs_and_resumes(tmp_path):
+    import statistics
+
     from pose_toss.engine.compare import compare
 
     base = tiny_config("stages.0.epochs=1", "stages.1.epochs=1")
     said = []
-    result = compare(base, ["mse", "w2_then_nll_tic"], tmp_path / "cmp", log=said.append)
-    rows = {r["method"]: r for r in result["rows"]}
-    assert set(rows) == {"mse", "w2_then_nll_tic"} and all(r["train_seconds"] > 0 for r in rows.values())
+    result = compare(base, ["mse", "w2_residual_then_nll_tic"], tmp_path / "cmp", lrs=[2e-3, 5e-3], seeds=2,
+                     log=said.append)
+    cells = {(r["method"], r["lr"], r["seed"]): r for r in result["rows"]}
+    assert len(cells) == 8 and all(r["train_seconds"] > 0 for r in cells.values())
+    assert (tmp_path / "cmp" / "lr_0.005" / "seed_1" / "mse" / "eval" / "metrics.json").is_file()
+    # The residual variant's W2 stage really uses residual labels.
+    assert "pseudo-labels (residuals)" in "\n".join(said)
+    # Mean and sample std over the two seeds, against the statistics module.
+    row = next(s for s in result["summary"] if s["method"] == "mse" and s["lr"] == 5e-3)
+    errs = [cells[("mse", 5e-3, seed)]["mean_joint_error"] for seed in (0, 1)]
+    assert row["mean"]["mean_joint_error"] == pytest.approx(statistics.mean(errs))
+    assert row["std"]["mean_joint_error"] == pytest.approx(statistics.stdev(errs))
     table = (tmp_path / "cmp" / "comparison.md").read_text()
-    assert "| mse |" in table and "| w2_then_nll_tic |" in table and "**" in table
-    assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())[1]["method"] == "w2_then_nll_tic"
-    # Identical config: finished methods are read back; a changed config trains again.
+    assert "## lr 0.002" in table and "## lr 0.005" in table and " ± " in table and "**" in table
+    assert "| w2_residual_then_nll_tic |" in table and "AUROC cued" in table and "comparison_curves.png" in table
+    png = cv2.imread(str(tmp_path / "cmp" / "comparison_curves.png"))
+    assert png is not None and png.shape[1] > 800  # two learning-rate columns of about 460 px
+    saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert len(saved["cells"]) == 8 and len(saved["curves"]["mse|0.002|1"]["val_nll"]) == 2
+    # Identical config: finished cells are read back; a changed config trains again.
     said.clear()
-    compare(base, ["mse"], tmp_path / "cmp", overwrite=True, log=said.append)
+    compare(base, ["mse"], tmp_path / "cmp", lrs=[2e-3], overwrite=True, log=said.append)
     assert any("already done" in s for s in said)
     said.clear()
-    compare(tiny_config("stages.0.epochs=1", "stages.1.epochs=1", "train.lr=0.003"), ["mse"], tmp_path / "cmp",
-            overwrite=True, log=said.append)
+    compare(tiny_config("stages.0.epochs=1", "stages.1.epochs=1", "train.weight_decay=0.001"), ["mse"],
+            tmp_path / "cmp", lrs=[5e-3], overwrite=True, log=said.append)
     assert not any("already done" in s for s in said)
+    # An interrupted cell (a checkpoint but no evaluation) continues from its checkpoint.
+    cell = tmp_path / "cmp" / "lr_0.002" / "seed_0" / "mse"
+    shutil.rmtree(cell / "eval")
+    (cell / "wall_time.json").unlink()
+    said.clear()
+    compare(base, ["mse"], tmp_path / "cmp", lrs=[2e-3], overwrite=True, log=said.append)
+    assert any("resuming" in s for s in said) and (cell / "eval" / "metrics.json").is_file()
+    with pytest.raises(ValueError, match="--lrs"):
+        parse_lrs("1e-3,-1")
+    with pytest.raises(ValueError, match="--seeds must be at least 1"):
+        compare(base, ["mse"], tmp_path / "other", seeds=0)
+
+
+def test_compare_runs_cells_side_by_side_in_workers(tmp_path):
+    from pose_toss.engine.compare import compare
+
+    base = tiny_config("stages.0.epochs=1", "stages.1.epochs=1")
+    said = []
+    result = compare(base, ["mse", "nll_tic"], tmp_path / "cmp", jobs=2, log=said.append)
+    assert {r["method"] for r in result["rows"]} == {"mse", "nll_tic"}
+    logs = sorted(p.name for p in (tmp_path / "cmp" / "logs").iterdir())
+    assert logs == ["mse_lr0.002_seed0.log", "nll_tic_lr0.002_seed0.log"]
+    assert "epoch 2/2" in (tmp_path / "cmp" / "logs" / logs[1]).read_text()
+    assert any("(2/2)" in s for s in said)

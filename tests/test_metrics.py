@@ -12,8 +12,11 @@ import torch
 from pose_toss.covariance import condition_gaussian
 from pose_toss.metrics import (
     auroc,
+    canonical_correlation,
     coverage,
+    cue_metrics,
     joint_mahalanobis2,
+    major_axis_angle,
     pck,
     pose_metrics,
     sparsification,
@@ -265,3 +268,67 @@ def test_mean_pose_baseline_uses_the_training_mean_pose():
     own = np.stack([target[vis[:, j], j].mean(axis=0) for j in range(14)])
     assert source == "evaluated set"
     assert err == pytest.approx(np.linalg.norm(target - own, axis=-1)[vis].mean(), rel=1e-5)
+
+
+def block_diag_cov(blocks):
+    """B x J x 2 x 2 joint blocks -> B x 2J x 2J block-diagonal covariances."""
+    return torch.stack([torch.block_diag(*b) for b in blocks])
+
+
+def test_major_axis_angle_of_rotated_ellipses():
+    for theta in (0.0, 0.3, 1.2, -0.7):
+        r = torch.tensor([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]], dtype=torch.float64)
+        block = r @ torch.diag(torch.tensor([9.0, 1.0], dtype=torch.float64)) @ r.T
+        got = float(major_axis_angle(block))
+        assert math.cos(got - theta) ** 2 == pytest.approx(1.0)  # the same axis, mod pi
+
+
+def test_canonical_correlation_hand_case_and_scipy():
+    # Joints 0 and 1 with identity marginals and cross block diag(0.6, -0.3): canonical correlations 0.6, 0.3.
+    cov = torch.eye(6, dtype=torch.float64)
+    cov[0, 2] = cov[2, 0] = 0.6
+    cov[1, 3] = cov[3, 1] = -0.3
+    rho = canonical_correlation(cov[None], torch.tensor([0, 1]), torch.tensor([1, 2]))
+    assert rho[0, 0] == pytest.approx(0.6)
+    assert rho[0, 1] == pytest.approx(0.0)
+    # Against the definition: sqrt of the largest eigenvalue of C_aa^-1 C_ab C_bb^-1 C_ba (numpy).
+    gen = torch.Generator().manual_seed(5)
+    c = random_spd(3, 6, gen)
+    got = canonical_correlation(c, torch.tensor([0, 2]), torch.tensor([2, 1]))
+    cn = c.numpy()
+    for n in range(3):
+        for col, (a, b) in enumerate(((0, 2), (2, 1))):
+            ia, ib = slice(2 * a, 2 * a + 2), slice(2 * b, 2 * b + 2)
+            m = np.linalg.solve(cn[n][ia, ia], cn[n][ia, ib]) @ np.linalg.solve(cn[n][ib, ib], cn[n][ib, ia])
+            assert got[n, col] == pytest.approx(math.sqrt(max(np.linalg.eigvals(m).real)), rel=1e-9)
+
+
+def test_cue_metrics_hand_case():
+    # Three joints, limbs (0, 1) and (1, 2); two samples. Sample 0: limb (0, 1) cued (strength 0.8),
+    # sample 1: limb (1, 2) cued weakly (0.3). Truth: cued joints elongated along x, correlated along the limb.
+    limbs = torch.tensor([[0, 1], [1, 2]])
+    limb_cue = torch.tensor([[0.8, 0.0], [0.0, 0.3]])
+    vis = torch.ones(2, 3)
+    long_x, small = torch.diag(torch.tensor([9.0, 1.0])), torch.eye(2) * 0.5
+    true = block_diag_cov([[long_x, long_x, small], [small, long_x, long_x]]).double()
+    true[0, 0, 2] = true[0, 2, 0] = 4.5  # joints 0 and 1 of sample 0 share an x shift: correlation 0.5
+    true[1, 2, 4] = true[1, 4, 2] = 4.5
+    # Prediction: spread right for sample 0 and wrong for sample 1; axes along y where x is true.
+    long_y = torch.diag(torch.tensor([1.0, 4.0]))
+    pred = block_diag_cov([[long_y, long_y, torch.eye(2)], [torch.eye(2) * 3, torch.eye(2) * 2, torch.eye(2)]]).double()
+    pred[0, 1, 3] = pred[0, 3, 1] = 2.0  # limb (0, 1) of sample 0 correlated along y: rho 0.5
+    got = cue_metrics(pred, vis, limbs, limb_cue, true)
+    # Spreads sqrt(tr): s0 = [sqrt5, sqrt5, sqrt2], s1 = [sqrt6, 2, sqrt2]; cued = [1,1,0], [0,1,1].
+    # Positives {sqrt5, sqrt5, 2, sqrt2} vs negatives {sqrt2, sqrt6}: each beats sqrt2 only (sqrt2 ties it):
+    # pairs won 1 + 1 + 1 + 0.5 = 3.5 of 8.
+    assert got["cue_auroc_spread"] == pytest.approx(3.5 / 8)
+    # Strong (>= 0.5): joints 0 and 1 of sample 0; predicted axes y against true x: |cos| = 0.
+    assert got["cue_axis_cos"] == pytest.approx(0.0, abs=1e-12)
+    # Correlations: pred [[0.5, 0], [0, 0]], cued (0, 0) and (1, 1): positives {0.5, 0}, negatives {0, 0}:
+    # 0.5 beats both (2), 0 ties both (0.5 + 0.5) -> 3 of 4.
+    assert got["cue_corr_auroc"] == pytest.approx(3 / 4)
+    assert got["cue_corr_auroc_true"] == pytest.approx(1.0)
+    # An invisible joint drops its joint and both of its limbs.
+    vis[1, 2] = 0
+    assert cue_metrics(pred, vis, limbs, limb_cue, true)["cue_corr_auroc"] == pytest.approx(
+        auroc(torch.tensor([0.5, 0.0, 0.0]), torch.tensor([1, 0, 0])))

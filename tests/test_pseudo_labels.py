@@ -76,6 +76,25 @@ def test_masked_entries_never_leak_and_labels_stay_pd():
     assert none is None and torch.allclose(no_root, plain, rtol=1e-4, atol=1e-5)
 
 
+def test_uncentred_labels_are_the_weighted_second_moment():
+    # centre=False: sum_j w_ij r_j r_j^T over the k neighbours, checked by hand in numpy (with a floor of 0).
+    gen = torch.Generator().manual_seed(4)
+    z, r = torch.randn(60, 3, generator=gen), torch.randn(60, 4, generator=gen) + 2.0
+    got, _ = pseudo_covariances(z, r, k=6, floor=0.0, centre=False, with_sqrt=False)
+    dist, idx = knn(whiten(z), 6)
+    w, _ = neighbour_weights(dist, 1.0)
+    rn, wn, ix = r.numpy().astype(np.float64), w.numpy(), idx.numpy()
+    for i in (0, 31, 59):
+        want = sum(wn[i, j] * np.outer(rn[ix[i, j]], rn[ix[i, j]]) for j in range(6))
+        np.testing.assert_allclose(got[i].numpy(), want, rtol=1e-4, atol=1e-4)
+    # The centred label is smaller by the weighted mean's outer product (a constant shift moves only the mean).
+    centred, _ = pseudo_covariances(z, r, k=6, floor=0.0, with_sqrt=False)
+    shifted, _ = pseudo_covariances(z, r + 5.0, k=6, floor=0.0, with_sqrt=False)
+    assert torch.allclose(centred, shifted, atol=1e-3)
+    masked, _ = pseudo_covariances(z, r, k=6, floor=0.0, centre=False, masks=torch.ones(60, 2))
+    assert torch.allclose(masked, got, rtol=1e-4, atol=1e-4)
+
+
 def test_neighbour_weights_are_the_papers_softmax_or_median_scaled():
     d = torch.tensor([[0.5, 1.0, 4.0, 9.0], [2.0, 2.0, 2.0, 3.0]], dtype=torch.float64)
     for temperature, tau in ((1.0, 1.0), (2.5, 2.5), ("median", float(np.median(d.numpy()))), (None, 2.0)):

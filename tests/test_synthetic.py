@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from pose_toss.data.synthetic import CUE_LIMBS, SyntheticPoseDataset, load_lsp_poses
+from pose_toss.data.synthetic import (
+    CUE_LIMBS,
+    CUE_STRENGTH,
+    Cue,
+    SyntheticPoseDataset,
+    limb_cue_strengths,
+    load_lsp_poses,
+)
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +150,11 @@ def test_bad_arguments():
             f.write(b"not a mat file")
             f.flush()
             load_lsp_poses(f.name)
+
+
+def test_limb_cue_strengths_hand_case():
+    cues = [[], [Cue("occluder", CUE_LIMBS[3], 0.8), Cue("fade", CUE_LIMBS[0], 0.4)]]
+    got = limb_cue_strengths(cues)
+    want = np.zeros((2, len(CUE_LIMBS)))
+    want[1, 3], want[1, 0] = 0.8 * CUE_STRENGTH["occluder"], 0.4 * CUE_STRENGTH["fade"]
+    assert np.allclose(got, want)

@@ -49,6 +49,18 @@ class Cue:
     severity: float  # in [0.35, 1]
 
 
+def limb_cue_strengths(cue_lists: Sequence[Sequence[Cue]]) -> np.ndarray:
+    """N x len(CUE_LIMBS): each limb's cue strength (severity x the kind's CUE_STRENGTH), 0 when clean.
+    What ``metrics.cue_metrics`` reads with ``limbs = CUE_LIMBS``."""
+    column = {limb: n for n, limb in enumerate(CUE_LIMBS)}
+    out = np.zeros((len(cue_lists), len(CUE_LIMBS)))
+    for i, cues in enumerate(cue_lists):
+        for cue in cues:
+            n = column[tuple(cue.limb)]
+            out[i, n] = max(out[i, n], cue.severity * CUE_STRENGTH[cue.kind])
+    return out
+
+
 def _rot(theta: float) -> np.ndarray:
     c, s = math.cos(theta), math.sin(theta)
     return np.array([[c, -s], [s, c]])

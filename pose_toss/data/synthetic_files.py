@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pose_toss.data.synthetic import SyntheticPoseDataset
+from pose_toss.data.synthetic import CUE_KINDS, CUE_LIMBS, Cue, SyntheticPoseDataset
 from pose_toss.io import atomic_write_text
 from pose_toss.skeletons import LSP14
 from pose_toss.viz.draw import contact_sheet, draw_pose_scaled, write_png
@@ -97,5 +97,17 @@ def read_synthetic(root: str | Path) -> list[dict]:
             "bbox": np.asarray(s["bbox"], dtype=np.float64),
             "index": s.get("index", n),
             "skeleton": LSP14.name,
+            "cues": [_read_cue(c, f"{path}: samples[{n}].cues[{m}]") for m, c in enumerate(s.get("cues", []))],
         })
     return records
+
+
+def _read_cue(entry, where: str) -> Cue:
+    try:
+        cue = Cue(str(entry["kind"]), tuple(int(j) for j in entry["limb"]), float(entry["severity"]))
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{where}: expected {{'kind', 'limb', 'severity'}}, got {entry!r}") from None
+    if cue.kind not in CUE_KINDS or cue.limb not in CUE_LIMBS:
+        raise ValueError(f"{where}: kind {cue.kind!r} / limb {list(cue.limb)}; expected a kind of {CUE_KINDS} "
+                         f"on a limb of {[list(limb) for limb in CUE_LIMBS]}")
+    return cue

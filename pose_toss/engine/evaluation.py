@@ -78,10 +78,24 @@ def predict_dataset(model, loader, device: torch.device, amp: bool = False, prog
     return preds
 
 
+def attach_cues(preds: dict[str, torch.Tensor], records: list[dict]) -> dict[str, torch.Tensor]:
+    """Add ``limb_cue`` (B x limbs, the synthetic cues' strengths) when every predicted record knows its cues."""
+    from pose_toss.data.synthetic import limb_cue_strengths
+
+    picked = [records[int(i)] for i in preds["index"]]
+    if picked and all("cues" in r for r in picked):
+        preds["limb_cue"] = torch.from_numpy(limb_cue_strengths([r["cues"] for r in picked]))
+    return preds
+
+
 def metrics_from_predictions(preds: dict[str, torch.Tensor], skeleton) -> dict:
+    from pose_toss.data.synthetic import CUE_LIMBS
+
+    cued = "limb_cue" in preds
     metrics = pose_metrics(preds["mean"], preds["cov"], preds["target"], preds["visibility"], skeleton,
                            head_sizes=preds.get("head_size"), target_true=preds.get("target_true"),
-                           cov_true=preds.get("cov_true"))
+                           cov_true=preds.get("cov_true"), limbs=torch.tensor(CUE_LIMBS) if cued else None,
+                           limb_cue=preds.get("limb_cue"))
     if "tic_share" in preds:
         metrics.update(tic_summary(preds["tic_share"], preds["jacobian_singular_values"]))
     return metrics
@@ -216,7 +230,7 @@ def evaluate_checkpoint(checkpoint, data: str, out, *, split: str = "test", over
                          num_workers=num_workers)
     flip_coords = torch.from_numpy(skeleton.flip_coordinate_index.copy()) if flip_test else None
     preds = predict_dataset(model, loader, dev, progress=progress, desc="evaluating", flip_coords=flip_coords)
-    metrics = metrics_from_predictions(preds, skeleton)
+    metrics = metrics_from_predictions(attach_cues(preds, records), skeleton)
     metrics["flip_test"] = flip_test
     if flip_test:
         single = joint_errors(preds["mean_no_flip"], preds["target"])

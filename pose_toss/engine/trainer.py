@@ -21,7 +21,7 @@ from tqdm import tqdm
 from pose_toss.config import PSEUDO_LABEL_LOSSES, Config, config_to_dict, save_config
 from pose_toss.data.dataset import PoseDataset, crop_labels
 from pose_toss.embedding_bank import EmbeddingBank
-from pose_toss.engine.evaluation import metrics_from_predictions, predict_dataset, scalar_metrics
+from pose_toss.engine.evaluation import attach_cues, metrics_from_predictions, predict_dataset, scalar_metrics
 from pose_toss.engine.objectives import labels_in_batch_frame, training_loss
 from pose_toss.engine.runtime import (
     Runtime,
@@ -54,6 +54,7 @@ class Progress:
     best_val_nll: float = math.inf
     best_epoch: int = -1
     bank_embeddings: torch.Tensor | None = None
+    bank_predictions: torch.Tensor | None = None  # residual pseudo-labels: the means the bank was built from
     bank_stage: int = -1
     history: list = field(default_factory=list)
 
@@ -119,6 +120,7 @@ class Trainer:
         seed_everything(cfg.train.seed)
         train_records, self.skeleton = load_records(cfg.data, "train", self.progress_bars)
         val_records, _ = load_records(cfg.data, "val", self.progress_bars)
+        self.val_records = val_records
         d = cfg.data
         self.train_set = PoseDataset.from_config(train_records, d, train=True, skeleton=self.skeleton,
                                                  seed=cfg.train.seed)
@@ -215,12 +217,13 @@ class Trainer:
         s = self.state
         if self.bank is None or self._bank_built_for != stage_idx:
             self.bank = EmbeddingBank(self.bank_targets, self.bank_masks, k=pl.k, temperature=pl.temperature,
-                                      shrinkage=pl.shrinkage, floor=pl.floor, true_cov=self.bank_true_cov)
+                                      shrinkage=pl.shrinkage, floor=pl.floor, true_cov=self.bank_true_cov,
+                                      labels_from=pl.labels_from)
             self._bank_built_for = stage_idx
         due = s.bank_stage != stage_idx or (pl.source == "bottleneck" and (epoch - stage_start) % pl.refresh_every == 0)
         if not due:
             if self.bank.cov is None:
-                self.bank.set_embeddings(s.bank_embeddings.to(self.rt.device))
+                self.bank.set_embeddings(s.bank_embeddings.to(self.rt.device), s.bank_predictions)
             return 0.0
         if pl.source == "file":
             seconds = self.bank.refresh_from_file(pl.file)
@@ -230,8 +233,9 @@ class Trainer:
         else:
             seconds = self.bank.refresh_from_model(self.model, self.bank_loader, self.rt.device, self.progress_bars)
         s.bank_embeddings, s.bank_stage = self.bank.embeddings.detach().cpu(), stage_idx
+        s.bank_predictions = None if self.bank.predictions is None else self.bank.predictions.detach().cpu()
         q = self.bank.quality
-        self.log(f"pseudo-labels: {len(self.bank)} refreshed from {pl.source} in {seconds:.1f} s "
+        self.log(f"pseudo-labels ({pl.labels_from}): {len(self.bank)} refreshed from {pl.source} in {seconds:.1f} s "
                  f"(tau {q['temperature']:.3g}, {q['effective_neighbours']:.1f} effective neighbours of {pl.k}"
                  + (f", W2² to the true covariance {q['w2_to_true']:.1f}" if "w2_to_true" in q else "") + ")")
         return seconds
@@ -327,7 +331,7 @@ class Trainer:
 
     def validate(self) -> dict:
         preds = predict_dataset(self.model, self.val_loader, self.rt.device, self.amp)
-        return metrics_from_predictions(preds, self.skeleton)
+        return metrics_from_predictions(attach_cues(preds, self.val_records), self.skeleton)
 
     # -- the run ----------------------------------------------------------------------------------
 

@@ -72,3 +72,39 @@ def training_curves_plot(history: Sequence[dict], path) -> None:
     fig.suptitle(f"Training ({stages}; dotted: stage change)")
     fig.tight_layout()
     _save(fig, path)
+
+
+def sweep_curves_plot(series: dict, methods: Sequence[str], lrs: Sequence[float], curves: Sequence[tuple[str, str]],
+                      path) -> None:
+    """A method sweep's validation curves: one row per quantity, one column per learning rate, one line
+    per method (mean over seeds, band from min to max). ``series[(lr, method)]``: one dict per seed of
+    {quantity: per-epoch values}."""
+    import numpy as np
+
+    fig, axes = plt.subplots(len(curves), len(lrs), figsize=(4.2 * len(lrs), 3.0 * len(curves)), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for col, lr in enumerate(lrs):
+        for row, (key, title) in enumerate(curves):
+            ax = axes[row][col]
+            shown = []
+            for n, method in enumerate(methods):
+                runs = [r[key] for r in series.get((lr, method), []) if r.get(key)]
+                if not runs:
+                    continue
+                length = min(len(r) for r in runs)
+                vals = np.array([r[:length] for r in runs], dtype=float)
+                epochs = np.arange(1, length + 1)
+                shown.append(vals[np.isfinite(vals)])
+                with np.errstate(all="ignore"):
+                    ax.plot(epochs, np.nanmean(vals, 0), color=cmap(n % 10), lw=1.6, label=method)
+                    if len(runs) > 1:
+                        ax.fill_between(epochs, np.nanmin(vals, 0), np.nanmax(vals, 0), color=cmap(n % 10), alpha=0.15)
+            values = np.concatenate(shown) if shown else np.zeros(0)
+            if values.size and values.min() > 0 and values.max() > 20 * values.min():
+                ax.set_yscale("log")  # early NLL and TAC can be orders of magnitude above the final ones
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.set(title=f"{title}, lr {lr:g}", xlabel="epoch")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
