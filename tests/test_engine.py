@@ -12,7 +12,7 @@ from _gloo import run_on_gloo_ranks
 from scipy.linalg import sqrtm
 
 from pose_toss.cli import main
-from pose_toss.config import Config, ConfigError, StageConfig, load_config
+from pose_toss.config import Config, ConfigError, StageConfig, config_to_dict, load_config
 from pose_toss.data.synthetic import SyntheticPoseDataset
 from pose_toss.data.transforms import TopDownTransform, affine_covariance, box_to_center_size, crop_affine
 from pose_toss.engine import objectives
@@ -47,18 +47,24 @@ def quiet(*_a, **_k):
 # -- configuration and small pieces -------------------------------------------------------------------
 
 
-def test_default_config_is_the_two_stage_recipe():
+def test_default_config_is_nll_tic_and_the_toss_recipe_one_config_away():
     cfg = Config()
-    assert [(s.loss, s.epochs) for s in cfg.stages] == [("w2_bound", 20), ("nll", 80)]
-    assert cfg.model.covariance == "tic" and cfg.stages[0].pseudo_labels.source == "bottleneck"
-    assert load_config(Path(QUICK).parent / "default.yaml").stages[0].loss == "w2_bound"
+    assert [(s.loss, s.epochs) for s in cfg.stages] == [("nll", 100)] and cfg.model.covariance == "tic"
+    default = load_config(Path(QUICK).parent / "default.yaml")
+    assert [(s.loss, s.epochs) for s in default.stages] == [("nll", 100)]
+    toss = load_config(Path(QUICK).parent / "toss.yaml")
+    assert [(s.loss, s.epochs) for s in toss.stages] == [("w2_bound", 20), ("nll", 80)]
+    assert toss.model.covariance == "tic" and toss.stages[0].pseudo_labels.source == "bottleneck"
+    assert config_to_dict(toss)["model"] == config_to_dict(default)["model"]
 
 
 def test_stage_losses_must_fit_the_covariance():
     with pytest.raises(ConfigError, match=r"stages.0.loss.*loss_pred.*isotropic"):
         load_config(None, ["stages.0.loss=loss_pred"])
+    with pytest.raises(ConfigError, match=r"stages.0.loss.*nll.*identity"):
+        load_config(None, ["model.covariance=identity"])
     with pytest.raises(ConfigError, match=r"stages.1.loss.*nll.*identity"):
-        load_config(None, ["model.covariance=identity", "stages.0.loss=mse"])
+        load_config(QUICK, ["model.covariance=identity", "stages.0.loss=mse"])
     with pytest.raises(ConfigError, match=r"stages.0.loss.*expected one of"):
         load_config(None, ["stages.0.loss=huber"])
     assert load_config(None, ["model.pretrained=false"]).model.pretrained is False
