@@ -95,6 +95,8 @@ class DataConfig:
 LOSSES = ("mse", "nll", "beta_nll", "faithful", "kl_calibrated", "w2_bound", "loss_pred")
 # Losses that read covariance pseudo-labels (W2's target, the calibrated KL's prior).
 PSEUDO_LABEL_LOSSES = ("w2_bound", "kl_calibrated")
+# Where a W2 stage's pseudo-labels come from (EmbeddingBank): the neighbours' targets or their errors.
+LABELS_FROM = ("targets", "residuals")
 
 
 @dataclass
@@ -138,7 +140,7 @@ class PseudoLabelConfig:
     shrinkage: float = opt(0.1, min=0.0, max=1.0, help="shrink the embedding covariance towards its diagonal")
     floor: float = opt(1e-3, min=0.0, help="relative eigenvalue floor that keeps each label PD")
     features_dim: int = opt(64, min=1, help="PCA dimensions for source: features")
-    labels_from: str = opt("targets", choices=("targets", "residuals"),
+    labels_from: str = opt("targets", choices=LABELS_FROM,
                            help="targets: the covariance of the neighbours' targets (the paper); residuals: the "
                                 "second moment of the neighbours' errors y - mean (bottleneck source only)")
 

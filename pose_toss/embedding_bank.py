@@ -15,11 +15,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pose_toss.config import LABELS_FROM
 from pose_toss.losses import masked_covariance
 from pose_toss.metrics import w2_gaussian
 from pose_toss.pseudo_labels import pseudo_covariances
 
-LABELS_FROM = ("targets", "residuals")
 
 class EmbeddingBank:
     """``true_cov`` (N x D x D, the targets' frame), when the data knows its label noise, lets every

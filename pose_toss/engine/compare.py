@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pose_toss.config import Config, StageConfig, dump_config
 from pose_toss.engine.evaluation import evaluate_checkpoint, scalar_metrics
-from pose_toss.engine.report import sweep_table
+from pose_toss.engine.report import comparison_table
 from pose_toss.io import atomic_write_text, check_output_dir, jsonable
 
 
@@ -229,23 +229,23 @@ def compare(base: Config, methods: list[str], out, *, lrs: list[float] | None = 
     rows = [{"method": c.method, "lr": c.lr, "seed": c.seed, **scalar_metrics(results[c][0]),
              "train_seconds": results[c][1]} for c in cells]
     summary = aggregate(rows)
-    curves = {f"{c.method}|{c.lr:g}|{c.seed}": read_curves(c.path(out)) for c in cells}
-    plot = write_sweep_curves(out / "comparison_curves.png", methods, lrs, cells, curves)
+    curves = {c: read_curves(c.path(out)) for c in cells}
+    plot = write_sweep_curves(out / "comparison_curves.png", methods, lrs, curves)
     md = comparison_markdown(base, methods, lrs, seeds, summary, plot)
     atomic_write_text(out / "comparison.md", md)
+    by_name = {f"{c.method}|{c.lr:g}|{c.seed}": v for c, v in curves.items()}
     atomic_write_text(out / "comparison.json", json.dumps(jsonable({"cells": rows, "summary": summary,
-                                                                     "curves": curves}), indent=1))
+                                                                     "curves": by_name}), indent=1))
     (out / "comparison.partial").unlink()
     return {"rows": rows, "summary": summary, "markdown": md}
 
 
-def write_sweep_curves(path: Path, methods: list[str], lrs: list[float], cells: list[Cell], curves: dict) -> str:
+def write_sweep_curves(path: Path, methods: list[str], lrs: list[float], curves: dict[Cell, dict]) -> str:
     from pose_toss.viz.plots import sweep_curves_plot
 
-    series = {}
-    for lr in lrs:
-        for m in methods:
-            series[(lr, m)] = [curves[f"{c.method}|{c.lr:g}|{c.seed}"] for c in cells if c.method == m and c.lr == lr]
+    series: dict[tuple[float, str], list[dict]] = {}
+    for c, curve in curves.items():
+        series.setdefault((c.lr, c.method), []).append(curve)
     sweep_curves_plot(series, methods, lrs, CURVES, path)
     return path.name
 
@@ -261,8 +261,8 @@ def comparison_markdown(base: Config, methods: list[str], lrs: list[float], seed
         rows = [s for s in summary if s["lr"] == lr]
         order = sorted(rows, key=lambda s: methods.index(s["method"]))
         md += [f"## lr {lr:g}", "",
-               sweep_table([s["method"] for s in order], [s["mean"] for s in order], [s["std"] for s in order],
-                           extra=("train_seconds", "train s")), ""]
+               comparison_table([s["method"] for s in order], [s["mean"] for s in order],
+                                extra=("train_seconds", "train s"), stds=[s["std"] for s in order]), ""]
     md += ["## Curves", "", f"![validation error, NLL and TAC per epoch, one panel per learning rate]({plot})", "",
            "Lines: mean over seeds; bands: min to max.", ""]
     return "\n".join(md)

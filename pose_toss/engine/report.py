@@ -66,8 +66,9 @@ def best_marks(rows: list[dict], key: str, lower: bool | None) -> set[int]:
 
 
 def comparison_table(names: list[str], rows: list[dict], extra: tuple[str, str] | None = None,
-                     mark_best: bool = True) -> str:
-    """Rows of scalar metrics as one markdown table; the best value per column in bold."""
+                     mark_best: bool = True, stds: list[dict] | None = None) -> str:
+    """Rows of scalar metrics as one markdown table; the best value per column in bold. ``stds`` (one
+    dict per row) turns each cell into "mean ± std", ``rows`` then holding the means."""
     cols = columns_present(rows)
     header = ["method"] + [c[1] for c in cols] + ([extra[1]] if extra else [])
     body = []
@@ -76,6 +77,9 @@ def comparison_table(names: list[str], rows: list[dict], extra: tuple[str, str] 
         cells = [name]
         for key, _, _ in cols:
             s = fmt(r.get(key))
+            spread = stds[i].get(key) if stds is not None else None
+            if _finite(spread) and _finite(r.get(key)):
+                s += f" ± {fmt(spread)}"
             cells.append(f"**{s}**" if i in marks[key] else s)
         if extra:
             cells.append(fmt(r.get(extra[0])))
@@ -83,22 +87,8 @@ def comparison_table(names: list[str], rows: list[dict], extra: tuple[str, str] 
     return table(header, body)
 
 
-def sweep_table(names: list[str], means: list[dict], stds: list[dict], extra: tuple[str, str] | None = None) -> str:
-    """Like ``comparison_table`` with "mean ± std" cells; the best mean per column in bold."""
-    cols = columns_present(means)
-    header = ["method"] + [c[1] for c in cols] + ([extra[1]] if extra else [])
-    marks = {c[0]: best_marks(means, c[0], c[2]) for c in cols}
-    body = []
-    for i, (name, m, s) in enumerate(zip(names, means, stds, strict=True)):
-        cells = [name]
-        for key, _, _ in cols:
-            text = fmt(m.get(key)) + (f" ± {fmt(s[key])}" if isinstance(s.get(key), float) and math.isfinite(s[key])
-                                       and isinstance(m.get(key), float) and math.isfinite(m[key]) else "")
-            cells.append(f"**{text}**" if i in marks[key] else text)
-        if extra:
-            cells.append(fmt(m.get(extra[0])))
-        body.append(cells)
-    return table(header, body)
+def _finite(v) -> bool:
+    return isinstance(v, float) and math.isfinite(v)
 
 
 def evaluation_report(metrics: dict, title: str, context: list[str], pictures: list[str],
