@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from pose_toss.config import ConfigError, load_config, save_config
-from pose_toss.io import OutputExistsError, staged_output_dir
+from pose_toss.io import LockedError, OutputExistsError, check_output_dir, run_lock, staged_output_dir
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -25,8 +25,10 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
         if flag is not None:
             overrides.append(f"data.synthetic.{key}={flag}")
     cfg = load_config(args.config, overrides)
+    inputs = [args.config, *cfg.input_paths()]
+    check_output_dir(args.out, args.overwrite, inputs)
     dataset = SyntheticPoseDataset.from_config(cfg.data.synthetic)
-    with staged_output_dir(args.out, overwrite=args.overwrite) as stage:
+    with run_lock(args.out), staged_output_dir(args.out, overwrite=args.overwrite, inputs=inputs) as stage:
         paths = write_synthetic(dataset, stage, sheet_count=args.sheet, progress=not args.quiet)
         save_config(cfg, stage / "config.yaml")
     out = Path(args.out)
@@ -53,13 +55,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("--out is required (or --resume DIR)")
         cfg = load_config(args.config, args.overrides)
         out = Path(args.out)
+        check_output_dir(out, args.overwrite, [args.config, *cfg.input_paths()])
     summary = train(cfg, out, resume=bool(args.resume), overwrite=args.overwrite)
     if summary["history"]:
         last = summary["history"][-1]
         print(f"done: {summary['epochs']} epochs in {summary['seconds']:.0f} s; final val error "
               f"{last['val_mean_joint_error']:.2f} px, val NLL {last['val_nll']:.2f}; best val NLL "
               f"{summary['best_val_nll']:.2f} at epoch {summary['best_epoch']}")
-    print(f"model: {out / 'best' / 'model.safetensors'} (best), {out / 'model.safetensors'} (final)")
+    print(f"model: {out / 'best' / 'model.safetensors'} (best, epoch {summary['best_epoch']}), "
+          f"{out / 'model.safetensors'} (final)")
     print(f"log: {out / 'metrics.jsonl'}")
     return 0
 
@@ -79,6 +83,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.flip_test:
         print(f"flip test on; without it, the mean joint error is {m['mean_joint_error_no_flip']:.2f} px "
               f"({m['mean_pose_error'] / max(m['mean_joint_error_no_flip'], 1e-9):.1f}x below the mean pose)")
+    if m.get("unreadable_images"):
+        print(f"warning: {len(m['unreadable_images'])} of {m['samples_given']} samples left out: their images could "
+              f"not be read (listed in report.md); the numbers are over the other {m['num_samples']}")
+    if m.get("damaged_images"):
+        print(f"warning: {len(m['damaged_images'])} damaged images were predicted on (listed in report.md)")
     out = Path(args.out)
     print(f"report: {out / 'report.md'}")
     print(f"metrics: {out / 'metrics.json'}   predictions (COCO + covariance): {out / 'predictions.json'}")
@@ -111,7 +120,13 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_visualize(args: argparse.Namespace) -> int:
     from pose_toss.engine.visualize import visualize
 
-    levels = tuple(float(v) for v in args.levels.split(","))
+    try:
+        levels = tuple(float(v) for v in args.levels.split(","))
+    except ValueError:
+        levels = ()
+    if not levels or not all(0.0 < v < 1.0 for v in levels):
+        raise ValueError(f"--levels: expected comma-separated probabilities between 0 and 1 (e.g. 0.5,0.9), "
+                         f"got {args.levels!r}")
     result = visualize(args.checkpoint, args.images, args.out, boxes=args.boxes, score_threshold=args.score_threshold,
                        levels=levels, links=args.links, condition_joint=args.condition, device=args.device,
                        overwrite=args.overwrite)
@@ -127,15 +142,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import shlex
 
     from pose_toss.benchmarks import benchmark_markdown, run_benchmarks
-    from pose_toss.io import atomic_write_text, check_output_dir, jsonable
+    from pose_toss.io import atomic_write_text, jsonable
 
-    check_output_dir(args.out, args.overwrite)
     cfg = load_config(args.config, args.overrides)
+    inputs = [args.config, args.checkpoint, *cfg.input_paths()]
+    check_output_dir(args.out, args.overwrite, inputs)
     result = run_benchmarks(cfg, batch=args.batch, repeats=args.repeats, device=args.device,
                             pseudo_sizes=tuple(args.pseudo_sizes), data_sizes=tuple(args.data_sizes),
                             data_samples=args.data_samples, checkpoint=args.checkpoint)
     text = benchmark_markdown(result, "pose-toss bench " + " ".join(shlex.quote(a) for a in args.argv))
-    with staged_output_dir(args.out, overwrite=args.overwrite) as stage:
+    with run_lock(args.out), staged_output_dir(args.out, overwrite=args.overwrite, inputs=inputs) as stage:
         atomic_write_text(stage / "bench.json", json.dumps(jsonable(result), indent=1))
         atomic_write_text(stage / "bench.md", text)
     print(text)
@@ -246,10 +262,13 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv[1:]
     try:
         return args.func(args)
-    except (ConfigError, OutputExistsError, FileNotFoundError, ValueError, KeyError) as e:
+    except (ConfigError, OutputExistsError, LockedError, FileNotFoundError, ValueError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"pose-toss {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except OSError as e:  # a read-only folder, a full disk, a vanished mount: name the path and the cause
+        print(f"pose-toss {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 1
     except RuntimeError as e:
         from pose_toss.engine.trainer import TrainingDiverged
 
@@ -257,6 +276,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"pose-toss {args.command}: training stopped: {e}", file=sys.stderr)
         return 3
+
+
+def describe_os_error(e: OSError) -> str:
+    import errno
+
+    path = e.filename if e.filename is not None else None
+    cause = e.strerror or str(e)
+    hint = {errno.ENOSPC: " (the disk is full: free space or write elsewhere)",
+            errno.EACCES: " (no permission: pick a folder you can write to)",
+            errno.EROFS: " (read-only file system: pick a writable folder)",
+            errno.EDQUOT: " (disk quota exceeded)"}.get(e.errno, "")
+    return f"{path}: {cause}{hint}" if path else f"{cause}{hint}"
 
 
 if __name__ == "__main__":

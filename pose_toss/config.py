@@ -7,7 +7,9 @@ both and names the file (or ``--set``), the dotted key and the expected form on 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -187,6 +189,14 @@ class Config:
     def total_epochs(self) -> int:
         return sum(s.epochs for s in self.stages)
 
+    def input_paths(self) -> list[str]:
+        """The existing files and folders this config reads (data roots, pose and embedding files): an
+        output directory must never hold one of them."""
+        r = self.data.real
+        roots = [r.mpii_root, r.lsp_root, r.lspet_root, r.coco_root, self.data.synthetic.poses_from,
+                 *(st.pseudo_labels.file for st in self.stages)]
+        return [p for p in roots if p and os.path.exists(p)]
+
     def validate(self, source: str) -> None:
         if not self.stages:
             raise ConfigError(f"{source}: key 'stages': expected at least one stage")
@@ -222,6 +232,37 @@ class Config:
 # --------------------------------------------------------------------------------------------------
 # Loading and checking
 # --------------------------------------------------------------------------------------------------
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """YAML as people write configs: ``1e-3`` is a number (YAML 1.1 wants ``1.0e-3``), and a key given
+    twice in one mapping is an error instead of the last one silently winning."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                lines = f"lines {seen[key] + 1} and {key_node.start_mark.line + 1}"
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice ({lines})",
+                                                        key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+_YamlLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _describe(tp: Any) -> str:
@@ -272,19 +313,23 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
                 pass
         raise fail
     if tp in _SCALAR_CHECKS:
-        if _SCALAR_CHECKS[tp](value):
-            return float(value) if tp is float else value
-        raise fail
+        if not _SCALAR_CHECKS[tp](value):
+            raise fail
+        if tp is float:
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+            return float(value)
+        return value
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise fail
-        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=False)))
+        return tuple(_coerce(a, v, _item(where, i)) for i, (a, v) in enumerate(zip(args, value, strict=False)))
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise fail
         (a,) = typing.get_args(tp)
-        return [_coerce(a, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_coerce(a, v, _item(where, i)) for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -292,6 +337,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise fail
         return _build(tp, value, where)
     raise ConfigError(f"{where}: unsupported schema type {tp}")
+
+
+def _item(where: str, i: int) -> str:
+    """``"src: key 'stages'"`` -> ``"src: key 'stages.0'"``: list items are named like --set names them."""
+    return f"{where[:-1]}.{i}'" if where.endswith("'") else f"{where}.{i}"
 
 
 def _check_range(f: dataclasses.Field, value: Any, where: str) -> None:
@@ -357,7 +407,7 @@ def apply_override(cfg: Any, item: str) -> None:
             continue
         tp = typing.get_type_hints(type(node))[part]
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"{source}: key '{key}': value is not valid YAML ({e})") from None
         # Strings stay strings: `--set x.path=001` must not become the integer 1.
@@ -387,9 +437,14 @@ def load_config(path: str | os.PathLike | None = None, overrides: typing.Iterabl
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not a text (UTF-8) YAML file: byte {e.start} is "
+                              f"0x{e.object[e.start]:02x}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML ({e})") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{p}: is a directory; expected a YAML config file") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

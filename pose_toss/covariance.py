@@ -65,6 +65,39 @@ def jacobian(decode_fn: Callable[..., torch.Tensor], z: torch.Tensor, *args: tor
     return jac.detach()
 
 
+class CovarianceInputError(FloatingPointError, ValueError):
+    """Covariance math given NaN / Inf, or a matrix that is not a covariance. A ValueError for callers, and
+    a FloatingPointError so a training step that meets one (a diverging model) is skipped, not the run."""
+
+
+def require_finite(fn: str, **tensors: torch.Tensor | None) -> None:
+    """Raise ``CovarianceInputError`` naming each argument (and its first samples) that holds NaN or Inf.
+    One device sync for all of them."""
+    items = [(k, v) for k, v in tensors.items() if v is not None]
+    if not items:
+        return
+    flags = torch.stack([torch.isfinite(v).all() for _, v in items])
+    if bool(flags.all()):
+        return
+    parts = []
+    for (name, v), ok in zip(items, flags.tolist(), strict=True):
+        if not ok:
+            rows = (~torch.isfinite(v)).reshape(v.shape[0], -1).any(1).nonzero().flatten() if v.dim() else None
+            parts.append(name + ("" if rows is None else f" (samples {rows[:8].tolist()}"
+                                 + (", ..." if len(rows) > 8 else "") + ")"))
+    raise CovarianceInputError(f"{fn}: NaN or Inf in {'; '.join(parts)}")
+
+
+def require_symmetric(fn: str, cov: torch.Tensor, rtol: float = 1e-4) -> None:
+    """Raise ``CovarianceInputError`` for B x D x D matrices that are not symmetric within ``rtol``."""
+    gap = (cov - cov.transpose(-1, -2)).abs().amax((-2, -1))
+    bad = gap > rtol * cov.abs().amax((-2, -1)).clamp_min(1e-30)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten()
+        raise CovarianceInputError(f"{fn}: covariance is not symmetric in samples {rows[:8].tolist()} "
+                                   f"(largest |S - S^T| {float(gap.max()):.3g})")
+
+
 def at_least_float32(t: torch.Tensor) -> torch.Tensor:
     """Covariance math's precision: half precision is promoted to float32, float64 kept, integers left alone."""
     return t.to(torch.promote_types(t.dtype, torch.float32)) if t.is_floating_point() else t
@@ -181,12 +214,18 @@ def condition_gaussian(mean: torch.Tensor, cov: torch.Tensor, observed: torch.Te
     with torch.autocast(device_type=mean.device.type, enabled=False):
         dtype = torch.promote_types(cov.dtype, torch.float32)
         mean, cov, values = mean.to(dtype), cov.to(dtype), values.to(dtype)
-        o = observed.to(dtype)
+        obs = observed.bool()
+        require_finite("condition_gaussian", mean=mean, cov=cov, values=torch.where(obs, values, 0.0))
+        require_symmetric("condition_gaussian", cov)
+        o = obs.to(dtype)
         u = 1.0 - o
         s_bb = cov * (o.unsqueeze(-1) * o.unsqueeze(-2)) + torch.diag_embed(u)
         s_ab = cov * (u.unsqueeze(-1) * o.unsqueeze(-2))  # rows: unobserved, columns: observed
-        chol = torch.linalg.cholesky(s_bb)
-        resid = ((values - mean) * o).unsqueeze(-1)
+        chol, info = torch.linalg.cholesky_ex(s_bb)
+        if bool((info > 0).any()):
+            raise CovarianceInputError(f"condition_gaussian: the observed joints' covariance is not positive "
+                                       f"definite in samples {(info > 0).nonzero().flatten()[:8].tolist()}")
+        resid = torch.where(obs, values - mean, 0.0).unsqueeze(-1)
         gain_resid = s_ab @ torch.cholesky_solve(resid, chol)
         cond_mean = torch.where(observed.bool(), values, mean + gain_resid.squeeze(-1))
         cond_cov = cov * (u.unsqueeze(-1) * u.unsqueeze(-2)) - s_ab @ torch.cholesky_solve(s_ab.transpose(-1, -2), chol)
@@ -214,7 +253,10 @@ def condition(mean, cov, observed: dict) -> tuple:
         j = int(joint)
         if not 0 <= j < d // 2:
             raise ValueError(f"observed joint {joint} is out of range for {d // 2} joints")
-        point = torch.as_tensor(np.asarray(xy, dtype=np.float64).reshape(-1))
+        try:
+            point = torch.as_tensor(np.asarray(xy, dtype=np.float64).reshape(-1))
+        except (TypeError, ValueError):
+            raise ValueError(f"observed joint {joint}: expected an (x, y) pair of numbers, got {xy!r}") from None
         if point.shape != (2,):
             raise ValueError(f"observed joint {joint}: expected an (x, y) pair, got {xy!r}")
         mask[2 * j: 2 * j + 2] = True
@@ -251,6 +293,7 @@ def unmirror(mean: torch.Tensor, cov: torch.Tensor, flip_coords: torch.Tensor,
     permutation of the 2J coordinates): every joint moves by the same map ``diag(-1, 1)``.
     ``mean``: B x 2J, ``cov``: B x 2J x 2J.
     """
+    require_finite("unmirror", mean=mean, cov=cov)
     idx = flip_coords.to(mean.device)
     back = mean[:, idx]  # advanced indexing copies
     back[:, 0::2] = (width - 1) - back[:, 0::2]
@@ -262,5 +305,6 @@ def equal_mixture(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Tenso
                   cov_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and covariance of the 50/50 mixture of two Gaussians (moment matching): the covariance is
     the average of the two plus the spread of their means, ``d d^T / 4`` with ``d = mean_a - mean_b``."""
+    require_finite("equal_mixture", mean_a=mean_a, cov_a=cov_a, mean_b=mean_b, cov_b=cov_b)
     d = (mean_a - mean_b).unsqueeze(-1)
     return 0.5 * (mean_a + mean_b), 0.5 * (cov_a + cov_b) + 0.25 * d @ d.transpose(-1, -2)

@@ -119,6 +119,9 @@ class EmbeddingBank:
             bank.index_add_(0, idx, z)
             counts.index_add_(0, idx, torch.ones_like(idx, dtype=counts.dtype))
         if bank is None:
+            if int(reported.item()) > 0:
+                raise ValueError(f"none of the {len(self)} training images could be read ({int(reported.item())} "
+                                 "unreadable: see the warnings above), so there is nothing to embed")
             raise ValueError("the loader yielded no batches to embed")
         bank, counts, reported = gather_across_ranks(bank), gather_across_ranks(counts), gather_across_ranks(reported)
         absent = counts == 0
@@ -163,11 +166,22 @@ class EmbeddingBank:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"embedding file not found: {path}")
-        arr = np.load(path)
-        if isinstance(arr, np.lib.npyio.NpzFile):
-            arr = arr[arr.files[0]]
+        try:
+            arr = np.load(path, allow_pickle=False)
+            if isinstance(arr, np.lib.npyio.NpzFile):
+                if not arr.files:
+                    raise ValueError("the .npz holds no arrays")
+                arr = arr[arr.files[0]]
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"{path}: cannot read as a .npy / .npz array of embeddings ({e})") from None
         if arr.ndim != 2 or arr.shape[0] != len(self):
             raise ValueError(f"{path}: embeddings have shape {arr.shape}, expected ({len(self)}, E)")
+        if not np.issubdtype(arr.dtype, np.number):
+            raise ValueError(f"{path}: embeddings must be numbers, got dtype {arr.dtype}")
+        bad = ~np.isfinite(arr).all(1)
+        if bad.any():
+            raise ValueError(f"{path}: {int(bad.sum())} of {len(arr)} embeddings hold NaN or Inf (first: row "
+                             f"{int(np.flatnonzero(bad)[0])})")
         return self.set_embeddings(torch.from_numpy(np.asarray(arr, dtype=np.float32)))
 
     def refresh_from_frozen_features(self, feature_fn, loader, dim: int = 64, device="cpu") -> float:

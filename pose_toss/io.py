@@ -7,7 +7,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -58,9 +58,30 @@ def jsonable(obj):
     return obj
 
 
-def check_output_dir(out: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse a non-empty output directory unless ``overwrite`` was asked for."""
+def _resolved(path: str | os.PathLike) -> Path:
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path)))).resolve()
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_output_dir(out: str | os.PathLike, overwrite: bool, inputs: Iterable = ()) -> Path:
+    """Refuse a non-empty output directory unless ``overwrite`` was asked for, and refuse, even with
+    it, an output that is the working directory, one of its parents, or holds any of ``inputs`` (the
+    files and folders the command reads): replacing it would delete what the command needs."""
     out = Path(out)
+    where = _resolved(out)
+    cwd = Path.cwd().resolve()
+    if _within(cwd, where):
+        what = "the working directory" if where == cwd else "a parent of the working directory"
+        raise OutputExistsError(f"output directory {out} is {what}; give a new folder for the outputs")
+    for item in inputs:
+        if item is None or not str(item):
+            continue
+        if _within(_resolved(item), where):
+            raise OutputExistsError(f"output directory {out} holds {item}, an input of this command; "
+                                    "give a separate folder for the outputs")
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"output path {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -68,13 +89,124 @@ def check_output_dir(out: str | os.PathLike, overwrite: bool) -> Path:
     return out
 
 
+def is_nonempty_dir(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return path.is_dir() and any(path.iterdir())
+
+
+def replace_dir(new: Path, out: Path) -> None:
+    """Move the complete directory ``new`` to ``out``; an existing ``out`` is renamed aside first and
+    deleted only once ``new`` is in its place."""
+    if out.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, trash / "old")
+        os.replace(new, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(new, out)
+
+
+def remove_orphaned_stages(folder: str | os.PathLike, log=None) -> list[Path]:
+    """Delete the ``.*.partial`` and ``.*.old`` folders that a killed process left in ``folder``: they are
+    this package's own staging (never anything a user wrote) and hold no complete output."""
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for p in sorted(folder.glob(".*.partial")) + sorted(folder.glob(".*.old")):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    if removed and log is not None:
+        log(f"removed {len(removed)} unfinished staging folder(s) left by an interrupted run in {folder}")
+    return removed
+
+
+class LockedError(RuntimeError):
+    """Another live process holds the run directory's lock."""
+
+
+_held_locks: dict[Path, list] = {}  # lock path -> [open file, depth]: re-entrant within a process
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
+def lock_path(out: str | os.PathLike) -> Path:
+    out = _resolved(out)
+    return out.parent / f".{out.name}.lock"
+
+
 @contextlib.contextmanager
-def staged_output_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def run_lock(out: str | os.PathLike, log=None) -> Iterator[Path]:
+    """Hold an exclusive lock on the output directory ``out`` for the duration of the block.
+
+    The lock is ``.<name>.lock`` beside ``out`` (so it survives ``out`` being swapped for a staged
+    copy), holds the owner's PID and host, and is an ``flock``: the kernel releases it when the
+    process dies, so a lock file left by a killed run is stale and is taken over (and said so).
+    A second process asking for a held lock fails at once, naming the holder.
+    """
+    path = lock_path(out)
+    if path in _held_locks:
+        _held_locks[path][1] += 1
+        try:
+            yield path
+        finally:
+            _held_locks[path][1] -= 1
+        return
+    import fcntl
+    import socket
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        f = open(path, "a+")  # noqa: SIM115 - kept open while the lock is held
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise LockedError(f"{Path(out)} is in use by another pose-toss process ({holder}); wait for it to "
+                              f"finish, or pick another output directory") from None
+        # The file may have been unlinked by its previous holder between our open and our flock.
+        try:
+            same = os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        f.close()
+    f.seek(0)
+    previous = f.read().strip()
+    if previous and log is not None:
+        log(f"took over a stale lock on {Path(out)} ({previous}, no longer running)")
+    # Staging folders of this output that a killed process left: nobody else can be writing them now.
+    for orphan in [*path.parent.glob(f".{glob_escape(path.name[1:-5])}.*.partial"),
+                   *path.parent.glob(f".{glob_escape(path.name[1:-5])}.*.old")]:
+        shutil.rmtree(orphan, ignore_errors=True)
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+    f.flush()
+    _held_locks[path] = [f, 1]
+    try:
+        yield path
+    finally:
+        del _held_locks[path]
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        f.close()
+
+
+@contextlib.contextmanager
+def staged_output_dir(out: str | os.PathLike, overwrite: bool = False, inputs: Iterable = ()) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``out`` in one rename.
 
     An interrupted run leaves ``out`` as it was (absent, or the previous complete output).
     """
-    out = check_output_dir(out, overwrite)
+    out = check_output_dir(out, overwrite, inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     os.chmod(stage, 0o777 & ~_umask())
@@ -83,10 +215,4 @@ def staged_output_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterat
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    if out.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        os.replace(out, trash / "old")
-        os.replace(stage, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(stage, out)
+    replace_dir(stage, out)

@@ -3,7 +3,10 @@
 Arguments: ``mean`` (B x D), ``cov`` (B x D x D), ``target`` (B x D), ``mask`` (B x J visibility, or
 None for all visible), D = 2J in [x0, y0, x1, y1, ...] order. Covariance math runs in float32 even
 under autocast. Invisible joints are marginalised out exactly: the covariance becomes
-``M cov M + (I - M)`` and the residual ``M r``, which equals working on the visible block alone.
+``M cov M + (I - M)`` and the residual ``M r``, which equals working on the visible block alone. The
+masking selects (``torch.where``), never multiplies, so whatever an invisible coordinate holds (a NaN
+target, say) never reaches the arithmetic. NaN or Inf where it does count raises
+``CovarianceInputError`` (a ValueError, and a FloatingPointError the trainer skips a step on).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import math
 
 import torch
 
-from pose_toss.covariance import at_least_float32
+from pose_toss.covariance import CovarianceInputError, at_least_float32, require_finite, require_symmetric
 
 
 def _coord_mask(mask: torch.Tensor | None, mean: torch.Tensor) -> torch.Tensor:
@@ -26,9 +29,15 @@ def _coord_mask(mask: torch.Tensor | None, mean: torch.Tensor) -> torch.Tensor:
 
 
 def masked_covariance(cov: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """``M cov M + (I - M)`` for a B x D coordinate mask: invisible coordinates become independent unit ones."""
-    outer = m.unsqueeze(-1) * m.unsqueeze(-2)
-    return cov * outer + torch.diag_embed(1.0 - m)
+    """``M cov M + (I - M)`` for a B x D coordinate mask: invisible coordinates become independent unit ones
+    (their entries are replaced, so a NaN there goes nowhere)."""
+    outer = (m.unsqueeze(-1) > 0) & (m.unsqueeze(-2) > 0)
+    return torch.where(outer, cov, 0.0) + torch.diag_embed(1.0 - m.to(cov.dtype))
+
+
+def visible_residual(mean: torch.Tensor, target: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``target - mean`` on the visible coordinates, 0 elsewhere (selected, not multiplied), at least float32."""
+    return torch.where(m > 0, at_least_float32(target) - at_least_float32(mean), 0.0)
 
 
 def robust_cholesky(cov: torch.Tensor, max_tries: int = 8, stats: dict | None = None) -> torch.Tensor:
@@ -37,13 +46,18 @@ def robust_cholesky(cov: torch.Tensor, max_tries: int = 8, stats: dict | None = 
     Jitter starts at 1e-6 of the mean diagonal and grows 10x per try. Each sample that needed it is
     counted in ``stats["cholesky_jitter"]``. Non-finite covariances raise rather than turn into NaN.
     """
-    if not torch.isfinite(cov).all():
-        bad = (~torch.isfinite(cov)).flatten(1).any(1).nonzero().flatten().tolist()
-        raise FloatingPointError(f"covariance has non-finite entries in samples {bad}")
+    require_finite("robust_cholesky", covariance=cov)
     chol, info = torch.linalg.cholesky_ex(cov)
     failed = info > 0
     if not failed.any():
         return chol
+    # Jitter rescues round-off, never a matrix that is not a covariance (-I would otherwise become 9I).
+    evals = torch.linalg.eigvalsh(cov[failed])
+    negative = evals[:, 0] < -1e-3 * evals[:, -1].abs().clamp_min(1e-30)
+    if bool(negative.any()):
+        rows = failed.nonzero().flatten()[negative]
+        raise CovarianceInputError(f"covariance is not positive semi-definite in samples {rows[:8].tolist()} "
+                                   f"(smallest eigenvalue {float(evals[negative][0, 0]):.3g})")
     eye = torch.eye(cov.shape[-1], device=cov.device, dtype=cov.dtype)
     scale = torch.diagonal(cov, dim1=-2, dim2=-1).abs().mean(-1).clamp_min(1e-12)
     if stats is not None:
@@ -67,10 +81,14 @@ def robust_cholesky(cov: torch.Tensor, max_tries: int = 8, stats: dict | None = 
 def _whitened(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
               stats: dict | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(coordinate mask m, Cholesky factor of the masked covariance, whitened residual, log det), at least float32."""
-    mean, cov, target = at_least_float32(mean), at_least_float32(cov), at_least_float32(target)
+    cov = at_least_float32(cov)
     m = _coord_mask(mask, mean)
-    chol = robust_cholesky(masked_covariance(cov, m), stats=stats)
-    white = torch.linalg.solve_triangular(chol, ((target - mean) * m).unsqueeze(-1), upper=False).squeeze(-1)
+    resid = visible_residual(mean, target, m)
+    masked = masked_covariance(cov, m)
+    require_finite("gaussian likelihood", residual=resid, covariance=masked)
+    require_symmetric("gaussian likelihood", masked)
+    chol = robust_cholesky(masked, stats=stats)
+    white = torch.linalg.solve_triangular(chol, resid.to(chol.dtype).unsqueeze(-1), upper=False).squeeze(-1)
     logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
     return m, chol, white, logdet
 
@@ -85,8 +103,9 @@ def gaussian_nll(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, ma
 
 def mse(mean: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Sum of squared errors over the visible coordinates, per sample."""
-    m = _coord_mask(mask, mean)
-    return (((at_least_float32(target) - at_least_float32(mean)) * m) ** 2).sum(-1)
+    resid = visible_residual(mean, target, _coord_mask(mask, mean))
+    require_finite("mse", residual=resid)
+    return (resid**2).sum(-1)
 
 
 def beta_nll(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
@@ -94,10 +113,14 @@ def beta_nll(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, mask: 
     """beta-NLL on the diagonal: each coordinate's Gaussian NLL weighted by stop-grad(variance)^beta."""
     with torch.autocast(device_type=mean.device.type, enabled=False):
         m = _coord_mask(mask, mean)
-        var = torch.diagonal(at_least_float32(cov), dim1=-2, dim2=-1)
-        r2 = (at_least_float32(target) - at_least_float32(mean)) ** 2
+        visible = m > 0
+        var = torch.where(visible, torch.diagonal(at_least_float32(cov), dim1=-2, dim2=-1), 1.0)
+        r2 = visible_residual(mean, target, m) ** 2
+        require_finite("beta_nll", residual=r2, variance=var)
+        if bool((var <= 0).any()):
+            raise CovarianceInputError("beta_nll: variances must be positive at visible coordinates")
         per = 0.5 * (torch.log(var) + r2 / var + math.log(2 * math.pi))
-        return (per * var.detach() ** beta * m).sum(-1)
+        return torch.where(visible, per * var.detach() ** beta, 0.0).sum(-1)
 
 
 def faithful(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
@@ -116,6 +139,7 @@ def kl_calibrated(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, p
     with torch.autocast(device_type=mean.device.type, enabled=False):
         m, chol, white, logdet = _whitened(mean, cov, target, mask, stats)
         prior = masked_covariance(prior_cov.to(chol.dtype), m.to(chol.dtype))
+        require_finite("kl_calibrated", prior_cov=prior)
         prior_white = torch.cholesky_solve(prior, chol)  # S^-1 P
         trace = torch.diagonal(prior_white, dim1=-2, dim2=-1).sum(-1) - (1.0 - m).sum(-1)  # padding adds 1 each
         return 0.5 * trace + 0.5 * (white**2).sum(-1) + logdet
@@ -157,10 +181,12 @@ def w2_bound(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, target
         raise ValueError("w2_bound needs target_cov or target_sqrt")
     with torch.autocast(device_type=mean.device.type, enabled=False):
         m = _coord_mask(mask, mean)
-        cov = at_least_float32(cov)
-        pred_root = sqrtm_newton_schulz(masked_covariance(cov, m.to(cov.dtype)))
+        cov = masked_covariance(at_least_float32(cov), m)
+        require_finite("w2_bound", covariance=cov)
+        pred_root = sqrtm_newton_schulz(cov)
         with torch.no_grad():
             target_root = masked_sqrtm(target_cov, m, target_sqrt).to(pred_root.dtype)
+            require_finite("w2_bound", target_covariance=target_root)
         return mse(mean, target, mask).to(pred_root.dtype) + ((pred_root - target_root) ** 2).sum((-2, -1))
 
 
@@ -202,11 +228,13 @@ def loss_prediction(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor,
     gradient norm. ``cov`` is read through its diagonal (x variance of each joint).
     """
     with torch.autocast(device_type=mean.device.type, enabled=False):
-        m = _coord_mask(mask, mean)[:, ::2]
+        coords = _coord_mask(mask, mean)
+        m = coords[:, ::2] > 0
         var = torch.diagonal(at_least_float32(cov), dim1=-2, dim2=-1)[:, ::2]
-        sq = ((at_least_float32(target) - at_least_float32(mean)) ** 2).reshape(mean.shape[0], -1, 2).sum(-1).detach()
-        fit = torch.nn.functional.huber_loss(var / scale, 0.5 * sq / scale, reduction="none")
-        return mse(mean, target, mask) + (fit * m).sum(-1)
+        sq = (visible_residual(mean, target, coords) ** 2).reshape(mean.shape[0], -1, 2).sum(-1).detach()
+        require_finite("loss_prediction", variance=torch.where(m, var, 0.0))
+        fit = torch.nn.functional.huber_loss(torch.where(m, var, 0.0) / scale, 0.5 * sq / scale, reduction="none")
+        return mse(mean, target, mask) + torch.where(m, fit, 0.0).sum(-1)
 
 
 def heatmap_cross_entropy(logits: torch.Tensor, target: torch.Tensor, visibility: torch.Tensor,

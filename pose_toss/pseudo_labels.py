@@ -24,6 +24,12 @@ def whiten(embeddings: torch.Tensor, shrinkage: float = 0.1) -> torch.Tensor:
     """Map embeddings so Euclidean distance equals the Mahalanobis distance under the bank's covariance,
     shrunk towards its diagonal (``(1 - a) S + a diag(S)``) so it is invertible."""
     x = embeddings.float()
+    bad = ~torch.isfinite(x).all(1)
+    if bool(bad.any()):
+        raise ValueError(f"embeddings: {int(bad.sum())} of {x.shape[0]} rows hold NaN or Inf (first: row "
+                         f"{int(bad.nonzero()[0])}); every embedding must be finite to find neighbours")
+    if x.shape[0] < 2:
+        raise ValueError(f"embeddings: need at least 2 rows to whiten, got {x.shape[0]}")
     x = x - x.mean(0, keepdim=True)
     cov = x.T @ x / max(x.shape[0] - 1, 1)
     diag = torch.diag(torch.diagonal(cov).clamp_min(1e-12))
@@ -106,15 +112,22 @@ def pseudo_covariances(embeddings: torch.Tensor, targets: torch.Tensor, k: int =
         stats["effective_neighbours"] = float(effective_neighbours(weights).mean())
     y = targets.float().to(embeddings.device)[idx]  # N x k x D
     if masks is None:
+        if not bool(torch.isfinite(targets).all()):
+            raise ValueError("targets hold NaN or Inf; pass masks marking those joints invisible")
         mean = (weights.unsqueeze(-1) * y).sum(1, keepdim=True) if centre else torch.zeros_like(y[:, :1])
         centred = (y - mean) * weights.sqrt().unsqueeze(-1)
         cov = centred.transpose(1, 2) @ centred
     else:
-        m = (masks.to(embeddings.device)[idx] > 0).float().repeat_interleave(2, dim=-1)  # N x k x D
+        visible = (masks.to(embeddings.device)[idx] > 0).repeat_interleave(2, dim=-1)  # N x k x D
+        # Invisible coordinates are selected away, not multiplied by 0: a NaN there must go nowhere.
+        y = torch.where(visible, y, 0.0)
+        if not bool(torch.isfinite(y).all()):
+            raise ValueError("targets hold NaN or Inf at coordinates the masks mark visible")
+        m = visible.float()
         wm = weights.unsqueeze(-1) * m
         # per coordinate, over visible neighbours
         mean = (wm * y).sum(1) / wm.sum(1).clamp_min(1e-12) if centre else torch.zeros_like(y[:, 0])
-        centred = (y - mean.unsqueeze(1)) * m
+        centred = torch.where(visible, y - mean.unsqueeze(1), 0.0)
         pair_w = torch.einsum("nk,nka,nkb->nab", weights, m, m)
         cov = torch.einsum("nk,nka,nkb->nab", weights, centred, centred) / pair_w.clamp_min(1e-12)
     scale = torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)

@@ -33,13 +33,41 @@ def load_image_rgb(path: str) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def image_file_problem(path) -> str | None:
+    """Why an image file that OpenCV may still half-decode is damaged (a JPEG without its end-of-image
+    marker, a PNG without its IEND chunk: a truncated download or copy), or None. Reads only the tail."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 4096))
+            tail = f.read()
+    except OSError as e:
+        return f"cannot read ({e.strerror})"
+    if head.startswith(b"\xff\xd8"):
+        # Entropy-coded data never holds FF D9, so a truncated scan has none near its end; an intact file
+        # ends with it (some cameras append a short trailer after it).
+        return None if b"\xff\xd9" in tail else "JPEG is truncated (no end-of-image marker)"
+    if head.startswith(b"\x89PNG"):
+        return None if b"IEND" in tail[-64:] else "PNG is truncated (no IEND chunk)"
+    return None
+
+
 def record_crop_source(record: dict, padding: float) -> tuple[np.ndarray, float]:
     """Centre and square side of the person crop, from ``bbox`` or MPII-style ``center`` + ``scale``."""
+    name = record.get("image_path") or f"image_id {record.get('image_id', '?')}"
     if record.get("bbox") is not None:
-        return box_to_center_size(np.asarray(record["bbox"], dtype=np.float64), padding)
-    if record.get("center") is not None and record.get("scale") is not None:
-        return center_scale_to_size(record["center"], record["scale"], padding)
-    raise KeyError("record has neither 'bbox' nor 'center' + 'scale' to crop the person from")
+        center, size = box_to_center_size(np.asarray(record["bbox"], dtype=np.float64), padding)
+        given = f"bbox {list(np.asarray(record['bbox']).tolist())}"
+    elif record.get("center") is not None and record.get("scale") is not None:
+        center, size = center_scale_to_size(record["center"], record["scale"], padding)
+        given = f"scale {record['scale']}"
+    else:
+        raise KeyError(f"{name}: the person has neither 'bbox' nor 'center' + 'scale' to crop it from")
+    if not (np.isfinite(size) and size > 0 and np.isfinite(center).all()):
+        raise ValueError(f"{name}: the person's {given} gives no crop (side {size}); expected a box with w, h > 0")
+    return center, size
 
 
 class PoseDataset(Dataset):

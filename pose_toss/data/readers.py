@@ -311,10 +311,18 @@ def read_coco(annotation_json, images_dir=None) -> list[dict]:
             continue
         if "bbox" not in ann or len(ann["bbox"]) != 4:
             raise AnnotationError(f"{p}: annotation {ann.get('id')}: missing or malformed 'bbox'")
+        box = np.asarray(ann["bbox"], dtype=np.float64)
+        if not (np.isfinite(box).all() and box[2] > 0 and box[3] > 0):
+            raise AnnotationError(f"{p}: annotation {ann.get('id')}: 'bbox' must be [x, y, w, h] with w, h > 0, "
+                                  f"got {ann['bbox']}")
         joints, vis = _mask_bad(kp[:, :2], kp[:, 2])
         info = coco.imgs.get(ann["image_id"])
         if info is None:
             raise AnnotationError(f"{p}: annotation {ann.get('id')} refers to unknown image_id {ann['image_id']}")
+        for key in ("file_name", "width", "height"):
+            if key not in info:
+                raise AnnotationError(f"{p}: image {info.get('id', ann['image_id'])} has no {key!r} (every COCO "
+                                      "image entry needs file_name, width and height)")
         records.append({"image_path": str(images / info["file_name"]), "joints": joints, "visibility": vis,
                         "bbox": np.asarray(ann["bbox"], dtype=np.float64), "skeleton": "coco17",
                         "dataset": "coco", "image_id": int(ann["image_id"]),

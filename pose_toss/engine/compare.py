@@ -15,7 +15,7 @@ from pathlib import Path
 from pose_toss.config import Config, StageConfig, dump_config
 from pose_toss.engine.evaluation import evaluate_checkpoint, scalar_metrics
 from pose_toss.engine.report import comparison_table
-from pose_toss.io import atomic_write_text, check_output_dir, jsonable
+from pose_toss.io import atomic_write_text, check_output_dir, jsonable, run_lock
 
 
 @dataclass(frozen=True)
@@ -197,8 +197,14 @@ def compare(base: Config, methods: list[str], out, *, lrs: list[float] | None = 
     lrs = list(lrs or [base.train.lr])
     cells = [Cell(m, lr, base.train.seed + s) for lr in lrs for s in range(seeds) for m in methods]
     configs = {c: method_config(base, c.method, c.lr, c.seed) for c in cells}  # every config checked first
-    if out.is_dir() and any(out.iterdir()) and not (out / "comparison.partial").is_file():
-        check_output_dir(out, overwrite)
+    resuming = (out / "comparison.partial").is_file()
+    check_output_dir(out, overwrite or resuming, base.input_paths())
+    with run_lock(out, log):
+        return _compare(base, methods, out, lrs, seeds, jobs, cells, configs, log)
+
+
+def _compare(base: Config, methods: list[str], out: Path, lrs: list[float], seeds: int, jobs: int, cells: list[Cell],
+             configs: dict, log) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "comparison.partial", "in progress\n")
     results: dict[Cell, tuple[dict, float]] = {}

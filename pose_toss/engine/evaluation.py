@@ -24,7 +24,8 @@ def autocast_context(device: torch.device, amp: bool):
 
 @torch.no_grad()
 def predict_dataset(model, loader, device: torch.device, amp: bool = False, progress: bool = False,
-                    desc: str = "predicting", flip_coords: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                    desc: str = "predicting", flip_coords: torch.Tensor | None = None,
+                    unreadable: list | None = None) -> dict[str, torch.Tensor]:
     """Means, covariances and the batch's labels for every sample the loader yields, on the CPU.
 
     The model runs in eval mode; TIC's Jacobian still needs autograd, which ``torch.func`` enables
@@ -36,6 +37,8 @@ def predict_dataset(model, loader, device: torch.device, amp: bool = False, prog
 
     A TIC model also gives, per sample, ``tic_share`` (tr(eps1^2 J J^T) / tr(cov)) and J's singular
     values (``jacobian_singular_values``), from the single pass.
+
+    Samples whose image could not be read are left out; ``unreadable`` (a list) receives their messages.
     """
     was_training = model.training
     model.eval()
@@ -44,6 +47,8 @@ def predict_dataset(model, loader, device: torch.device, amp: bool = False, prog
                                              *OPTIONAL_KEYS)}
     try:
         for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+            if unreadable is not None:
+                unreadable.extend(batch.get("missing_images", ()))
             if "image" not in batch:
                 continue
             images = batch["image"].to(device, non_blocking=True)
@@ -76,6 +81,14 @@ def predict_dataset(model, loader, device: torch.device, amp: bool = False, prog
         keep[1:] = idx[order][1:] != idx[order][:-1]
         preds = {k: v[order][keep] for k, v in preds.items()}
     return preds
+
+
+def non_finite_predictions(preds: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Dataset indices of the samples whose predicted mean or covariance holds NaN or Inf."""
+    if "mean" not in preds:
+        return torch.zeros(0, dtype=torch.long)
+    bad = ~torch.isfinite(preds["mean"]).all(1) | ~torch.isfinite(preds["cov"]).flatten(1).all(1)
+    return preds["index"][bad]
 
 
 def attach_cues(preds: dict[str, torch.Tensor], records: list[dict]) -> dict[str, torch.Tensor]:
@@ -207,17 +220,28 @@ def evaluate_checkpoint(checkpoint, data: str, out, *, split: str = "test", over
 
     ``flip_test``: predict each crop and its mirror image and merge the two (see ``predict_dataset``);
     the single-pass error is then reported too, as ``mean_joint_error_no_flip``."""
-    import json
+    from pose_toss.io import check_output_dir, run_lock
 
-    from pose_toss.data.dataset import PoseDataset
+    inputs = [checkpoint, data if data != "synthetic" else None]
+    check_output_dir(out, overwrite, inputs)
+    with run_lock(out):
+        return _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_workers, pictures, progress,
+                         flip_test, inputs)
+
+
+def _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_workers, pictures, progress,
+              flip_test, inputs, log=print) -> dict:
+    import json
+    import os
+
+    from pose_toss.data.dataset import PoseDataset, image_file_problem
     from pose_toss.engine.report import evaluation_report
     from pose_toss.engine.runtime import Runtime, make_loader, resolve_device
     from pose_toss.export import coco_results, write_coco_results
-    from pose_toss.io import atomic_write_text, check_output_dir, jsonable, staged_output_dir
+    from pose_toss.io import atomic_write_text, jsonable, staged_output_dir
     from pose_toss.models.checkpoint import load_model
     from pose_toss.viz.draw import write_png
 
-    check_output_dir(out, overwrite)
     model_file, run_dir = resolve_checkpoint(checkpoint)
     dev = resolve_device(device)
     model = load_model(model_file, map_location=dev)
@@ -229,8 +253,29 @@ def evaluate_checkpoint(checkpoint, data: str, out, *, split: str = "test", over
     loader = make_loader(dataset, batch_size or data_cfg.batch_size, Runtime(dev), shuffle=False,
                          num_workers=num_workers)
     flip_coords = torch.from_numpy(skeleton.flip_coordinate_index.copy()) if flip_test else None
-    preds = predict_dataset(model, loader, dev, progress=progress, desc="evaluating", flip_coords=flip_coords)
+    damaged = [f"{r['image_path']}: {why}" for r in records if r.get("image_path") is not None
+               for why in [image_file_problem(r["image_path"])] if why and os.path.isfile(r["image_path"])]
+    for message in damaged:
+        log(f"warning: {message}; predicted on, but the result may be wrong")
+    unreadable: list[str] = []
+    preds = predict_dataset(model, loader, dev, progress=progress, desc="evaluating", flip_coords=flip_coords,
+                            unreadable=unreadable)
+    unreadable = list(dict.fromkeys(unreadable))
+    for message in unreadable:
+        log(f"warning: left out: {message}")
+    if "index" not in preds:
+        raise ValueError(f"{source}: none of the {len(records)} images could be read (first: "
+                         f"{unreadable[0] if unreadable else 'none'})")
+    bad = non_finite_predictions(preds)
+    if len(bad):
+        first = records[int(bad[0])].get("image_path", f"sample {int(bad[0])}")
+        raise ValueError(f"{model_file}: the model predicts NaN or Inf for {len(bad)} of {len(preds['index'])} samples "
+                         f"(first: {first}); its weights are finite, so its training diverged or these inputs are "
+                         "far outside what it saw")
     metrics = metrics_from_predictions(attach_cues(preds, records), skeleton)
+    metrics["samples_given"] = len(records)
+    metrics["unreadable_images"] = unreadable
+    metrics["damaged_images"] = damaged
     metrics["flip_test"] = flip_test
     if flip_test:
         single = joint_errors(preds["mean_no_flip"], preds["target"])
@@ -238,7 +283,7 @@ def evaluate_checkpoint(checkpoint, data: str, out, *, split: str = "test", over
     metrics["mean_pose_error"], metrics["mean_pose_from"] = mean_pose_baseline(preds, data_cfg)
     image_ids = [records[int(i)].get("image_id", int(records[int(i)].get("index", int(i)))) for i in preds["index"]]
     results = coco_results(preds["mean"].numpy(), preds["cov"].numpy(), preds["affine"].numpy(), image_ids)
-    with staged_output_dir(out, overwrite) as stage:
+    with staged_output_dir(out, overwrite, inputs) as stage:
         atomic_write_text(stage / "metrics.json", json.dumps(jsonable(
             {"checkpoint": str(model_file), "data": source, **metrics}), indent=1))
         write_coco_results(stage / "predictions.json", results)

@@ -101,6 +101,16 @@ def evaluation_report(metrics: dict, title: str, context: list[str], pictures: l
     out += [f"Samples: {metrics['num_samples']}, visible joints: {metrics['num_joints_visible']}. "
             f"Predicting the {metrics.get('mean_pose_from', 'evaluated set')}'s mean pose for everybody instead "
             f"gives {fmt(metrics.get('mean_pose_error'))} px mean joint error.", ""]
+    left_out = metrics.get("unreadable_images") or []
+    if left_out:
+        out += [f"**{len(left_out)} of {metrics.get('samples_given', '?')} samples left out**: their images could "
+                f"not be read, so every number here is over the other {metrics['num_samples']}.", ""]
+        out += [f"- {m}" for m in left_out[:20]] + ([f"- ... and {len(left_out) - 20} more"] if len(left_out) > 20
+                                                    else []) + [""]
+    damaged = metrics.get("damaged_images") or []
+    if damaged:
+        out += [f"**{len(damaged)} damaged images were predicted on** (OpenCV decodes what it can of them):", ""]
+        out += [f"- {m}" for m in damaged[:20]] + [""]
     out += ["## Per joint", ""]
     keys = [k for k in pj if k not in ("name",)]
     out += [table(["joint"] + keys, [[pj["name"][j]] + [pj[k][j] for k in keys] for j in range(len(pj["name"]))]),

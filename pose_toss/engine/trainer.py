@@ -6,9 +6,11 @@ It holds no covariance math: losses come from ``objectives.stage_loss``, labels 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -18,10 +20,16 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pose_toss.config import PSEUDO_LABEL_LOSSES, Config, config_to_dict, save_config
+from pose_toss.config import PSEUDO_LABEL_LOSSES, Config, ConfigError, config_to_dict, save_config
 from pose_toss.data.dataset import PoseDataset, crop_labels
 from pose_toss.embedding_bank import EmbeddingBank
-from pose_toss.engine.evaluation import attach_cues, metrics_from_predictions, predict_dataset, scalar_metrics
+from pose_toss.engine.evaluation import (
+    attach_cues,
+    metrics_from_predictions,
+    non_finite_predictions,
+    predict_dataset,
+    scalar_metrics,
+)
 from pose_toss.engine.objectives import labels_in_batch_frame, training_loss
 from pose_toss.engine.runtime import (
     Runtime,
@@ -33,8 +41,18 @@ from pose_toss.engine.runtime import (
     setup_runtime,
 )
 from pose_toss.engine.schedule import LRSchedule
-from pose_toss.io import atomic_write_bytes, atomic_write_text, check_output_dir, jsonable, staged_output_dir
-from pose_toss.models.checkpoint import save_model
+from pose_toss.io import (
+    atomic_write_bytes,
+    atomic_write_text,
+    check_output_dir,
+    is_nonempty_dir,
+    jsonable,
+    remove_orphaned_stages,
+    replace_dir,
+    run_lock,
+    staged_output_dir,
+)
+from pose_toss.models.checkpoint import ModelFileError, load_state_checked, non_finite_tensors, save_model
 from pose_toss.models.pose_model import PoseModel, build_pose_model
 
 CHECKPOINTS = "checkpoints"
@@ -43,7 +61,7 @@ STATE_FILE = "state.pt"
 
 
 class TrainingDiverged(RuntimeError):
-    """Too many non-finite steps in a row."""
+    """Too many non-finite steps in a row, a non-finite validation or model state, or no best model."""
 
 
 @dataclass
@@ -91,10 +109,19 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def checkpoints_newest_first(out: Path) -> list[Path]:
+    """The complete epoch checkpoint directories (they are renamed into place when whole), newest first."""
+    return sorted((p for p in (out / CHECKPOINTS).glob("epoch_*") if (p / STATE_FILE).is_file()), reverse=True)
+
+
 def latest_checkpoint(out: Path) -> Path | None:
-    """The newest complete epoch checkpoint directory (they are renamed into place when whole)."""
-    ckpts = sorted(p for p in (out / CHECKPOINTS).glob("epoch_*") if (p / STATE_FILE).is_file())
-    return ckpts[-1] if ckpts else None
+    ckpts = checkpoints_newest_first(out)
+    return ckpts[0] if ckpts else None
+
+
+def overwrite_stage(out: Path) -> Path:
+    """Where ``train --overwrite`` builds a new run beside the old one (the same name on every rank)."""
+    return out.parent / f".{out.name}.overwrite.partial"
 
 
 class Trainer:
@@ -106,19 +133,33 @@ class Trainer:
         self.log = log if self.rt.is_main else (lambda *a, **k: None)
         self.progress_bars = cfg.train.progress and self.rt.is_main
         self.amp = cfg.train.amp and self.rt.device.type == "cuda"
-        self.resume_from: Path | None = None
+        self.final_out = self.out  # where the run ends up; ``out`` differs only while --overwrite stages it
+        self.resume_from: list[Path] = []
         if resume:
-            self.resume_from = latest_checkpoint(self.out)
-            if self.resume_from is None:
+            if self.rt.is_main:
+                remove_orphaned_stages(self.out / CHECKPOINTS, self.log)
+            self.rt.barrier()
+            self.resume_from = checkpoints_newest_first(self.out)
+            if not self.resume_from:
                 raise FileNotFoundError(f"{self.out}: no complete checkpoint under {CHECKPOINTS}/ to resume from")
-        elif self.rt.is_main:
-            check_output_dir(self.out, overwrite)
-            if overwrite and self.out.is_dir():
-                shutil.rmtree(self.out)
+        else:
+            check_output_dir(self.out, overwrite, cfg.input_paths())
+            if is_nonempty_dir(self.out):
+                # Nothing of the old run is touched until the new one is complete: it is built beside it
+                # and swapped in at the end (a failure or a kill leaves the old run as it was).
+                self.out = overwrite_stage(self.final_out)
+                if self.rt.is_main:
+                    shutil.rmtree(self.out, ignore_errors=True)  # an earlier interrupted --overwrite of ours
+                    self.log(f"{self.final_out} is replaced when this run completes; until then it trains in "
+                             f"{self.out}")
         self.rt.barrier()
 
         seed_everything(cfg.train.seed)
         train_records, self.skeleton = load_records(cfg.data, "train", self.progress_bars)
+        for i, st in enumerate(cfg.stages):
+            if st.loss in PSEUDO_LABEL_LOSSES and not st.pseudo_labels.k < len(train_records):
+                raise ConfigError(f"key 'stages.{i}.pseudo_labels.k': expected fewer neighbours than the "
+                                  f"{len(train_records)} training samples, got {st.pseudo_labels.k}")
         val_records, _ = load_records(cfg.data, "val", self.progress_bars)
         self.val_records = val_records
         d = cfg.data
@@ -160,8 +201,8 @@ class Trainer:
         self.state = Progress()
         self._bad_in_a_row, self._last_finite = 0, float("nan")  # non-finite steps count across epochs
         self._reported_missing: set[str] = set()
-        if self.resume_from is not None:
-            self._load_checkpoint(self.resume_from)
+        if self.resume_from:
+            self._resume()
         elif self.rt.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / "config.yaml")
@@ -187,17 +228,38 @@ class Trainer:
             shutil.rmtree(old, ignore_errors=True)
         return final
 
-    def _load_checkpoint(self, path: Path) -> None:
-        from safetensors.torch import load_file
+    def _resume(self) -> None:
+        """Load the newest checkpoint that loads whole; a damaged one (truncated, bit-flipped) is passed
+        over, and said. A checkpoint that does not fit this run's model is an error, not damage."""
+        damaged = []
+        for path in self.resume_from:
+            try:
+                self._load_checkpoint(path)
+            except ModelFileError as e:
+                damaged.append(f"{path.name} ({e})")
+                self.log(f"warning: checkpoint {path} is damaged, passing over it: {e}")
+                continue
+            if damaged:
+                self.log(f"resumed from {path.name}, the newest checkpoint that loads")
+            return
+        raise ValueError(f"{self.out}: no checkpoint under {CHECKPOINTS}/ loads: " + "; ".join(damaged))
 
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    def _load_checkpoint(self, path: Path) -> None:
         try:
-            self.model.load_state_dict(load_file(str(path / MODEL_FILE), device=str(self.rt.device)))
-        except RuntimeError as e:  # shapes or names differ: the run was written by another model design
-            first = str(e).strip().splitlines()[-1].strip()
-            raise ValueError(f"{path / MODEL_FILE}: does not fit the model that {self.out / 'config.yaml'} describes "
-                             f"({first}); a run written by an earlier pose-toss cannot be resumed by this one, "
-                             f"but its model file still loads with load_model or `pose-toss eval`") from None
+            state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+        except Exception as e:  # a truncated or corrupt zip: torch raises RuntimeError, EOFError, pickle errors
+            why = f"{type(e).__name__}: {str(e).strip()[:200]}"
+            raise ModelFileError(f"{path / STATE_FILE}: unreadable ({why})") from None
+        if not isinstance(state, dict) or not {"optimizer", "schedule", "rng", "progress"} <= set(state):
+            raise ModelFileError(f"{path / STATE_FILE}: not a pose-toss training state")
+        saved_model = state.get("config", {}).get("model")
+        if saved_model is not None and saved_model != config_to_dict(self.cfg.model):
+            differ = sorted(k for k in set(saved_model) | set(config_to_dict(self.cfg.model))
+                            if saved_model.get(k) != getattr(self.cfg.model, k, None))
+            raise ValueError(f"{path}: written for another model than {self.out / 'config.yaml'} describes (model."
+                             f"{', model.'.join(differ)} differ); resume a run with its own config.yaml")
+        load_state_checked(self.model, path / MODEL_FILE, self.rt.device,
+                           fits=f"the model that {self.out / 'config.yaml'} describes")
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.state = Progress(**state["progress"])
@@ -329,9 +391,19 @@ class Trainer:
             for buf in self.model.buffers():
                 torch.distributed.broadcast(buf, src=0)
 
-    def validate(self) -> dict:
+    def validate(self, where: str = "validation") -> dict:
         preds = predict_dataset(self.model, self.val_loader, self.rt.device, self.amp)
+        bad = non_finite_predictions(preds)
+        if len(bad):
+            raise TrainingDiverged(f"{where}: the training diverged: the model predicts NaN or Inf for {len(bad)} of "
+                                   f"{len(preds['index'])} validation samples. Nothing of this epoch was saved; "
+                                   f"lower train.lr (now {self.cfg.train.lr:g}) and train again"
+                                   + self._last_good())
         return metrics_from_predictions(attach_cues(preds, self.val_records), self.skeleton)
+
+    def _last_good(self) -> str:
+        last = latest_checkpoint(self.out)
+        return f" (the last good checkpoint is {last})." if last else "."
 
     # -- the run ----------------------------------------------------------------------------------
 
@@ -350,7 +422,7 @@ class Trainer:
             train = self._train_epoch(epoch, stage_idx)
             self._sync_buffers()
             train_seconds = time.perf_counter() - epoch_start
-            val = scalar_metrics(self.validate())
+            val = scalar_metrics(self.validate(f"stage {stage_idx + 1} ({st.loss}), epoch {epoch + 1}"))
             self.schedule.epoch_end(val["nll"])
             s.epoch = epoch + 1
             labels = ({f"pseudo_label_{k}": v for k, v in self.bank.quality.items()}
@@ -365,6 +437,8 @@ class Trainer:
             s.history.append(line)
             if self.rt.is_main:
                 self._write_metrics()
+            self._stop_if_diverged(val, stage_idx, s.epoch)
+            if self.rt.is_main:
                 if is_best:
                     self._save_best(val)
                 self._save_checkpoint()
@@ -374,12 +448,36 @@ class Trainer:
                      + (f", skipped {train['skipped_steps']}" if train["skipped_steps"] else "")
                      + (f", {train['missing_images']} unreadable images" if train["missing_images"] else "")
                      + (f" | pseudo-labels {pl_seconds:.1f} s" if pl_seconds else "") + f" | {train_seconds:.0f} s")
-        if self.rt.is_main and s.epoch == cfg.total_epochs:
-            save_model(self.model, self.out / MODEL_FILE)
+        if s.epoch == cfg.total_epochs:
+            if s.best_epoch < 0:
+                raise TrainingDiverged(f"{self.out}: no epoch of {cfg.total_epochs} gave a finite validation NLL, so "
+                                       "there is no best model. Lower train.lr or raise model.cov_floor.")
+            if self.rt.is_main:
+                save_model(self.model, self.out / MODEL_FILE)
+                if self.out != self.final_out:
+                    replace_dir(self.out, self.final_out)
+                    self.out = self.final_out
+            self.out = self.final_out
         self.rt.barrier()
         return {"out": str(self.out), "epochs": s.epoch, "best_epoch": s.best_epoch,
                 "best_val_nll": s.best_val_nll, "seconds": time.perf_counter() - run_start,
                 "history": s.history}
+
+    def _stop_if_diverged(self, val: dict, stage_idx: int, epoch: int) -> None:
+        """A run whose validation, weights or batch-norm statistics are no longer finite has diverged: stop
+        before that state becomes a checkpoint (the previous checkpoints stay as they were)."""
+        where = f"stage {stage_idx + 1} ({self.cfg.stages[stage_idx].loss}), epoch {epoch}"
+        bad_val = [k for k in ("nll", "mean_joint_error") if not math.isfinite(val.get(k, math.nan))]
+        bad_state = non_finite_tensors(self.model.state_dict())
+        if bad_val or bad_state:
+            what = []
+            if bad_val:
+                what.append("validation " + ", ".join(f"{k} = {val.get(k)}" for k in bad_val))
+            if bad_state:
+                what.append(f"{len(bad_state)} non-finite weight or buffer tensors (e.g. {bad_state[0]})")
+            raise TrainingDiverged(f"{where}: the training diverged: {'; '.join(what)}. Nothing of this epoch was "
+                                   f"saved; lower train.lr (now {self.cfg.train.lr:g}) and train again"
+                                   + self._last_good())
 
     def _write_metrics(self) -> None:
         # Rewritten whole from the history each epoch, so a resumed run never duplicates lines.
@@ -394,5 +492,11 @@ class Trainer:
 
 
 def train(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool = False, log=print) -> dict:
-    """Run (or resume) the configured stages into ``out``; returns a summary with the epoch history."""
-    return Trainer(cfg, out, resume=resume, overwrite=overwrite, log=log).fit()
+    """Run (or resume) the configured stages into ``out``; returns a summary with the epoch history.
+
+    The run directory is locked for the duration (``pose_toss.io.run_lock``, by the main process)."""
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", "0"))
+    with run_lock(out, log) if rank == 0 else contextlib.nullcontext():
+        return Trainer(cfg, out, resume=resume, overwrite=overwrite, log=log).fit()

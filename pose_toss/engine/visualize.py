@@ -27,10 +27,11 @@ def find_images(paths) -> list[Path]:
     return found
 
 
-def read_detections(path, images: list[Path], score_threshold: float = 0.0) -> dict[Path, np.ndarray]:
+def read_detections(path, images: list[Path], score_threshold: float = 0.0, log=print) -> dict[Path, np.ndarray]:
     """Person boxes per image from a COCO-format detections file: a list of ``{image_id, bbox,
     score, category_id}``. An entry matches an image by a ``file_name`` key when it has one, else by
-    ``image_id`` equal to the number in the file's name (COCO's ``000000000785.jpg`` is 785)."""
+    ``image_id`` equal to the number in the file's name (COCO's ``000000000785.jpg`` is 785).
+    Detections of images that were not given are counted and said, not silently dropped."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"--boxes: detections file not found: {p}")
@@ -45,18 +46,64 @@ def read_detections(path, images: list[Path], score_threshold: float = 0.0) -> d
     by_name = {im.name: im for im in images}
     by_id = {int(im.stem): im for im in images if im.stem.isdigit()}
     boxes: dict[Path, list] = {im: [] for im in images}
+    unmatched: list = []
     for n, det in enumerate(dets):
         if not isinstance(det, dict) or "bbox" not in det or ("image_id" not in det and "file_name" not in det):
             raise ValueError(f"{p}: detection {n} needs 'bbox' and 'image_id' (or 'file_name')")
-        if det.get("category_id", 1) != 1 or det.get("score", 1.0) < score_threshold:
+        score = det.get("score", 1.0)
+        if not _is_number(score) or not np.isfinite(score):
+            raise ValueError(f"{p}: detection {n}: 'score' must be a finite number, got {score!r}")
+        box = _number_list(det["bbox"])
+        if box is None or len(box) != 4 or not np.isfinite(box).all() or box[2] <= 0 or box[3] <= 0:
+            raise ValueError(f"{p}: detection {n}: 'bbox' must be [x, y, w, h] (finite numbers) with w, h > 0, "
+                             f"got {det['bbox']!r}")
+        if "file_name" in det:
+            image = by_name.get(det["file_name"])
+        else:
+            image_id = det["image_id"]
+            if not (_is_number(image_id) and float(image_id).is_integer()):
+                raise ValueError(f"{p}: detection {n}: 'image_id' must be an integer, got {image_id!r}")
+            image = by_id.get(int(image_id))
+        if image is None:
+            unmatched.append(det.get("file_name", det.get("image_id")))
             continue
-        image = by_name.get(det["file_name"]) if "file_name" in det else by_id.get(int(det["image_id"]))
-        if image is not None:
-            box = np.asarray(det["bbox"], dtype=np.float64).reshape(-1)
-            if box.shape != (4,) or box[2] <= 0 or box[3] <= 0:
-                raise ValueError(f"{p}: detection {n}: bbox must be [x, y, w, h] with w, h > 0, got {det['bbox']}")
-            boxes[image].append(box)
-    return {im: np.asarray(b).reshape(-1, 4) for im, b in boxes.items()}
+        if det.get("category_id", 1) != 1 or score < score_threshold:
+            continue
+        boxes[image].append(np.append(box, n))
+    if unmatched:
+        named = ", ".join(map(str, list(dict.fromkeys(unmatched))[:5]))
+        log(f"warning: --boxes: {len(unmatched)} of {len(dets)} detections are for images that were not given "
+            f"({named}{', ...' if len(set(map(str, unmatched))) > 5 else ''}); they are ignored")
+    return {im: np.asarray(b).reshape(-1, 5) for im, b in boxes.items()}
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _number_list(v) -> np.ndarray | None:
+    if not isinstance(v, (list, tuple)) or not all(_is_number(x) for x in v):
+        return None
+    return np.asarray(v, dtype=np.float64)
+
+
+def usable_boxes(boxes: np.ndarray, width: int, height: int, image: Path, log=print) -> np.ndarray:
+    """The ``[x, y, w, h, detection index]`` rows that overlap the image, each clipped to at most the image
+    enlarged by its own size on every side (a runaway box would otherwise make a gigapixel picture);
+    the skipped and clipped ones are said."""
+    kept = []
+    for x, y, w, h, n in boxes:
+        if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+            log(f"warning: {image.name}: detection {int(n)} [{x:g}, {y:g}, {w:g}, {h:g}] lies wholly outside the "
+                f"{width} x {height} image; skipped")
+            continue
+        x0, y0 = max(x, -width), max(y, -height)
+        x1, y1 = min(x + w, 2 * width), min(y + h, 2 * height)
+        if (x0, y0, x1, y1) != (x, y, x + w, y + h):
+            log(f"warning: {image.name}: detection {int(n)} [{x:g}, {y:g}, {w:g}, {h:g}] reaches far beyond the "
+                f"{width} x {height} image; clipped")
+        kept.append([x0, y0, x1 - x0, y1 - y0])
+    return np.asarray(kept, dtype=np.float64).reshape(-1, 4)
 
 
 def model_skeleton(model, run_dir) -> Skeleton:
@@ -111,15 +158,16 @@ def visualize(checkpoint, images, out, *, boxes=None, score_threshold: float = 0
               overwrite: bool = False, log=print) -> dict:
     """Predict on every image (each detection box, or the whole image), write one PNG per person, a
     contact sheet and ``predictions.json`` (COCO keypoint results with covariances) into ``out``."""
-    from pose_toss.data.dataset import load_image_rgb
+    from pose_toss.data.dataset import image_file_problem, load_image_rgb
     from pose_toss.engine.evaluation import resolve_checkpoint
     from pose_toss.engine.runtime import resolve_device
     from pose_toss.export import coco_result, write_coco_results
-    from pose_toss.io import check_output_dir, staged_output_dir
+    from pose_toss.io import check_output_dir, run_lock, staged_output_dir
     from pose_toss.models.checkpoint import load_model
     from pose_toss.viz.draw import contact_sheet, write_png
 
-    check_output_dir(out, overwrite)
+    inputs = [checkpoint, *images, boxes]
+    check_output_dir(out, overwrite, inputs)
     files = find_images(images)
     if not files:
         raise FileNotFoundError(f"--images: no image files ({', '.join(IMAGE_SUFFIXES)}) in {list(map(str, images))}")
@@ -127,9 +175,9 @@ def visualize(checkpoint, images, out, *, boxes=None, score_threshold: float = 0
     model = load_model(model_file, map_location=resolve_device(device))
     skeleton = model_skeleton(model, run_dir)
     k = skeleton.index(condition_joint) if condition_joint else None
-    dets = read_detections(boxes, files, score_threshold) if boxes else None
+    dets = read_detections(boxes, files, score_threshold, log) if boxes else None
     pictures, results, skipped = [], [], []
-    with staged_output_dir(out, overwrite) as stage:
+    with run_lock(out), staged_output_dir(out, overwrite, inputs) as stage:
         for n, path in enumerate(files):
             try:
                 image = load_image_rgb(path)
@@ -137,7 +185,10 @@ def visualize(checkpoint, images, out, *, boxes=None, score_threshold: float = 0
                 skipped.append(str(e))
                 log(f"warning: skipped: {e}")
                 continue
-            person_boxes = None if dets is None else dets[path]
+            problem = image_file_problem(path)
+            if problem:
+                log(f"warning: {path}: {problem}; its predictions are drawn but may be wrong")
+            person_boxes = None if dets is None else usable_boxes(dets[path], image.shape[1], image.shape[0], path, log)
             if person_boxes is not None and len(person_boxes) == 0:
                 continue
             pred = model.predict(image, None if person_boxes is None else person_boxes)[0]

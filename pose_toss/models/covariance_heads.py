@@ -29,6 +29,8 @@ from pose_toss.covariance import (
 
 # Pre-activations are clamped so that no embedding, however large, gives inf or NaN.
 _CLAMP = 30.0
+# Buffers whose NaN means "not measured yet" (a model that never trained), not a diverged state.
+UNSET_IS_NAN = ("jacobian_log_scale", "hessian_log_scale")
 # softplus(0): zero pre-activations (the initial state) give exactly the initial scale.
 LN2 = 0.6931471805599453
 
@@ -40,9 +42,11 @@ def _mlp(embed_dim: int, hidden: int, out: int) -> nn.Sequential:
     return mlp
 
 
-def _clean(z: torch.Tensor, trains_backbone: bool = False) -> torch.Tensor:
-    """The covariance network's input: finite, bounded, float32, detached unless it may train the backbone."""
-    z = torch.nan_to_num(z.float(), nan=0.0, posinf=1e4, neginf=-1e4).clamp(-1e4, 1e4)
+def _clean(z: torch.Tensor, mlp: nn.Module, trains_backbone: bool = False) -> torch.Tensor:
+    """The covariance network's input: finite, bounded, in the network's precision (at least float32: a
+    ``.double()`` head computes in float64), detached unless it may train the backbone."""
+    dtype = torch.promote_types(next(mlp.parameters()).dtype, torch.float32)
+    z = torch.nan_to_num(z.to(dtype), nan=0.0, posinf=1e4, neginf=-1e4).clamp(-1e4, 1e4)
     return z if trains_backbone else z.detach()
 
 
@@ -66,7 +70,8 @@ class IdentityCovariance(nn.Module):
         self.dim = 2 * num_joints
 
     def forward(self, z: torch.Tensor, *_, **__) -> torch.Tensor:
-        return torch.eye(self.dim, device=z.device).expand(z.shape[0], -1, -1)
+        dtype = torch.promote_types(z.dtype, torch.float32)
+        return torch.eye(self.dim, device=z.device, dtype=dtype).expand(z.shape[0], -1, -1)
 
 
 class DiagonalCovariance(nn.Module):
@@ -80,7 +85,7 @@ class DiagonalCovariance(nn.Module):
 
     def forward(self, z: torch.Tensor, *_, **__) -> torch.Tensor:
         with torch.autocast(device_type=z.device.type, enabled=False):
-            raw = self.mlp(_clean(z, self.trains_backbone)).clamp(-_CLAMP, _CLAMP)
+            raw = self.mlp(_clean(z, self.mlp, self.trains_backbone)).clamp(-_CLAMP, _CLAMP)
             return diagonal_covariance(raw, self.floor, self.scale)
 
 
@@ -98,7 +103,7 @@ class IsotropicCovariance(nn.Module):
 
     def forward(self, z: torch.Tensor, *_, **__) -> torch.Tensor:
         with torch.autocast(device_type=z.device.type, enabled=False):
-            raw = self.mlp(_clean(z)).clamp(-_CLAMP, _CLAMP)
+            raw = self.mlp(_clean(z, self.mlp)).clamp(-_CLAMP, _CLAMP)
             return diagonal_covariance(raw.repeat_interleave(2, dim=-1), self.floor, self.scale)
 
 
@@ -116,7 +121,7 @@ class FullCovariance(nn.Module):
 
     def forward(self, z: torch.Tensor, *_, **__) -> torch.Tensor:
         with torch.autocast(device_type=z.device.type, enabled=False):
-            raw = self.mlp(_clean(z, self.trains_backbone)).clamp(-_CLAMP, _CLAMP)
+            raw = self.mlp(_clean(z, self.mlp, self.trains_backbone)).clamp(-_CLAMP, _CLAMP)
             return full_covariance(raw, self.dim, self.floor, self.init_std / LN2)
 
 
@@ -176,7 +181,7 @@ class TICCovarianceHead(nn.Module):
         ``per_sample`` scale. Training reads the value from earlier batches, then updates it; the first
         batch (or an eval before any training) uses its own median."""
         buffer = getattr(self, name)
-        batch = per_sample.detach().float().log().median()
+        batch = per_sample.detach().to(buffer.dtype).log().median()
         unset = torch.isnan(buffer)
         used = torch.where(unset, batch, buffer)
         if self.training:
@@ -188,7 +193,7 @@ class TICCovarianceHead(nn.Module):
                                   hessian_scale: torch.Tensor | None = None
                                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(eps1 B, eps2 B, L B x D x D) from z; relative eps is divided by the given scales."""
-        raw = self.mlp(_clean(z, self.trains_backbone)).clamp(-_CLAMP, _CLAMP)
+        raw = self.mlp(_clean(z, self.mlp, self.trains_backbone)).clamp(-_CLAMP, _CLAMP)
         eps1 = torch.nn.functional.softplus(raw[:, 0]) / LN2
         eps2 = torch.nn.functional.softplus(raw[:, 1]) / LN2
         if self.eps_relative_to_jacobian:
@@ -211,13 +216,14 @@ class TICCovarianceHead(nn.Module):
                                  f"{self.dim}")
             hess = hessian_gram(decode_fn, z, *decode_args) if self.use_hessian else None
         with torch.autocast(device_type=z.device.type, enabled=False):
-            jac = torch.nan_to_num(jac.float())
+            dtype = torch.promote_types(next(self.mlp.parameters()).dtype, torch.float32)
+            jac = torch.nan_to_num(jac.to(torch.promote_types(jac.dtype, dtype)))
             jac_scale = hess_scale = None
             if self.eps_relative_to_jacobian:
                 jac_scale = self.running_scale("jacobian_log_scale", rms_scale(jac))
                 if hess is not None:
                     hess_scale = self.running_scale("hessian_log_scale", trace_scale(hess))
-            eps1, eps2, low = self.parameters_from_embedding(z.float(), jac_scale, hess_scale)
+            eps1, eps2, low = self.parameters_from_embedding(z.to(dtype), jac_scale, hess_scale)
         return TICParts(jac, eps1, low, eps2 if hess is not None else None, hess)
 
     def assemble(self, parts: TICParts) -> torch.Tensor:

@@ -192,7 +192,15 @@ class PoseModel(nn.Module):
             if boxes is None:
                 bxs = np.array([[0.0, 0.0, w, h]])
             else:
-                bxs = np.asarray(boxes[i], dtype=np.float64).reshape(-1, 4)
+                try:
+                    bxs = np.asarray(boxes[i], dtype=np.float64).reshape(-1, 4)
+                except (TypeError, ValueError):
+                    raise ValueError(f"boxes of image {i}: expected N x 4 numbers [x, y, w, h], got {boxes[i]!r}"
+                                     ) from None
+                bad = ~(np.isfinite(bxs).all(1) & (bxs[:, 2] > 0) & (bxs[:, 3] > 0))
+                if bad.any():
+                    raise ValueError(f"boxes of image {i}: box {int(np.flatnonzero(bad)[0])} is "
+                                     f"{bxs[bad][0].tolist()}; expected finite [x, y, w, h] with w, h > 0")
             all_boxes.append(bxs)
             for box in bxs:
                 center, size = box_to_center_size(box, 1.0 if boxes is None else padding)
