@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
 import os
 import shutil
@@ -128,12 +129,6 @@ class LockedError(RuntimeError):
 _held_locks: dict[Path, list] = {}  # lock path -> [open file, depth]: re-entrant within a process
 
 
-def glob_escape(name: str) -> str:
-    import glob
-
-    return glob.escape(name)
-
-
 def lock_path(out: str | os.PathLike) -> Path:
     out = _resolved(out)
     return out.parent / f".{out.name}.lock"
@@ -183,8 +178,8 @@ def run_lock(out: str | os.PathLike, log=None) -> Iterator[Path]:
     if previous and log is not None:
         log(f"took over a stale lock on {Path(out)} ({previous}, no longer running)")
     # Staging folders of this output that a killed process left: nobody else can be writing them now.
-    for orphan in [*path.parent.glob(f".{glob_escape(path.name[1:-5])}.*.partial"),
-                   *path.parent.glob(f".{glob_escape(path.name[1:-5])}.*.old")]:
+    name = glob.escape(path.name[1:-len(".lock")])
+    for orphan in [*path.parent.glob(f".{name}.*.partial"), *path.parent.glob(f".{name}.*.old")]:
         shutil.rmtree(orphan, ignore_errors=True)
     f.seek(0)
     f.truncate()

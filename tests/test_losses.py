@@ -190,3 +190,132 @@ def test_beta_nll_and_faithful():
     g_mean, g_cov = torch.autograd.grad(f.sum(), (mean, cov))
     assert torch.allclose(g_mean, torch.autograd.grad(mse(mean, target).sum(), mean)[0])  # only MSE moves the mean
     assert torch.allclose(g_cov, torch.autograd.grad(gaussian_nll(mean.detach(), cov, target).sum(), cov)[0])
+
+
+# -- masked coordinates never reach the arithmetic; non-finite and non-covariance inputs are refused ----------
+
+
+def _visible_block(x, keep):
+    return x[..., keep][..., keep, :] if x.dim() == 2 else x[keep]
+
+
+def _loss(name, mean, cov, target, label, mask):
+    from pose_toss.losses import loss_prediction
+
+    if name == "nll":
+        return gaussian_nll(mean, cov, target, mask)
+    if name == "mse":
+        return mse(mean, target, mask)
+    if name == "beta_nll":
+        return beta_nll(mean, cov, target, mask)
+    if name == "faithful":
+        return faithful(mean, cov, target, mask)
+    if name == "kl_calibrated":
+        return kl_calibrated(mean, cov, target, label, mask)
+    if name == "w2_bound":
+        return w2_bound(mean, cov, target, label, mask)
+    return loss_prediction(mean, cov, target, mask)
+
+
+def test_fuzz_masked_junk_never_reaches_any_loss():
+    """Random masks, with NaN / Inf / 1e30 in every invisible coordinate of the target (and of the pseudo-label
+    covariance): each loss equals the same loss with zeros there, the NLL equals torch.distributions' on the
+    visible block, the W2 bound the visible blocks' own (scipy), and every gradient is finite."""
+    from scipy.linalg import sqrtm
+
+    g = torch.Generator().manual_seed(7)
+    junk = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30])
+    for trial in range(12):
+        b, j = 3, int(torch.randint(2, 6, (1,), generator=g))
+        d = 2 * j
+        mask = (torch.rand(b, j, generator=g) > 0.4).float()
+        mask[:, 0] = 1.0  # at least one visible joint per sample
+        coords = mask.repeat_interleave(2, dim=1).bool()
+        mean = torch.randn(b, d, generator=g, dtype=torch.float64).requires_grad_()
+        cov = spd(b, d).requires_grad_()
+        clean = torch.randn(b, d, generator=g, dtype=torch.float64)
+        dirty = torch.where(coords, clean, junk[torch.randint(0, 4, (b, d), generator=g)].double())
+        label = spd(b, d)
+        label_dirty = torch.where(coords.unsqueeze(-1) & coords.unsqueeze(-2), label, float("nan"))
+        for name in ("nll", "mse", "beta_nll", "faithful", "kl_calibrated", "w2_bound", "loss_prediction"):
+            got = _loss(name, mean, cov, dirty, label_dirty, mask)
+            assert torch.isfinite(got).all(), (trial, name)
+            torch.testing.assert_close(got, _loss(name, mean, cov, torch.where(coords, clean, 0.0), label, mask),
+                                       msg=f"{trial} {name}")
+            grads = torch.autograd.grad(got.sum(), (mean, cov), allow_unused=True)
+            assert all(gr is None or torch.isfinite(gr).all() for gr in grads), (trial, name)
+        nll = gaussian_nll(mean, cov, dirty, mask)
+        w2 = w2_bound(mean, cov, dirty, label_dirty, mask)
+        for i in range(b):
+            keep = coords[i].nonzero().flatten()
+            mvn = MultivariateNormal(mean[i, keep].detach(), cov[i].detach()[keep][:, keep])
+            assert nll[i].item() == pytest.approx(-mvn.log_prob(clean[i, keep]).item(), rel=1e-9)
+            c_vv, t_vv = cov[i].detach()[keep][:, keep].numpy(), label[i][keep][:, keep].numpy()
+            ref = ((clean[i, keep] - mean[i, keep].detach()) ** 2).sum().item() + \
+                np.sum((np.real(sqrtm(c_vv)) - np.real(sqrtm(t_vv))) ** 2)
+            assert w2[i].item() == pytest.approx(ref, rel=1e-5)
+
+
+def test_pseudo_labels_ignore_whatever_invisible_targets_hold():
+    from pose_toss.pseudo_labels import pseudo_covariances
+
+    g = torch.Generator().manual_seed(3)
+    emb = torch.randn(200, 5, generator=g)
+    targets = torch.randn(200, 8, generator=g) * 10
+    masks = (torch.rand(200, 4, generator=g) > 0.3).float()
+    coords = masks.repeat_interleave(2, dim=1).bool()
+    dirty = torch.where(coords, targets, float("nan"))
+    for centre in (True, False):
+        ref, ref_root = pseudo_covariances(emb, torch.where(coords, targets, 0.0), k=16, masks=masks, centre=centre)
+        got, got_root = pseudo_covariances(emb, dirty, k=16, masks=masks, centre=centre)
+        assert torch.isfinite(got).all() and torch.isfinite(got_root).all()
+        torch.testing.assert_close(got, ref)
+    with pytest.raises(ValueError, match="targets hold NaN or Inf; pass masks"):
+        pseudo_covariances(emb, dirty, k=16)
+
+
+def test_non_finite_inputs_raise_naming_the_argument():
+    from pose_toss.covariance import CovarianceInputError, condition, equal_mixture, unmirror
+
+    mean, cov, target = torch.zeros(2, 4), spd(2, 4).float(), torch.zeros(2, 4)
+    bad_mean = mean.clone()
+    bad_mean[1, 2] = float("nan")
+    bad_cov = cov.clone()
+    bad_cov[0, 1, 1] = float("inf")
+    cases = [
+        (lambda: gaussian_nll(bad_mean, cov, target), r"NaN or Inf in residual \(samples \[1\]\)"),
+        (lambda: mse(bad_mean, target), r"mse: NaN or Inf in residual \(samples \[1\]\)"),
+        (lambda: w2_bound(mean, bad_cov, target, cov), r"w2_bound: NaN or Inf in covariance \(samples \[0\]\)"),
+        (lambda: w2_bound(mean, cov, target, bad_cov), r"w2_bound: NaN or Inf in target_covariance \(samples \[0\]\)"),
+        (lambda: kl_calibrated(mean, cov, target, bad_cov),
+         r"kl_calibrated: NaN or Inf in prior_cov \(samples \[0\]\)"),
+        (lambda: beta_nll(bad_mean, cov, target), r"beta_nll: NaN or Inf in residual \(samples \[1\]\)"),
+        (lambda: unmirror(bad_mean, cov, torch.arange(4), 64), r"unmirror: NaN or Inf in mean \(samples \[1\]\)"),
+        (lambda: equal_mixture(mean, bad_cov, mean, cov), r"equal_mixture: NaN or Inf in cov_a \(samples \[0\]\)"),
+        (lambda: condition(bad_mean[1], cov[0], {0: (1.0, 2.0)}), r"condition_gaussian: NaN or Inf in mean"),
+        (lambda: condition(mean[0], cov[0], {0: (float("nan"), 2.0)}), r"condition_gaussian: NaN or Inf in values"),
+    ]
+    for fn, message in cases:
+        with pytest.raises(CovarianceInputError, match=message):
+            fn()
+    with pytest.raises(ValueError, match=r"observed joint 0: expected an \(x, y\) pair of numbers, got 'big'"):
+        condition(mean[0], cov[0], {0: "big"})
+
+
+def test_nll_refuses_matrices_that_are_not_covariances():
+    from pose_toss.covariance import CovarianceInputError
+
+    z = torch.zeros(2, 4)
+    minus_identity = -torch.eye(4).expand(2, 4, 4)
+    with pytest.raises(CovarianceInputError, match=r"not positive semi-definite in samples \[0, 1\] \(smallest "
+                                                   r"eigenvalue -1\)"):
+        gaussian_nll(z, minus_identity, z)
+    asymmetric = spd(2, 4).float()
+    asymmetric[1, 0, 3] += 1.0
+    with pytest.raises(CovarianceInputError, match=r"covariance is not symmetric in samples \[1\]"):
+        gaussian_nll(z, asymmetric, z)
+    # Round-off is still rescued: a PSD rank-one matrix gets its jitter (test above), and so does a float32
+    # matrix a hair below zero.
+    nearly = spd(2, 4).float()
+    nearly[0] = nearly[0] - (torch.linalg.eigvalsh(nearly[0])[0] + 1e-7) * torch.eye(4)
+    assert torch.isfinite(gaussian_nll(z, nearly, z)).all()

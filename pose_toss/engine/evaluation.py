@@ -232,7 +232,6 @@ def evaluate_checkpoint(checkpoint, data: str, out, *, split: str = "test", over
 def _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_workers, pictures, progress,
               flip_test, inputs, log=print) -> dict:
     import json
-    import os
 
     from pose_toss.data.dataset import PoseDataset, image_file_problem
     from pose_toss.engine.report import evaluation_report
@@ -253,16 +252,17 @@ def _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_w
     loader = make_loader(dataset, batch_size or data_cfg.batch_size, Runtime(dev), shuffle=False,
                          num_workers=num_workers)
     flip_coords = torch.from_numpy(skeleton.flip_coordinate_index.copy()) if flip_test else None
-    damaged = [f"{r['image_path']}: {why}" for r in records if r.get("image_path") is not None
-               for why in [image_file_problem(r["image_path"])] if why and os.path.isfile(r["image_path"])]
-    for message in damaged:
-        log(f"warning: {message}; predicted on, but the result may be wrong")
     unreadable: list[str] = []
     preds = predict_dataset(model, loader, dev, progress=progress, desc="evaluating", flip_coords=flip_coords,
                             unreadable=unreadable)
     unreadable = list(dict.fromkeys(unreadable))
     for message in unreadable:
         log(f"warning: left out: {message}")
+    predicted = [records[int(i)] for i in preds.get("index", [])]
+    damaged = [f"{r['image_path']}: {why}" for r in predicted if r.get("image_path") is not None
+               for why in [image_file_problem(r["image_path"])] if why]
+    for message in damaged:
+        log(f"warning: {message}; predicted on, but the result may be wrong")
     if "index" not in preds:
         raise ValueError(f"{source}: none of the {len(records)} images could be read (first: "
                          f"{unreadable[0] if unreadable else 'none'})")

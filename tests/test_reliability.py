@@ -1,0 +1,410 @@
+"""Nothing lost, nothing silent: each fault is injected, and the exit code and the message are checked."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pose_toss import build_pose_model, save_model
+from pose_toss.cli import main
+from pose_toss.config import ConfigError, load_config
+from pose_toss.engine.trainer import Trainer
+from pose_toss.io import lock_path, run_lock
+from pose_toss.models.checkpoint import ModelFileError, load_model
+
+QUICK = Path(__file__).resolve().parents[1] / "configs" / "quick.yaml"
+TINY = ["data.input_size=64", "data.batch_size=8", "data.synthetic.num_samples=32", "data.synthetic.val_samples=8",
+        "data.synthetic.test_samples=8", "model.backbone=resnet10t", "model.deconv_channels=16", "model.embed_dim=8",
+        "model.cov_hidden=16", "train.max_steps_per_epoch=2", "train.warmup_steps=2", "train.progress=false",
+        "stages.0.pseudo_labels.k=8", "stages.0.epochs=1", "stages.1.epochs=1"]
+
+
+def train_args(out, *extra: str, config=QUICK) -> list[str]:
+    args = ["train", "--config", str(config), "--out", str(out)]
+    for o in [*TINY, *extra]:
+        args += ["--set", o]
+    return args
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (hidden ones too) with the SHA-256 of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A finished tiny run: two epochs (W2, then NLL), two checkpoints, best and final models."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    assert main(train_args(out)) == 0
+    return out
+
+
+# -- data loss -----------------------------------------------------------------------------------------
+
+
+def test_overwrite_validates_first_and_keeps_the_old_run_until_the_new_one_is_complete(run_dir, tmp_path,
+                                                                                        capsys, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    before = tree(run)
+    # A value only the data can refute (k against the 32 training samples) fails before anything is touched.
+    assert main(train_args(run, "stages.0.pseudo_labels.k=500") + ["--overwrite"]) == 2
+    assert "key 'stages.0.pseudo_labels.k': expected fewer neighbours than the 32 training samples, got 500" \
+        in capsys.readouterr().err
+    assert tree(run) == before
+
+    # A run that fails half-way leaves the old run whole; the next --overwrite cleans its staging up.
+    calls = {"n": 0}
+    real = Trainer._train_epoch
+
+    def dies_in_epoch_two(self, epoch, stage_idx):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, epoch, stage_idx)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        main(train_args(run, "train.seed=5") + ["--overwrite"])
+    assert tree(run) == before
+    assert (tmp_path / ".run.overwrite.partial" / "checkpoints" / "epoch_0001").is_dir()
+    monkeypatch.setattr(Trainer, "_train_epoch", real)
+    assert main(train_args(run, "train.seed=5") + ["--overwrite"]) == 0
+    assert tree(run) != before and load_config(run / "config.yaml").train.seed == 5
+    assert not (tmp_path / ".run.overwrite.partial").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging, no lock left behind
+
+
+def test_outputs_that_would_delete_inputs_or_the_working_directory_are_refused(run_dir, tmp_path, capsys,
+                                                                               monkeypatch):
+    project = tmp_path / "project"
+    (project / "data" / "lsp").mkdir(parents=True)
+    (project / "data" / "lsp" / "joints.mat").write_bytes(b"the user's labels")
+    shutil.copy(QUICK, project / "my.yaml")
+    photos = project / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "a.jpg"), np.full((64, 48, 3), 120, np.uint8))
+    shutil.copytree(run_dir, project / "run")
+    monkeypatch.chdir(project)
+    before = tree(project)
+    cases = [
+        (train_args(".", config="my.yaml") + ["--overwrite"], "output directory . is the working directory"),
+        (train_args("..", config="my.yaml") + ["--overwrite"], "output directory .. is a parent of the working"),
+        (train_args("data", config="my.yaml") + ["--overwrite"], "output directory data holds data/lsp, an input"),
+        (["make-synthetic", "--config", "my.yaml", "--out", ".", "--overwrite"], "is the working directory"),
+        (["eval", "--checkpoint", "run", "--out", "run", "--overwrite"], "output directory run holds run, an input"),
+        (["eval", "--checkpoint", "run/best/model.safetensors", "--out", "run/best", "--overwrite"],
+         "holds run/best/model.safetensors"),
+        (["visualize", "--checkpoint", "run", "--images", "photos", "--out", "photos", "--overwrite"],
+         "output directory photos holds photos, an input"),
+        (["compare", "--config", "my.yaml", "--methods", "mse", "--out", ".", "--overwrite"],
+         "is the working directory"),
+        (["bench", "--out", "run", "--checkpoint", "run/model.safetensors", "--overwrite"], "holds run/model"),
+    ]
+    for args, message in cases:
+        assert main(args) == 2, args
+        assert message in capsys.readouterr().err, args
+    assert tree(project) == before
+
+
+def _hold_locks(paths: list[Path]) -> subprocess.Popen:
+    code = ("import sys, time, contextlib\nfrom pose_toss.io import run_lock\nwith contextlib.ExitStack() as s:\n"
+            "    for p in sys.argv[1:]:\n        s.enter_context(run_lock(p))\n    print('held', flush=True)\n"
+            "    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, paths)], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_run_directories_are_locked_and_stale_locks_taken_over(run_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    outs = {name: tmp_path / name for name in ("train", "eval", "compare", "synthetic")}
+    holder = _hold_locks([run, *outs.values()])
+    try:
+        commands = [train_args(outs["train"]), ["train", "--resume", str(run)],
+                    ["eval", "--checkpoint", str(run), "--out", str(outs["eval"])],
+                    ["compare", "--config", str(QUICK), "--methods", "mse", "--out", str(outs["compare"])],
+                    ["make-synthetic", "--num", "2", "--size", "64", "--out", str(outs["synthetic"])]]
+        for args in commands:
+            assert main(args) == 2, args
+            err = capsys.readouterr().err
+            assert f"is in use by another pose-toss process (pid {holder.pid} on " in err, (args, err)
+    finally:
+        holder.kill()
+        holder.wait()
+    # The killed holder could not remove its lock file; the kernel released the lock, so it is stale.
+    assert lock_path(outs["synthetic"]).is_file()
+    said = []
+    with run_lock(outs["synthetic"], said.append):
+        pass
+    assert said == [f"took over a stale lock on {outs['synthetic']} (pid {holder.pid} on {_host()}, no longer "
+                    "running)"]
+    assert not lock_path(outs["synthetic"]).exists()
+    assert main(["make-synthetic", "--num", "2", "--size", "64", "--out", str(outs["synthetic"]), "--quiet"]) == 0
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+# -- silent wrong results --------------------------------------------------------------------------------
+
+
+def test_divergence_stops_the_run_naming_stage_and_epoch(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(train_args(out, "train.lr=1000000.0", "train.warmup_steps=0", "train.max_steps_per_epoch=4"))
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "training stopped: stage 1 (w2_bound), epoch 1: the training diverged" in err
+    assert not (out / "best").exists() and not (out / "model.safetensors").exists()
+    assert not (out / "checkpoints").exists()  # the diverged state never became a checkpoint
+
+
+def test_a_model_with_non_finite_weights_is_refused_by_eval(tmp_path, capsys):
+    model = build_pose_model("resnet10t", num_joints=14, embed_dim=8, input_size=64, deconv_channels=16,
+                             cov_hidden=16)
+    with torch.no_grad():
+        model.backbone.body.bn1.running_var[3] = float("nan")
+    save_model(model, tmp_path / "m.safetensors")
+    assert main(["eval", "--checkpoint", str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "e")]) == 2
+    assert ("1 weight tensors hold NaN or Inf (e.g. backbone.body.bn1.running_var): the training that wrote it "
+            "diverged") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value, message", [
+    ("0", "key 'stages.0.pseudo_labels.temperature': expected a number > 0 or 'median', got 0.0"),
+    ("-1", "key 'stages.0.pseudo_labels.temperature': expected a number >= 0.0, got -1.0"),
+    ("0e0", "expected a number > 0 or 'median', got 0.0"),
+])
+def test_temperature_must_be_positive(value, message, tmp_path, capsys):
+    assert main(train_args(tmp_path / "r", f"stages.0.pseudo_labels.temperature={value}")) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_bit_flip_in_the_weights_is_caught_by_the_checksum(tmp_path, capsys):
+    model = build_pose_model("resnet10t", num_joints=14, embed_dim=8, input_size=64, deconv_channels=16,
+                             cov_hidden=16)
+    path = save_model(model, tmp_path / "m.safetensors")
+    assert load_model(path).config == model.config
+    data = bytearray(path.read_bytes())
+    data[-1000] ^= 0x10  # inside the last tensor's bytes: the header still parses
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="do not match the checksum stored with them"):
+        load_model(path)
+    assert main(["eval", "--checkpoint", str(path), "--out", str(tmp_path / "e")]) == 2
+    assert "m.safetensors: the weights do not match the checksum" in capsys.readouterr().err
+    path.write_bytes(bytes(data[: len(data) // 2]))  # truncated
+    with pytest.raises(ModelFileError, match="not a readable safetensors file"):
+        load_model(path)
+
+
+def test_metadata_that_disagrees_with_the_weights_is_named(tmp_path):
+    from safetensors.torch import save_file
+
+    small = build_pose_model("resnet10t", num_joints=14, embed_dim=8, input_size=64, deconv_channels=16,
+                             cov_hidden=16)
+    big = build_pose_model("resnet10t", num_joints=14, embed_dim=16, input_size=64, deconv_channels=16,
+                           cov_hidden=16)
+    path = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in big.state_dict().items()}, str(path),
+              metadata={"pose_toss_model": json.dumps(small.config)})
+    with pytest.raises(ValueError, match=r"m\.safetensors: the weights do not match the model its metadata describes"):
+        load_model(path)
+
+
+def test_eval_names_unreadable_and_damaged_images(run_dir, tmp_path, capsys):
+    data = tmp_path / "synthetic"
+    assert main(["make-synthetic", "--num", "6", "--size", "64", "--out", str(data), "--quiet"]) == 0
+    images = sorted((data / "images").glob("*.png"))
+    images[1].unlink()
+    images[3].write_bytes(images[3].read_bytes()[:-12])  # a PNG cut off in its last chunk: not decoded
+    # A JPEG cut off in transfer (under its old name: OpenCV reads by content), which OpenCV half-decodes.
+    jpeg = cv2.imencode(".jpg", cv2.imread(str(images[2])))[1].tobytes()
+    images[2].write_bytes(jpeg[: len(jpeg) * 2 // 3])
+    assert cv2.imread(str(images[2])) is not None
+    from pose_toss.data.dataset import image_file_problem
+
+    assert image_file_problem(images[3]) == "PNG is truncated (no IEND chunk)"
+    assert image_file_problem(images[0]) is None
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run_dir), "--data", str(data), "--out", str(tmp_path / "e"), "--quiet",
+                 "--pictures", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: 2 of 6 samples left out" in out and "warning: 1 damaged images were predicted on" in out
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["num_samples"] == 4 and metrics["samples_given"] == 6
+    assert metrics["unreadable_images"] == [f"image file not found: {images[1]}",
+                                            f"cannot decode image file: {images[3]}"]
+    assert metrics["damaged_images"] == [f"{images[2]}: JPEG is truncated (no end-of-image marker)"]
+    report = (tmp_path / "e" / "report.md").read_text()
+    assert "**2 of 6 samples left out**" in report and "over the other 4" in report
+    assert "**1 damaged images were predicted on**" in report
+
+
+def test_visualize_says_what_it_does_with_odd_detections(tmp_path, capsys):
+    model = build_pose_model("resnet10t", num_joints=14, embed_dim=8, input_size=64, deconv_channels=16,
+                             cov_hidden=16)
+    ckpt = save_model(model, tmp_path / "m.safetensors")
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(images / "000000000001.jpg"), rng.integers(0, 255, (80, 60, 3), dtype=np.uint8))
+    dets = [{"image_id": 1, "bbox": [10, 10, 30, 50], "score": 0.9},
+            {"image_id": 1, "bbox": [500, 500, 20, 20], "score": 0.9},  # wholly outside the 60 x 80 image
+            {"image_id": 1, "bbox": [0, 0, 1e6, 1e6], "score": 0.9},  # a runaway box
+            {"image_id": 7, "bbox": [0, 0, 10, 10], "score": 0.9}]  # an image that was not given
+    boxes = tmp_path / "dets.json"
+    boxes.write_text(json.dumps(dets))
+    assert main(["visualize", "--checkpoint", str(ckpt), "--images", str(images), "--boxes", str(boxes),
+                 "--out", str(tmp_path / "v")]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 4 detections are for images that were not given (7); they are ignored" in out
+    assert "detection 1 [500, 500, 20, 20] lies wholly outside the 60 x 80 image; skipped" in out
+    assert "detection 2 [0, 0, 1e+06, 1e+06] reaches far beyond the 60 x 80 image; clipped" in out
+    assert len(json.loads((tmp_path / "v" / "predictions.json").read_text())) == 2
+    boxes.write_text(json.dumps([{"image_id": 1, "bbox": [10, 10, 30, 50], "score": "big"}]))
+    assert main(["visualize", "--checkpoint", str(ckpt), "--images", str(images), "--boxes", str(boxes),
+                 "--out", str(tmp_path / "w")]) == 2
+    assert "dets.json: detection 0: 'score' must be a finite number, got 'big'" in capsys.readouterr().err
+    assert main(["visualize", "--checkpoint", str(ckpt), "--images", str(images), "--levels", "big",
+                 "--out", str(tmp_path / "w")]) == 2
+    assert "--levels: expected comma-separated probabilities between 0 and 1" in capsys.readouterr().err
+    # A JPEG cut off in transfer is drawn, with a warning.
+    whole = (images / "000000000001.jpg").read_bytes()
+    (images / "000000000001.jpg").write_bytes(whole[: len(whole) * 2 // 3])
+    assert main(["visualize", "--checkpoint", str(ckpt), "--images", str(images), "--out", str(tmp_path / "x")]) == 0
+    assert "JPEG is truncated (no end-of-image marker)" in capsys.readouterr().out
+
+
+# -- tracebacks -------------------------------------------------------------------------------------------
+
+
+def test_resume_falls_back_past_damaged_checkpoints(run_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    ckpts = run / "checkpoints"
+    orphan = ckpts / ".epoch_0003.x1y2.partial"  # what a kill during a checkpoint write leaves
+    orphan.mkdir()
+    (orphan / "model.safetensors").write_bytes(b"half")
+    newest = ckpts / "epoch_0002" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:5000])
+    cfg = load_config(run / "config.yaml")
+    said: list[str] = []
+    t = Trainer(cfg, run, resume=True, log=said.append)
+    assert t.state.epoch == 1
+    assert not orphan.exists()
+    assert any("removed 1 unfinished staging folder" in s for s in said)
+    assert any(s.startswith(f"warning: checkpoint {ckpts / 'epoch_0002'} is damaged") for s in said)
+    assert any("resumed from epoch_0001, the newest checkpoint that loads" in s for s in said)
+    (ckpts / "epoch_0001" / "state.pt").write_bytes(b"PK\x03\x04 cut")
+    with pytest.raises(ValueError, match=r"no checkpoint under checkpoints/ loads: epoch_0002 .*epoch_0001 "
+                                         r".*state\.pt"):
+        Trainer(cfg, run, resume=True, log=said.append)
+
+
+def test_os_errors_name_the_path_and_the_cause(tmp_path, capsys, monkeypatch):
+    import pose_toss.io
+
+    def full_disk(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(pose_toss.io, "atomic_write_bytes", full_disk)
+    out = tmp_path / "syn"
+    assert main(["make-synthetic", "--num", "2", "--size", "64", "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "000000.png: No space left on device (the disk is full: free space or write elsewhere)" in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # no half-written output, no staging, no lock
+
+
+def test_all_nan_embeddings_file_and_unreadable_training_images_are_named(tmp_path):
+    from pose_toss.embedding_bank import EmbeddingBank
+
+    bank = EmbeddingBank(torch.zeros(10, 4), k=3)
+    np.save(tmp_path / "emb.npy", np.full((10, 5), np.nan, np.float32))
+    with pytest.raises(ValueError, match=r"emb\.npy: 10 of 10 embeddings hold NaN or Inf \(first: row 0\)"):
+        bank.refresh_from_file(tmp_path / "emb.npy")
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    with pytest.raises(ValueError, match=r"bad\.npy: cannot read as a \.npy / \.npz array"):
+        bank.refresh_from_file(tmp_path / "bad.npy")
+    loader = [{"missing_images": ["cannot decode image file: a.jpg"], "index": []}] * 3
+    with pytest.raises(ValueError, match="none of the 10 training images could be read"):
+        bank._embed_all(lambda x: x, loader, "cpu")
+
+
+def test_coco_image_without_width_and_an_empty_box_are_named(tmp_path):
+    from pose_toss.data.dataset import record_crop_source
+    from pose_toss.data.readers import AnnotationError, read_coco
+
+    pytest.importorskip("pycocotools")
+    ann = {"images": [{"id": 5, "file_name": "a.jpg", "height": 40}],
+           "annotations": [{"id": 9, "image_id": 5, "category_id": 1, "iscrowd": 0, "bbox": [1, 1, 10, 20],
+                            "keypoints": [3, 4, 2] * 17, "num_keypoints": 17, "area": 200}],
+           "categories": [{"id": 1, "name": "person"}]}
+    path = tmp_path / "person_keypoints_val.json"
+    path.write_text(json.dumps(ann))
+    with pytest.raises(AnnotationError, match=r"person_keypoints_val\.json: image 5 has no 'width'"):
+        read_coco(path, tmp_path)
+    with pytest.raises(ValueError, match=r"a\.jpg: the person's bbox \[0, 0, 0, 0\] gives no crop"):
+        record_crop_source({"image_path": "a.jpg", "bbox": [0, 0, 0, 0]}, 1.25)
+
+
+def test_float64_covariance_heads_compute_in_float64():
+    from pose_toss.models.covariance_heads import DiagonalCovariance, FullCovariance, TICCovarianceHead
+
+    torch.manual_seed(0)
+    decoder = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 6))
+    head = TICCovarianceHead(4, 3, hidden=8)
+    with torch.no_grad():
+        for p in head.mlp.parameters():
+            p.normal_(0, 0.3)
+    z = torch.randn(5, 4)
+    single = head(z, decoder)
+    head64, decoder64 = head.double(), decoder.double()  # the module converted in place, as users do
+    head64.jacobian_log_scale.fill_(float("nan"))  # both first calls measure their own J scale
+    double = head64(z.double(), decoder64)
+    assert double.dtype == torch.float64
+    # The same covariance as float32, to float32's precision; and J in float64 equals autograd's.
+    torch.testing.assert_close(double.float(), single, rtol=1e-4, atol=1e-5)
+    jac = torch.autograd.functional.jacobian(lambda v: decoder64(v[None])[0], z.double()[0])
+    parts = head64.parts(z.double(), decoder64)
+    torch.testing.assert_close(parts.jacobian[0], jac)
+    for cls in (FullCovariance, DiagonalCovariance):
+        assert cls(4, 3).double()(z.double()).dtype == torch.float64
+
+
+# -- usability --------------------------------------------------------------------------------------------
+
+
+def test_yaml_numbers_people_write_and_duplicate_keys(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  lr: 2e-3\n  weight_decay: 1E-5\nstages:\n  - {loss: nll, epochs: 3}\n")
+    cfg = load_config(f, ["train.lr=1e-3", "stages.0.pseudo_labels.temperature=5e-1"])
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.stages[0].pseudo_labels.temperature) == (1e-3, 1e-5, 0.5)
+    f.write_text("train:\n  lr: 2e-3\n  lr: 1e-2\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: not valid YAML \(key 'lr' is given twice \(lines 2 and 3\)"):
+        load_config(f)
+    f.write_text("stages:\n  - loss: nll\n    epochs: two\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: key 'stages\.0\.epochs': expected an integer, got 'two'"):
+        load_config(f)
+    f.write_bytes(b"\x89PNG\r\n\x1a\n\x00")
+    with pytest.raises(ConfigError, match=r"c\.yaml: not a text \(UTF-8\) YAML file: byte 0 is 0x89"):
+        load_config(f)
+    for bad in ("train.lr=.inf", "train.lr=.nan"):
+        with pytest.raises(ConfigError, match=r"key 'train\.lr': expected a finite number"):
+            load_config(None, [bad])
