@@ -6,12 +6,14 @@ import math
 
 import torch
 
+from pose_toss.covariance import CovarianceInputError, require_finite
 from pose_toss.losses import sqrtm_eigh
 
 
 def w2_gaussian(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tensor, cov2: torch.Tensor) -> torch.Tensor:
     """Exact squared 2-Wasserstein distance between N(mean1, cov1) and N(mean2, cov2), per sample:
     ``|m1 - m2|^2 + tr(S1 + S2 - 2 (S2^1/2 S1 S2^1/2)^1/2)``."""
+    require_finite("w2_gaussian", mean1=mean1, cov1=cov1, mean2=mean2, cov2=cov2)
     m1, s1, m2, s2 = (t.double() for t in (mean1, cov1, mean2, cov2))
     root2 = sqrtm_eigh(s2)
     cross = sqrtm_eigh(root2 @ s1 @ root2)
@@ -21,8 +23,12 @@ def w2_gaussian(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tensor, co
 
 def kl_gaussian(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tensor, cov2: torch.Tensor) -> torch.Tensor:
     """KL(N(mean1, cov1) || N(mean2, cov2)) per sample."""
+    require_finite("kl_gaussian", mean1=mean1, cov1=cov1, mean2=mean2, cov2=cov2)
     m1, s1, m2, s2 = (t.double() for t in (mean1, cov1, mean2, cov2))
-    c2 = torch.linalg.cholesky(s2)
+    c2, info = torch.linalg.cholesky_ex(s2)
+    if bool((info > 0).any()):
+        raise CovarianceInputError(f"kl_gaussian: cov2 is not positive definite in samples "
+                                   f"{(info > 0).nonzero().flatten()[:8].tolist()}")
     d = m1.shape[-1]
     trace = torch.diagonal(torch.cholesky_solve(s1, c2), dim1=-2, dim2=-1).sum(-1)
     diff = torch.linalg.solve_triangular(c2, (m2 - m1).unsqueeze(-1), upper=False).squeeze(-1)
@@ -283,6 +289,10 @@ def pose_metrics(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, vi
     vis = visibility.bool()
     if not vis.any():
         raise ValueError("no visible joint to evaluate")
+    # Invisible joints' targets may hold anything (NaN, say); the predictions must be finite everywhere.
+    coord_vis = vis.repeat_interleave(2, dim=1)
+    require_finite("pose_metrics", mean=mean, cov=cov, target=torch.where(coord_vis, target, 0.0))
+    target = torch.where(coord_vis, target, mean)
     err = joint_errors(mean, target)
     torso = torso_sizes(target, vis, skeleton)
     pck_all, pck_joint = pck(err, vis, torso, pck_threshold)

@@ -271,6 +271,8 @@ def test_training_on_an_lsp_folder_skips_and_counts_a_missing_image(tmp_path, ca
 
     root = _lsp_folder(tmp_path / "lsp")
     (root / "images" / "im0003.jpg").unlink()  # a training image
+    cut = root / "images" / "im0005.jpg"
+    cut.write_bytes(cut.read_bytes()[:-2])  # its end-of-image marker lost: decoded, but flagged
     tiny = ["data.dataset=lsp", f"data.real.lsp_root={root}", "data.input_size=64", "data.batch_size=4",
             "data.num_workers=0", "model.backbone=resnet10t", "model.deconv_channels=16", "model.embed_dim=8",
             "model.cov_hidden=16", "train.warmup_steps=2", "train.progress=false", "stages.0.pseudo_labels.k=4",
@@ -280,6 +282,7 @@ def test_training_on_an_lsp_folder_skips_and_counts_a_missing_image(tmp_path, ca
                  "--count", "4"]) == 0
     printed = capsys.readouterr().out
     assert f"lsp: 1 of 12 image files missing, e.g. {root / 'images' / 'im0003.jpg'}" in printed
+    assert f"lsp: 1 of 12 image files damaged, e.g. {cut} (JPEG is truncated (no end-of-image marker))" in printed
     assert "| people | 12 |" in printed
     summary = json.loads((tmp_path / "check" / "summary.json").read_text())
     assert summary["datasets"]["lsp"]["people"] == 12 and summary["skeleton"] == "lsp14"

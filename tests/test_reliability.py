@@ -408,3 +408,60 @@ def test_yaml_numbers_people_write_and_duplicate_keys(tmp_path):
     for bad in ("train.lr=.inf", "train.lr=.nan"):
         with pytest.raises(ConfigError, match=r"key 'train\.lr': expected a finite number"):
             load_config(None, [bad])
+
+
+def test_metrics_ignore_invisible_targets_and_refuse_non_finite_predictions():
+    from pose_toss.covariance import CovarianceInputError
+    from pose_toss.metrics import kl_gaussian, pose_metrics, w2_gaussian
+    from pose_toss.skeletons import LSP14
+
+    g = torch.Generator().manual_seed(1)
+    b, d = 12, 28
+    a = torch.randn(b, d, d, generator=g, dtype=torch.float64)
+    cov = a @ a.transpose(1, 2) / d + torch.eye(d, dtype=torch.float64)
+    mean = torch.randn(b, d, generator=g, dtype=torch.float64) * 20 + 64
+    target = mean + torch.randn(b, d, generator=g, dtype=torch.float64) * 2
+    vis = (torch.rand(b, 14, generator=g) > 0.25).float()
+    coords = vis.repeat_interleave(2, dim=1).bool()
+    clean = pose_metrics(mean, cov, torch.where(coords, target, 0.0), vis, LSP14)
+    dirty = pose_metrics(mean, cov, torch.where(coords, target, float("nan")), vis, LSP14)
+    for key, value in clean.items():
+        if isinstance(value, float):
+            assert value == pytest.approx(dirty[key], nan_ok=True), key
+    bad = mean.clone()
+    bad[4, 6] = float("inf")
+    with pytest.raises(CovarianceInputError, match=r"pose_metrics: NaN or Inf in mean \(samples \[4\]\)"):
+        pose_metrics(bad, cov, target, vis, LSP14)
+    with pytest.raises(CovarianceInputError, match=r"w2_gaussian: NaN or Inf in mean1 \(samples \[4\]\)"):
+        w2_gaussian(bad, cov, mean, cov)
+    with pytest.raises(CovarianceInputError, match=r"kl_gaussian: cov2 is not positive definite in samples \[0, 1"):
+        kl_gaussian(mean, cov, mean, -cov)
+
+
+def test_a_diverged_cell_is_a_result_of_the_sweep_not_its_end(tmp_path):
+    from pose_toss.engine.compare import compare
+
+    base = load_config(QUICK, [*TINY, "train.warmup_steps=0", "train.max_steps_per_epoch=4"])
+    said: list[str] = []
+    result = compare(base, ["mse"], tmp_path / "cmp", lrs=[2e-3, 1e6], log=said.append)
+    by_lr = {r["lr"]: r for r in result["rows"]}
+    assert "diverged" not in by_lr[2e-3] and "training diverged" in by_lr[1e6]["diverged"]
+    assert "## lr 1e+06" in result["markdown"]
+    assert "Diverged, so left out of the means above: mse (seed 0)." in result["markdown"]
+    said.clear()
+    again = compare(base, ["mse"], tmp_path / "cmp", lrs=[2e-3, 1e6], overwrite=True, log=said.append)  # read back
+    assert again["rows"][1]["diverged"] == by_lr[1e6]["diverged"]
+    assert not any(s.startswith("== ") for s in said)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
+                    reason="root writes into read-only folders")
+def test_a_read_only_folder_is_named(tmp_path, capsys):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        assert main(["make-synthetic", "--num", "2", "--size", "64", "--out", str(folder / "syn"), "--quiet"]) == 1
+        assert "Permission denied (no permission: pick a folder you can write to)" in capsys.readouterr().err
+    finally:
+        folder.chmod(0o755)

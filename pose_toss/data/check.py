@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pose_toss.data.dataset import PoseDataset, crop_labels, sample_image_rgb
-from pose_toss.io import atomic_write_text, jsonable, staged_output_dir
+from pose_toss.data.dataset import PoseDataset, crop_labels, image_file_problem, sample_image_rgb
+from pose_toss.io import atomic_write_text, check_output_dir, jsonable, run_lock, staged_output_dir
 from pose_toss.skeletons import Skeleton
 
 # A person with fewer usable joints than this teaches little and often means a bad annotation.
@@ -30,11 +30,14 @@ def dataset_summary(records: list[dict], skeleton: Skeleton, input_size: int, pa
         in_crop = labels["visibility"][idx] > 0
         paths = sorted({r["image_path"] for r in recs if r.get("image_path")})
         missing = [p for p in paths if not os.path.isfile(p)]
+        damaged = [f"{p} ({why})" for p in paths if os.path.isfile(p) for why in [image_file_problem(p)] if why]
         few = int((vis.sum(axis=1) < FEW_JOINTS).sum())
         outside = int((vis & ~in_crop).sum())
         problems = []
         if missing:
             problems.append(f"{len(missing)} of {len(paths)} image files missing, e.g. {missing[0]}")
+        if damaged:
+            problems.append(f"{len(damaged)} of {len(paths)} image files damaged, e.g. {damaged[0]}")
         if few:
             problems.append(f"{few} people with fewer than {FEW_JOINTS} visible joints")
         if outside:
@@ -43,7 +46,8 @@ def dataset_summary(records: list[dict], skeleton: Skeleton, input_size: int, pa
         summary[name] = {
             "images": len(paths) if paths else len(recs), "people": len(recs),
             "visible_joints": {n: int(c) for n, c in zip(skeleton.joint_names, vis.sum(axis=0), strict=True)},
-            "visible_fraction": float(vis.mean()), "missing_images": missing, "problems": problems,
+            "visible_fraction": float(vis.mean()), "missing_images": missing, "damaged_images": damaged,
+            "problems": problems,
         }
     return summary
 
@@ -87,6 +91,7 @@ def data_check(cfg, out, split: str = "train", count: int = 16, overwrite: bool 
     from pose_toss.viz.draw import contact_sheet, write_png
 
     d = cfg.data
+    check_output_dir(out, overwrite, cfg.input_paths())
     records, skeleton = load_records(d, split)
     summary = dataset_summary(records, skeleton, d.input_size, d.padding)
     tiles, unreadable = augmented_crops(records, d, skeleton, count, cfg.train.seed)
@@ -99,7 +104,7 @@ def data_check(cfg, out, split: str = "train", count: int = 16, overwrite: bool 
     if not problems:
         log("no problems found")
     out = Path(out)
-    with staged_output_dir(out, overwrite=overwrite) as stage:
+    with run_lock(out), staged_output_dir(out, overwrite=overwrite, inputs=cfg.input_paths()) as stage:
         result = {"dataset": d.dataset, "split": split, "skeleton": skeleton.name, "datasets": summary,
                   "problems": problems}
         atomic_write_text(stage / "summary.json", json.dumps(jsonable(result), indent=1))

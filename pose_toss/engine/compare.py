@@ -98,6 +98,9 @@ def method_config(base: Config, method: str, lr: float | None = None, seed: int 
     return cfg
 
 
+DIVERGED_FILE = "diverged.json"  # a cell whose training stopped on divergence: read back as done
+
+
 @dataclass(frozen=True)
 class Cell:
     method: str
@@ -117,17 +120,27 @@ def run_cell(cfg: Config, run_dir: Path, log=print) -> tuple[dict, float, bool]:
 
     A finished cell with the same config is read back; one interrupted during training resumes from its
     last checkpoint; one whose config changed is trained again."""
-    from pose_toss.engine.trainer import latest_checkpoint, train
+    from pose_toss.engine.trainer import TrainingDiverged, latest_checkpoint, train
 
     done, timing = run_dir / "eval" / "metrics.json", run_dir / "wall_time.json"
+    diverged = run_dir / DIVERGED_FILE
     same_config = (run_dir / "config.yaml").is_file() and (run_dir / "config.yaml").read_text() == dump_config(cfg)
     if same_config and done.is_file() and timing.is_file():
         return json.loads(done.read_text()), json.loads(timing.read_text())["seconds"], True
+    if same_config and diverged.is_file():
+        return json.loads(diverged.read_text()), math.nan, True
     resume = same_config and latest_checkpoint(run_dir) is not None
     log("== " + ("resuming " if resume else "") + f"{run_dir}: covariance {cfg.model.covariance}, stages "
         + " -> ".join(f"{s.loss} x{s.epochs}" for s in cfg.stages) + f", lr {cfg.train.lr:g}, seed {cfg.train.seed}")
     start = time.perf_counter()
-    train(cfg, run_dir, resume=resume, overwrite=not resume, log=log)
+    try:
+        train(cfg, run_dir, resume=resume, overwrite=not resume, log=log)
+    except TrainingDiverged as e:  # one diverged cell is a result of the sweep, not the end of it
+        log(f"{run_dir}: training stopped: {e}")
+        result = {"diverged": str(e)}
+        if (run_dir / "config.yaml").is_file() and (run_dir / "config.yaml").read_text() == dump_config(cfg):
+            atomic_write_text(diverged, json.dumps(result))
+        return result, math.nan, False
     seconds = time.perf_counter() - start  # of this call: a resumed cell counts only its remaining epochs
     metrics = evaluate_checkpoint(run_dir, "synthetic", run_dir / "eval", overwrite=True, device=cfg.train.device,
                                   progress=cfg.train.progress)
@@ -164,11 +177,13 @@ def aggregate(cells: list[dict]) -> list[dict]:
         groups.setdefault((c["lr"], c["method"]), []).append(c)
     out = []
     for (lr, method), group in groups.items():
-        keys = [k for k in group[0] if isinstance(group[0][k], (int, float)) and k not in ("lr", "seed")]
+        keys = list(dict.fromkeys(k for g in group for k in g if isinstance(g[k], (int, float))
+                                  and k not in ("lr", "seed")))
         mean, std = {}, {}
         for k in keys:
             mean[k], std[k] = _mean_std([g.get(k) for g in group])
-        out.append({"lr": lr, "method": method, "seeds": [g["seed"] for g in group], "mean": mean, "std": std})
+        out.append({"lr": lr, "method": method, "seeds": [g["seed"] for g in group], "mean": mean, "std": std,
+                    "diverged_seeds": [g["seed"] for g in group if g.get("diverged")]})
     return out
 
 
@@ -229,11 +244,12 @@ def _compare(base: Config, methods: list[str], out: Path, lrs: list[float], seed
                 c = futures[future]
                 metrics, seconds, was_done = future.result()
                 results[c] = (metrics, seconds)
-                log(f"{c.name}: " + ("already done" if was_done else
+                log(f"{c.name}: " + ("already done" if was_done else "diverged" if "diverged" in metrics else
                                      f"{metrics['mean_joint_error']:.2f} px, NLL {metrics['nll']:.2f} "
                                      f"in {seconds:.0f} s") + f" ({len(results)}/{len(cells)})")
     rows = [{"method": c.method, "lr": c.lr, "seed": c.seed, **scalar_metrics(results[c][0]),
-             "train_seconds": results[c][1]} for c in cells]
+             "train_seconds": results[c][1], **({"diverged": results[c][0]["diverged"]}
+                                                if "diverged" in results[c][0] else {})} for c in cells]
     summary = aggregate(rows)
     curves = {c: read_curves(c.path(out)) for c in cells}
     plot = write_sweep_curves(out / "comparison_curves.png", methods, lrs, curves)
@@ -269,6 +285,10 @@ def comparison_markdown(base: Config, methods: list[str], lrs: list[float], seed
         md += [f"## lr {lr:g}", "",
                comparison_table([s["method"] for s in order], [s["mean"] for s in order],
                                 extra=("train_seconds", "train s"), stds=[s["std"] for s in order]), ""]
+        stopped = [f"{s['method']} (seed{'s' if len(s['diverged_seeds']) > 1 else ''} "
+                   f"{', '.join(map(str, s['diverged_seeds']))})" for s in order if s.get("diverged_seeds")]
+        if stopped:
+            md += ["Diverged, so left out of the means above: " + "; ".join(stopped) + ".", ""]
     md += ["## Curves", "", f"![validation error, NLL and TAC per epoch, one panel per learning rate]({plot})", "",
            "Lines: mean over seeds; bands: min to max.", ""]
     return "\n".join(md)
