@@ -40,13 +40,14 @@ def visible_residual(mean: torch.Tensor, target: torch.Tensor, m: torch.Tensor) 
     return torch.where(m > 0, at_least_float32(target) - at_least_float32(mean), 0.0)
 
 
-def robust_cholesky(cov: torch.Tensor, max_tries: int = 8, stats: dict | None = None) -> torch.Tensor:
+def robust_cholesky(cov: torch.Tensor, max_tries: int = 8, stats: dict | None = None,
+                    caller: str = "robust_cholesky") -> torch.Tensor:
     """Cholesky factor, adding an escalating diagonal jitter to the samples that fail.
 
     Jitter starts at 1e-6 of the mean diagonal and grows 10x per try. Each sample that needed it is
     counted in ``stats["cholesky_jitter"]``. Non-finite covariances raise rather than turn into NaN.
     """
-    require_finite("robust_cholesky", covariance=cov)
+    require_finite(caller, covariance=cov)
     chol, info = torch.linalg.cholesky_ex(cov)
     failed = info > 0
     if not failed.any():
@@ -56,7 +57,7 @@ def robust_cholesky(cov: torch.Tensor, max_tries: int = 8, stats: dict | None = 
     negative = evals[:, 0] < -1e-3 * evals[:, -1].abs().clamp_min(1e-30)
     if bool(negative.any()):
         rows = failed.nonzero().flatten()[negative]
-        raise CovarianceInputError(f"covariance is not positive semi-definite in samples {rows[:8].tolist()} "
+        raise CovarianceInputError(f"{caller}: covariance is not positive semi-definite in samples {rows[:8].tolist()} "
                                    f"(smallest eigenvalue {float(evals[negative][0, 0]):.3g})")
     eye = torch.eye(cov.shape[-1], device=cov.device, dtype=cov.dtype)
     scale = torch.diagonal(cov, dim1=-2, dim2=-1).abs().mean(-1).clamp_min(1e-12)
@@ -85,9 +86,9 @@ def _whitened(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, mask:
     m = _coord_mask(mask, mean)
     resid = visible_residual(mean, target, m)
     masked = masked_covariance(cov, m)
-    require_finite("gaussian likelihood", residual=resid, covariance=masked)
+    require_finite("gaussian likelihood", residual=resid)
     require_symmetric("gaussian likelihood", masked)
-    chol = robust_cholesky(masked, stats=stats)
+    chol = robust_cholesky(masked, stats=stats, caller="gaussian likelihood")
     white = torch.linalg.solve_triangular(chol, resid.to(chol.dtype).unsqueeze(-1), upper=False).squeeze(-1)
     logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
     return m, chol, white, logdet
