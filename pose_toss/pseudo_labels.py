@@ -91,7 +91,7 @@ def pseudo_covariances(embeddings: torch.Tensor, targets: torch.Tensor, k: int =
                        temperature: float | str | None = 1.0, masks: torch.Tensor | None = None,
                        shrinkage: float = 0.1, floor: float = 1e-3, block_size: int | None = None,
                        with_sqrt: bool = True, stats: dict | None = None, centre: bool = True,
-                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       chunk_size: int = 16384) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pseudo-covariances (N x D x D) and their square roots for every sample of an embedding bank.
 
     ``embeddings`` N x E, ``targets`` N x D, ``masks`` N x J visibility (D = 2J) or None. ``temperature``:
@@ -102,7 +102,11 @@ def pseudo_covariances(embeddings: torch.Tensor, targets: torch.Tensor, k: int =
     ``with_sqrt=False`` skips the roots (None is returned): without masks no eigendecomposition is then
     needed at all, the weighted covariance being PSD by construction. ``centre=False``: second moments
     around zero instead of covariances around the neighbours' weighted mean (for residual targets).
+    ``chunk_size``: rows labelled at once (memory and the batched eigh stay bounded; results do not
+    depend on it).
     """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if embeddings.shape[0] != targets.shape[0]:
         raise ValueError(f"{embeddings.shape[0]} embeddings but {targets.shape[0]} targets")
     dist, idx = knn(whiten(embeddings, shrinkage), k, block_size)
@@ -110,15 +114,34 @@ def pseudo_covariances(embeddings: torch.Tensor, targets: torch.Tensor, k: int =
     if stats is not None:
         stats["temperature"] = tau
         stats["effective_neighbours"] = float(effective_neighbours(weights).mean())
-    y = targets.float().to(embeddings.device)[idx]  # N x k x D
+    targets = targets.float().to(embeddings.device)
+    masks = None if masks is None else masks.to(embeddings.device)
+    if masks is None and not bool(torch.isfinite(targets).all()):
+        raise ValueError("targets hold NaN or Inf; pass masks marking those joints invisible")
+    n, d = targets.shape
+    cov = targets.new_empty(n, d, d)
+    root = targets.new_empty(n, d, d) if with_sqrt else None
+    # Row chunks bound the N x k x D gathers and the batched eigh (cuSOLVER's batched eigh fails
+    # somewhere between 60 000 and 100 000 matrices): any N runs, and every row's label is the same.
+    for start in range(0, n, chunk_size):
+        rows = slice(start, start + chunk_size)
+        c, r = _labels(weights[rows], idx[rows], targets, masks, centre, floor, with_sqrt)
+        cov[rows] = c
+        if with_sqrt:
+            root[rows] = r
+    return cov, root
+
+
+def _labels(weights: torch.Tensor, idx: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor | None,
+            centre: bool, floor: float, with_sqrt: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``pseudo_covariances`` for some rows: their neighbours' weights and indices (n x k) -> labels, roots."""
+    y = targets[idx]  # n x k x D
     if masks is None:
-        if not bool(torch.isfinite(targets).all()):
-            raise ValueError("targets hold NaN or Inf; pass masks marking those joints invisible")
         mean = (weights.unsqueeze(-1) * y).sum(1, keepdim=True) if centre else torch.zeros_like(y[:, :1])
         centred = (y - mean) * weights.sqrt().unsqueeze(-1)
         cov = centred.transpose(1, 2) @ centred
     else:
-        visible = (masks.to(embeddings.device)[idx] > 0).repeat_interleave(2, dim=-1)  # N x k x D
+        visible = (masks[idx] > 0).repeat_interleave(2, dim=-1)  # n x k x D
         # Invisible coordinates are selected away, not multiplied by 0: a NaN there must go nowhere.
         y = torch.where(visible, y, 0.0)
         if not bool(torch.isfinite(y).all()):
