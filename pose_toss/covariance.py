@@ -117,6 +117,66 @@ def _batched_reverse_jacobian(decode_fn: Callable, z: torch.Tensor, args: tuple,
     return torch.cat(rows, dim=1).detach()
 
 
+def interpolation_matrix(grid: int, height: int, width: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """The (H W) x (grid^2) matrix of ``F.interpolate(..., mode="bilinear", align_corners=False)`` from a
+    grid x grid map to H x W (a linear map, read off by interpolating the unit maps); a grid of 1 is the
+    broadcast of one value, a column of ones."""
+    if grid == 1:
+        return torch.ones(height * width, 1, dtype=dtype, device=device)
+    basis = torch.eye(grid * grid, dtype=dtype, device=device).reshape(grid * grid, 1, grid, grid)
+    maps = torch.nn.functional.interpolate(basis, size=(height, width), mode="bilinear", align_corners=False)
+    return maps.reshape(grid * grid, height * width).T
+
+
+def heatmap_tail_jacobian(z: torch.Tensor, context: torch.Tensor, up_weight: torch.Tensor, up_bias: torch.Tensor,
+                          grid: int, final_weight: torch.Tensor, final_bias: torch.Tensor, beta: torch.Tensor,
+                          stride: int, relu: bool = True) -> torch.Tensor:
+    """Closed-form J = d mean / d z (B x 2J x E) of the heatmap head's tail with z entering at its last
+    layer: ``mean = soft-argmax(beta * (W relu(context + R (U z + b)) + c))``.
+
+    Shapes: ``z`` B x E, ``context`` B x C x H x W, ``up_weight`` U (C g^2) x E and ``up_bias`` b (the
+    bottleneck's up-projection, rows ordered channel then grid cell), ``final_weight`` J x C (x 1 x 1),
+    ``final_bias`` J, R the bilinear resize from g x g to H x W (``interpolation_matrix``). With p_j the
+    softmax over joint j's pixels and x_i a pixel's centre in input pixels, the chain rule gives
+
+        J_j = sum_i beta p_ji (x_i - mean_j) sum_c W_jc 1[pre_ci > 0] sum_k R_ik U_(c,k)
+
+    which is evaluated as one batched GEMM over pixels (a_j ⊗ R^T against the ReLU mask), a scaling by W
+    and one GEMM with U: no autograd, no loop over outputs. ``relu=False``: a tail without its ReLU
+    (a head with no deconvolution). At least float32; float64 kept.
+    """
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        dtype = torch.promote_types(torch.promote_types(z.dtype, context.dtype), torch.float32)
+        z, context = z.detach().to(dtype), context.detach().to(dtype)
+        u_w, u_b = up_weight.detach().to(dtype), up_bias.detach().to(dtype)
+        w = final_weight.detach().to(dtype).reshape(final_weight.shape[0], -1)  # J x C
+        c_b, beta = final_bias.detach().to(dtype), beta.detach().to(dtype)
+        b, c, h, wd = context.shape
+        nj = w.shape[0]
+        resize = interpolation_matrix(grid, h, wd, dtype, z.device)  # HW x g^2
+        offset = ((z @ u_w.T + u_b).reshape(b, c, grid * grid) @ resize.T)  # B x C x HW
+        pre = context.reshape(b, c, h * wd) + offset
+        act = torch.relu(pre) if relu else pre
+        heat = torch.einsum("jc,bci->bji", w, act) + c_b[:, None]
+        prob = torch.softmax(beta * heat, dim=-1)  # B x J x HW
+        centre = (stride - 1) / 2.0
+        xs = torch.arange(wd, device=z.device, dtype=dtype) * stride + centre
+        ys = torch.arange(h, device=z.device, dtype=dtype) * stride + centre
+        pos = torch.stack([xs.repeat(h), ys.repeat_interleave(wd)], dim=-1)  # HW x 2, row-major pixels
+        mean = prob @ pos  # B x J x 2
+        # a[b, j, xy, i] = beta p_ji (x_i - mean_j): d mean_j / d heat_ji
+        a = beta * prob.unsqueeze(2) * (pos.T.unsqueeze(0).unsqueeze(0) - mean.unsqueeze(-1))  # B x J x 2 x HW
+        mask = (pre > 0).to(dtype) if relu else torch.ones_like(pre)  # B x C x HW
+        # sum_i a_ji R_ik mask_ci -> B x (J 2 g^2) x C, one batched GEMM over pixels
+        ar = (a.unsqueeze(3) * resize.T.reshape(1, 1, 1, grid * grid, h * wd)).reshape(b, nj * 2 * grid * grid,
+                                                                                       h * wd)
+        through = (ar @ mask.transpose(1, 2)).reshape(b, nj, 2, grid * grid, c)
+        through = through * w.reshape(1, nj, 1, 1, c)  # W_jc
+        # order (c, k) like U's rows, then J = (...) U
+        g_ck = through.permute(0, 1, 2, 4, 3).reshape(b, nj * 2, c * grid * grid)
+        return g_ck @ u_w
+
+
 def hessian_gram(decode_fn: Callable[..., torch.Tensor], z: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
     """``H~_ab = tr(H_a H_b)`` with H_a the E x E Hessian of output a w.r.t. z -> B x D x D (costly)."""
     z = at_least_float32(z.detach())

@@ -331,3 +331,34 @@ def test_readme_plugin_example_runs():
     mean, cov = scope["mean"], scope["cov"]
     assert mean.shape == (2, 28) and cov.shape == (2, 28, 28)
     assert torch.linalg.eigvalsh(cov.double()).min() > 0
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"bottleneck_grid": 1}, {"feature_stride": 8, "heatmap_stride": 8},
+                                    {"feature_stride": 4, "heatmap_stride": 4}])
+def test_closed_form_jacobian_equals_autograd(kwargs):
+    """J of the heatmap tail in closed form (the default) against torch.func's reverse passes, in float64 so
+    that only the formula can differ: grid maps and the earlier per-channel offset, a head with
+    deconvolutions and one without (no ReLU in its tail); then the whole TIC covariance, in training mode."""
+    from pose_toss.covariance import jacobian
+
+    torch.manual_seed(0)
+    model = build_pose_model("resnet10t", num_joints=14, embed_dim=8, input_size=64, deconv_channels=16,
+                             cov_hidden=16, **kwargs).double().eval()
+    with torch.no_grad():
+        model.head.log_beta.fill_(1.3)  # sharper softmax than at initialisation
+    images = torch.rand(3, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        feats = model.features(images)
+        z, ctx = model.embed(feats), model.decoder_input(feats)
+    closed = model.tail_jacobian(z, ctx)
+    reference = jacobian(model.decode, z, ctx)
+    assert closed.dtype == torch.float64 and reference.abs().max() > 1e-6
+    torch.testing.assert_close(closed, reference, rtol=1e-10, atol=1e-12 * float(reference.abs().max()))
+    model.train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = model(images)
+    model.load_state_dict(state)
+    model.closed_form_jacobian = False
+    plain = model(images)
+    torch.testing.assert_close(fast.tic.jacobian, plain.tic.jacobian, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(fast.cov, plain.cov, rtol=1e-10, atol=1e-10)

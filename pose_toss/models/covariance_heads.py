@@ -206,11 +206,17 @@ class TICCovarianceHead(nn.Module):
         return eps1, eps2, low
 
     def parts(self, z: torch.Tensor, decode_fn: Callable[..., torch.Tensor], *decode_args: torch.Tensor,
-              eval_modules: Iterable[nn.Module] = ()) -> TICParts:
+              eval_modules: Iterable[nn.Module] = (), jacobian_fn: Callable[..., torch.Tensor] | None = None
+              ) -> TICParts:
+        """``jacobian_fn(z, *decode_args) -> B x D x E``: a closed form of ``decode_fn``'s Jacobian, used
+        instead of torch.func's reverse passes when given."""
         if z.dim() != 2 or z.shape[1] != self.embed_dim:
             raise ValueError(f"z must be B x {self.embed_dim}, got shape {tuple(z.shape)}")
         with eval_mode(eval_modules):
-            jac = jacobian(decode_fn, z, *decode_args, chunk_size=self.chunk_size)
+            if jacobian_fn is not None:
+                jac = jacobian_fn(z.detach(), *(a.detach() for a in decode_args)).detach()
+            else:
+                jac = jacobian(decode_fn, z, *decode_args, chunk_size=self.chunk_size)
             if jac.shape[1] != self.dim:
                 raise ValueError(f"decode_fn returned {jac.shape[1]} values per sample, expected 2 x num_joints = "
                                  f"{self.dim}")

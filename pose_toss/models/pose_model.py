@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pose_toss.covariance import heatmap_tail_jacobian
 from pose_toss.data.transforms import (
     affine_covariance,
     affine_points,
@@ -101,6 +102,9 @@ class PoseModel(nn.Module):
             self.cov_head = IsotropicCovariance(embed_dim, num_joints, cov_hidden, init_std, cov_floor)
         else:
             self.cov_head = IdentityCovariance(num_joints)
+        # TIC's J with z at the heatmap head's last layer: closed form (False: torch.func reverse passes,
+        # the reference the closed form is tested against).
+        self.closed_form_jacobian = True
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -147,8 +151,16 @@ class PoseModel(nn.Module):
         if self.training or context is None:
             with torch.no_grad(), eval_mode((self.head,)):
                 context = self.head.trunk(features)
-        parts = self.cov_head.parts(z, self.decode, context)
+        closed = self.closed_form_jacobian and isinstance(self.head, HeatmapHead)
+        parts = self.cov_head.parts(z, self.decode, context, jacobian_fn=self.tail_jacobian if closed else None)
         return self.cov_head.assemble(parts), parts
+
+    def tail_jacobian(self, z: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """``d decode(z, context) / d z`` in closed form (heatmap head, z at the head; ``heatmap_tail_jacobian``):
+        equal to the autograd Jacobian, without one backward pass per output."""
+        b, h = self.bottleneck, self.head
+        return heatmap_tail_jacobian(z, context, b.up.weight, b.up.bias, b.grid, h.final.weight, h.final.bias,
+                                     h.log_beta.exp(), h.out_stride, relu=len(h.up) > 0)
 
     def forward(self, images: torch.Tensor, with_covariance: bool = True) -> PoseOutput:
         """``with_covariance=False`` skips the covariance (``cov`` is None): mean-only objectives."""
