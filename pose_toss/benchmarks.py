@@ -66,6 +66,61 @@ def median_seconds(fn, repeats: int, warmup: int, device: torch.device | None = 
     return times[len(times) // 2]
 
 
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _step_memory_in_fresh_process(cfg: Config, batch: int, name: str) -> float:
+    """Peak RSS growth (MiB) of one optimiser step of ``name`` in a fresh process, after a first step (the
+    optimiser's states, the libraries' one-time set-up) and with freed memory handed back to the system
+    (``malloc_trim``), the peak reset through ``/proc/self/clear_refs``: what the step itself needs."""
+    import ctypes
+
+    torch.set_num_threads(1)
+    step, _ = _step_fn(cfg, batch, name, torch.device("cpu"))
+    step()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    before = _rss_mib()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets the peak resident size (VmHWM) to the current one
+    step()
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    return peak - before
+
+
+def step_memory(cfg: Config, batch: int, methods=tuple(STEP_METHODS), device: torch.device | None = None) -> dict:
+    """Peak memory of a training step per method (MiB above the model and optimiser states, so the
+    activations, gradients and the step's temporaries), and each as a ratio to the MSE step. CUDA: torch's
+    peak allocation in this process; CPU (Linux): the peak RSS growth of a fresh process per method."""
+    device = device or torch.device("cpu")
+    rows = {}
+    if device.type == "cuda":
+        for name in methods:
+            step, _ = _step_fn(cfg, batch, name, device)
+            torch.cuda.synchronize(device)
+            base = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            step()
+            step()
+            torch.cuda.synchronize(device)
+            rows[name] = {"peak_mib": (torch.cuda.max_memory_allocated(device) - base) / 2**20}
+            del step
+            torch.cuda.empty_cache()
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        for name in methods:  # one fresh process each, one after the other
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as one:
+                rows[name] = {"peak_mib": one.submit(_step_memory_in_fresh_process, cfg, batch, name).result()}
+    base = rows.get("mse", {}).get("peak_mib")
+    for r in rows.values():
+        r["over_mse"] = r["peak_mib"] / base if base else None
+    return rows
+
+
 def peak_memory(device: torch.device) -> dict:
     """Peak resident memory of this process (MiB) and, on CUDA, the most memory torch allocated."""
     out = {"cpu_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -97,46 +152,75 @@ def _fake_pseudo_labels(batch: int, dim: int, device: torch.device, seed: int = 
     return (a @ a.transpose(1, 2) / dim + torch.eye(dim)).to(device)
 
 
-def step_times(cfg: Config, batch: int, repeats: int = 5, warmup: int = 2, device: torch.device | None = None,
-               methods=tuple(STEP_METHODS)) -> dict:
-    """Median seconds of one optimiser step per method (the trainer's own loss function, heatmap term
-    and, for W2, the move of the pseudo-labels into the batch frame), and each as a ratio to MSE."""
+def _step_fn(cfg: Config, batch: int, name: str, device: torch.device, seed: int = 0):
+    """(one optimiser step of method ``name`` as a closure, its config row): the trainer's own loss
+    function, heatmap term and, for W2, the move of the pseudo-labels into the batch frame."""
     from pose_toss.engine.objectives import labels_in_batch_frame, training_loss
     from pose_toss.engine.trainer import build_model_from_config
 
-    device = device or torch.device("cpu")
     j = 14
-    data = _fake_batch(cfg, batch, j, device)
+    data = _fake_batch(cfg, batch, j, device, seed)
     flip = torch.arange(2 * j)
     bank_cov = _fake_pseudo_labels(batch, 2 * j, device)
     bank_root = losses.sqrtm_eigh(bank_cov.double()).float()
+    covariance, loss, at = STEP_METHODS[name]
+    model_cfg = replace(cfg.model, covariance=covariance, bottleneck_at=at or cfg.model.bottleneck_at)
+    torch.manual_seed(seed)
+    model = build_model_from_config(replace(cfg, model=model_cfg), j).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    amp = cfg.train.amp and device.type == "cuda"
+
+    def step():
+        pseudo = None
+        if loss == "w2_bound":
+            pseudo = labels_in_batch_frame(bank_cov, data["affine"], data["affine"], flip, sqrt=bank_root)
+        opt.zero_grad(set_to_none=True)
+        total, _ = training_loss(model, model, data, loss, device, pseudo=pseudo, amp=amp,
+                                 heatmap_weight=cfg.train.heatmap_weight,
+                                 variance_scale=(cfg.data.input_size / 32.0) ** 2)
+        total.backward()
+        opt.step()
+
+    return step, {"covariance": covariance, "loss": loss, "bottleneck_at": model_cfg.bottleneck_at}
+
+
+def step_times(cfg: Config, batch: int, repeats: int = 5, warmup: int = 2, device: torch.device | None = None,
+               methods=tuple(STEP_METHODS)) -> dict:
+    """Median seconds of one optimiser step per method (``_step_fn``), and each as a ratio to MSE."""
+    device = device or torch.device("cpu")
     rows = {}
     for name in methods:
-        covariance, loss, at = STEP_METHODS[name]
-        model_cfg = replace(cfg.model, covariance=covariance, bottleneck_at=at or cfg.model.bottleneck_at)
-        torch.manual_seed(0)
-        model = build_model_from_config(replace(cfg, model=model_cfg), j).to(device).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-        amp = cfg.train.amp and device.type == "cuda"
-
-        def step(model=model, opt=opt, loss=loss, amp=amp):
-            pseudo = None
-            if loss == "w2_bound":
-                pseudo = labels_in_batch_frame(bank_cov, data["affine"], data["affine"], flip, sqrt=bank_root)
-            opt.zero_grad(set_to_none=True)
-            total, _ = training_loss(model, model, data, loss, device, pseudo=pseudo, amp=amp,
-                                     heatmap_weight=cfg.train.heatmap_weight,
-                                     variance_scale=(cfg.data.input_size / 32.0) ** 2)
-            total.backward()
-            opt.step()
-
-        rows[name] = {"seconds": median_seconds(step, repeats, warmup, device), "covariance": covariance,
-                      "loss": loss, "bottleneck_at": model_cfg.bottleneck_at}
-        del model, opt
+        step, row = _step_fn(cfg, batch, name, device)
+        rows[name] = {"seconds": median_seconds(step, repeats, warmup, device), **row}
+        del step
     base = rows.get("mse", {}).get("seconds")
     for r in rows.values():
         r["over_mse"] = r["seconds"] / base if base else None
     return rows
+
+
+def profile_step(cfg: Config, batch: int, name: str = "nll_tic", device: torch.device | None = None,
+                 rows: int = 12) -> list[dict]:
+    """Where one training step's time goes (torch.profiler, two steps after a warm-up): the operators with
+    the most self time, with their share of the step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = device or torch.device("cpu")
+    step, _ = _step_fn(cfg, batch, name, device)
+    step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+        step()
+        _sync(device)
+    cuda = device.type == "cuda"
+    events = prof.key_averages()
+    def self_time(e):
+        return e.self_device_time_total if cuda else e.self_cpu_time_total
+    total = sum(self_time(e) for e in events) or 1.0
+    top = sorted(events, key=self_time, reverse=True)[:rows]
+    return [{"op": e.key, "self_ms_per_step": self_time(e) / 2e3, "share": self_time(e) / total, "calls": e.count // 2}
+            for e in top]
 
 
 def tic_spectrum(model, images: torch.Tensor) -> dict:
@@ -193,15 +277,23 @@ def jacobian_times(cfg: Config, batch: int, repeats: int = 5, warmup: int = 2, d
         with eval_mode((model.bottleneck, model.head)):
             jacobian(model.decode, z, ctx)
 
+    def closed_form():
+        model.tail_jacobian(z, ctx)
+
     def per_sample():
         for i in range(batch):
             torch.autograd.functional.jacobian(lambda zi, i=i: model.decode(zi, ctx[i:i + 1]), z[i:i + 1])
 
     out = {"batched_s": median_seconds(batched, repeats, warmup, device), "bottleneck_at": model.bottleneck_at,
            "spectrum_at_init": tic_spectrum(model, images)}
+    closed = model.bottleneck_at == "head" and model.config["head"] == "heatmap"
+    if closed:
+        out["closed_form_s"] = median_seconds(closed_form, repeats, warmup, device)
+        out["batched_over_closed_form"] = out["batched_s"] / out["closed_form_s"]
     if loop:
         out["per_sample_loop_s"] = median_seconds(per_sample, max(1, repeats // 2), 1, device)
         out["loop_over_batched"] = out["per_sample_loop_s"] / out["batched_s"]
+    out["used_s"] = out["closed_form_s"] if closed else out["batched_s"]
     return out
 
 
@@ -210,7 +302,7 @@ def jacobian_times(cfg: Config, batch: int, repeats: int = 5, warmup: int = 2, d
 # --------------------------------------------------------------------------------------------------
 
 
-def pseudo_label_scaling(sizes=(10_000, 40_000, 100_000), embed_dim: int = 64, dim: int = 28, k: int = 64,
+def pseudo_label_scaling(sizes=(10_000, 40_000, 100_000, 150_000), embed_dim: int = 64, dim: int = 28, k: int = 64,
                          with_sqrt: bool = True, device: torch.device | str = "cpu", seed: int = 0) -> dict:
     """Seconds of ``pseudo_covariances`` (kNN, weighted covariances and their roots) per bank size and
     the fitted exponent of time ~ N^a."""
@@ -218,6 +310,11 @@ def pseudo_label_scaling(sizes=(10_000, 40_000, 100_000), embed_dim: int = 64, d
 
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
+    # Warm-up (kernels, allocator, cuSOLVER handles) on a small bank, untimed: otherwise the first size pays it.
+    warm = min(2 * k + 2, min(sizes))
+    pseudo_covariances(torch.randn(warm, embed_dim, generator=gen).to(device),
+                       torch.randn(warm, dim, generator=gen).to(device), k=min(k, warm - 1), with_sqrt=with_sqrt)
+    _sync(device)
     rows = []
     for n in sizes:
         z = torch.randn(n, embed_dim, generator=gen).to(device)
@@ -258,9 +355,12 @@ def data_throughput(input_size: int, num: int = 400, warmup: int = 20, seed: int
 
 
 def inference_throughput(cfg: Config, batches=(1, 32), repeats: int = 5, warmup: int = 2,
-                         device: torch.device | None = None, embedding_only: bool = False) -> dict:
-    """Images/s of an eval-mode forward with the configured covariance, per batch size; with
-    ``embedding_only`` just the bottleneck z (what a pseudo-label refresh computes per image)."""
+                         device: torch.device | None = None, embedding_only: bool = False,
+                         with_covariance: bool = True) -> dict:
+    """Images/s of an eval-mode forward with the configured covariance (``with_covariance=False``: the mean
+    alone), per batch size; with ``embedding_only`` just the bottleneck z (what a pseudo-label refresh
+    computes per image). bf16 autocast on CUDA when the config asks for it, as in training."""
+    from pose_toss.engine.evaluation import autocast_context
     from pose_toss.engine.trainer import build_model_from_config
 
     device = device or torch.device("cpu")
@@ -271,8 +371,11 @@ def inference_throughput(cfg: Config, batches=(1, 32), repeats: int = 5, warmup:
         images = torch.rand(b, 3, cfg.data.input_size, cfg.data.input_size, device=device)
 
         def forward(images=images):
-            with torch.no_grad():
-                model.embed(model.features(images)) if embedding_only else model(images)
+            with torch.no_grad(), autocast_context(device, cfg.train.amp):
+                if embedding_only:
+                    model.embed(model.features(images))
+                else:
+                    model(images, with_covariance=with_covariance)
 
         out[str(b)] = b / median_seconds(forward, repeats, warmup, device)
     return out
@@ -284,8 +387,8 @@ def inference_throughput(cfg: Config, batches=(1, 32), repeats: int = 5, warmup:
 
 
 def run_benchmarks(cfg: Config, batch: int = 32, repeats: int = 5, device: str = "auto",
-                   pseudo_sizes=(10_000, 40_000, 100_000), data_sizes=(128, 256), data_samples: int = 400,
-                   checkpoint=None, log=print) -> dict:
+                   pseudo_sizes=(10_000, 40_000, 100_000, 150_000), data_sizes=(128, 256), data_samples: int = 400,
+                   checkpoint=None, profile: bool = False, log=print) -> dict:
     """Every section of the module docstring; ``checkpoint`` (a trained TIC model or run) adds its J
     spectrum and Taylor share on validation images."""
     from pose_toss.engine.runtime import resolve_device
@@ -302,10 +405,16 @@ def run_benchmarks(cfg: Config, batch: int = 32, repeats: int = 5, device: str =
               "repeats": repeats}
     log("training steps ...")
     result["steps"] = step_times(cfg, batch, repeats, device=dev)
+    log("training step memory ...")
+    for name, row in step_memory(cfg, batch, device=dev).items():
+        result["steps"][name].update({"peak_mib": row["peak_mib"], "memory_over_mse": row["over_mse"]})
+    if profile:
+        log("profiling the NLL-TIC step ...")
+        result["profile_nll_tic"] = profile_step(cfg, batch, "nll_tic", dev)
     log("Jacobian ...")
     result["jacobian"] = jacobian_times(cfg, batch, repeats, device=dev)
     jac = result["jacobian"]
-    jac["share_of_nll_tic_step"] = jac["batched_s"] / result["steps"]["nll_tic"]["seconds"]
+    jac["share_of_nll_tic_step"] = jac["used_s"] / result["steps"]["nll_tic"]["seconds"]
     if checkpoint is not None:
         jac["spectrum_trained"] = trained_tic_spectrum(checkpoint, device=dev)
     log("pseudo-labels ...")
@@ -325,6 +434,8 @@ def run_benchmarks(cfg: Config, batch: int = 32, repeats: int = 5, device: str =
     result["data_samples_per_s_per_core"] = {str(s): data_throughput(s, data_samples) for s in data_sizes}
     log("inference ...")
     result["inference_images_per_s"] = inference_throughput(cfg, device=dev, repeats=repeats)
+    result["inference_mean_only_images_per_s"] = inference_throughput(cfg, device=dev, repeats=repeats,
+                                                                      with_covariance=False)
     result["memory"] = peak_memory(dev)
     return result
 
@@ -337,12 +448,27 @@ def benchmark_markdown(r: dict, command: str) -> str:
            f"E = {md['embed_dim']}, heatmap stride {md['heatmap_stride']}, z enters at the {md['bottleneck_at']}"
            + (", bf16 autocast" if md["amp"] else "") + f"; median of {r['repeats']} after warm-up.",
            f"Command: `{command}`", "",
-           "| training step | covariance | loss | s / step | × MSE step |", "| --- | --- | --- | --- | --- |"]
+           "| training step | covariance | loss | s / step | × MSE step | peak memory MiB | × MSE memory |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, s in r["steps"].items():
-        out.append(f"| {name} | {s['covariance']} | {s['loss']} | {s['seconds']:.3f} | {s['over_mse']:.2f}× |")
+        mem = (f"{s['peak_mib']:.0f} | {s['memory_over_mse']:.2f}×" if s.get("memory_over_mse") is not None
+               else "– | –")
+        out.append(f"| {name} | {s['covariance']} | {s['loss']} | {s['seconds']:.3f} | {s['over_mse']:.2f}× | {mem} |")
+    out.append("\n(Peak memory: above the model and its optimiser states, i.e. activations, gradients and the "
+               "step's temporaries" + (", torch's peak CUDA allocation)" if r["device"].startswith("cuda") else
+                                         ", the peak RSS growth of a fresh process per method)"))
+    if r.get("profile_nll_tic"):
+        out += ["", "| NLL-TIC step, operator (torch.profiler) | self ms / step | share | calls / step |",
+                "| --- | --- | --- | --- |"]
+        out += [f"| `{e['op']}` | {e['self_ms_per_step']:.1f} | {100 * e['share']:.1f} % | {e['calls']} |"
+                for e in r["profile_nll_tic"]]
     jac = r["jacobian"]
-    out += ["", "| Jacobian (z at the " + jac["bottleneck_at"] + ") | s |", "| --- | --- |",
-            f"| batched (torch.func.vjp, one pass per output) | {jac['batched_s']:.4f} |"]
+    out += ["", "| Jacobian (z at the " + jac["bottleneck_at"] + ") | s |", "| --- | --- |"]
+    if "closed_form_s" in jac:
+        out.append(f"| closed form (`heatmap_tail_jacobian`, used) | {jac['closed_form_s']:.4f} |")
+    out.append(f"| batched reverse passes (torch.func.vjp, one pass per output) | {jac['batched_s']:.4f}"
+               + (f" ({jac['batched_over_closed_form']:.1f}× the closed form)" if "closed_form_s" in jac else "")
+               + " |")
     if "per_sample_loop_s" in jac:
         out.append(f"| per-sample autograd loop | {jac['per_sample_loop_s']:.4f} ({jac['loop_over_batched']:.1f}× "
                    "batched) |")
@@ -369,8 +495,12 @@ def benchmark_markdown(r: dict, command: str) -> str:
         out.append(f"\nFitted scaling: time ∝ N^{pl['exponent']:.2f}.")
     out += ["", "| data pipeline, input px | samples/s per core |", "| --- | --- |"]
     out += [f"| {k} | {v:.0f} |" for k, v in r["data_samples_per_s_per_core"].items()]
-    out += ["", "| inference with covariance, batch | images/s |", "| --- | --- |"]
-    out += [f"| {k} | {v:.1f} |" for k, v in r["inference_images_per_s"].items()]
+    out += ["", "| inference, batch | images/s with covariance | images/s, mean only | covariance's cost |",
+            "| --- | --- | --- | --- |"]
+    mean_only = r.get("inference_mean_only_images_per_s", {})
+    for k, v in r["inference_images_per_s"].items():
+        m = mean_only.get(k)
+        out.append(f"| {k} | {v:.1f} | " + (f"{m:.1f} | {100 * (m / v - 1):.0f} % |" if m else "– | – |"))
     mem = r["memory"]
     out += ["", f"Peak memory: CPU RSS {mem['cpu_peak_rss_mib']:.0f} MiB"
             + (f", CUDA max allocated {mem['cuda_max_allocated_mib']:.0f} MiB" if "cuda_max_allocated_mib" in mem

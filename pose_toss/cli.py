@@ -149,7 +149,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     check_output_dir(args.out, args.overwrite, inputs)
     result = run_benchmarks(cfg, batch=args.batch, repeats=args.repeats, device=args.device,
                             pseudo_sizes=tuple(args.pseudo_sizes), data_sizes=tuple(args.data_sizes),
-                            data_samples=args.data_samples, checkpoint=args.checkpoint)
+                            data_samples=args.data_samples, checkpoint=args.checkpoint, profile=args.profile)
     text = benchmark_markdown(result, "pose-toss bench " + " ".join(shlex.quote(a) for a in args.argv))
     with run_lock(args.out), staged_output_dir(args.out, overwrite=args.overwrite, inputs=inputs) as stage:
         atomic_write_text(stage / "bench.json", json.dumps(jsonable(result), indent=1))
@@ -226,13 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=32, help="training and Jacobian batch size")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (the median is kept)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--pseudo-sizes", type=int, nargs="+", default=[10_000, 40_000, 100_000], metavar="N",
+    p.add_argument("--pseudo-sizes", type=int, nargs="+", default=[10_000, 40_000, 100_000, 150_000], metavar="N",
                    help="bank sizes for the pseudo-label scaling")
     p.add_argument("--data-sizes", type=int, nargs="+", default=[128, 256], metavar="PX",
                    help="input sizes for the data pipeline")
     p.add_argument("--data-samples", type=int, default=400, help="samples timed per data-pipeline size")
     p.add_argument("--checkpoint", help="a trained TIC model file or run: also report its J rank and Taylor share "
                                         "of the covariance on validation images")
+    p.add_argument("--profile", action="store_true", help="also profile an NLL-TIC step (torch.profiler): the "
+                                                          "operators with the most self time")
     p.add_argument("--overwrite", action="store_true")
     _add_config_args(p)
     p.set_defaults(func=cmd_bench)

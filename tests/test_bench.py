@@ -20,7 +20,7 @@ def test_bench_writes_every_section(tmp_path, capsys):
     out = tmp_path / "bench"
     model_file = save_model(build_model_from_config(load_config(overrides=TINY), 14), tmp_path / "m.safetensors")
     args = ["bench", "--out", str(out), "--batch", "2", "--repeats", "1", "--pseudo-sizes", "300", "600",
-            "--data-sizes", "64", "--data-samples", "4", "--checkpoint", str(model_file)]
+            "--data-sizes", "64", "--data-samples", "4", "--checkpoint", str(model_file), "--profile"]
     for o in TINY:
         args += ["--set", o]
     assert main(args) == 0
@@ -30,7 +30,14 @@ def test_bench_writes_every_section(tmp_path, capsys):
     for s in r["steps"].values():
         assert s["seconds"] > 0 and math.isclose(s["over_mse"], s["seconds"] / mse)
     assert r["steps"]["nll_tic_z_at_features"]["bottleneck_at"] == "features"
-    assert r["jacobian"]["batched_s"] > 0 and r["jacobian"]["loop_over_batched"] > 0
+    for s in r["steps"].values():  # memory per method, as a ratio to the MSE step's
+        assert s["peak_mib"] > 0 and math.isclose(s["memory_over_mse"], s["peak_mib"] / r["steps"]["mse"]["peak_mib"])
+    jac = r["jacobian"]
+    assert jac["batched_s"] > 0 and jac["loop_over_batched"] > 0 and jac["closed_form_s"] > 0
+    assert jac["used_s"] == jac["closed_form_s"]
+    assert math.isclose(jac["share_of_nll_tic_step"], jac["closed_form_s"] / r["steps"]["nll_tic"]["seconds"])
+    profile = r["profile_nll_tic"]
+    assert len(profile) > 3 and all(e["self_ms_per_step"] >= 0 and 0 <= e["share"] <= 1 for e in profile)
     for key in ("spectrum_at_init", "spectrum_trained"):  # J's rank and its share of the covariance
         spectrum = r["jacobian"][key]
         assert spectrum["jacobian_rank_min"] == spectrum["jacobian_full_rank"] == 8  # E = 8
@@ -43,16 +50,19 @@ def test_bench_writes_every_section(tmp_path, capsys):
         assert math.isclose(row["refresh_share_of_epoch"],
                             (row["seconds"] + row["embedding_pass_seconds"]) / row["epoch_seconds"])
     assert r["data_samples_per_s_per_core"]["64"] > 0
-    assert set(r["inference_images_per_s"]) == {"1", "32"}
+    assert set(r["inference_images_per_s"]) == set(r["inference_mean_only_images_per_s"]) == {"1", "32"}
     assert r["memory"]["cpu_peak_rss_mib"] > 0 and r["machine"]["cores"] >= 1
     md = (out / "bench.md").read_text()
     assert "| w2_bound_full | full | w2_bound |" in md and "Command: `pose-toss bench --out" in md
     assert "| bench model at initialisation, random images |" in md and "trained model, validation images" in md
+    assert "| closed form (`heatmap_tail_jacobian`, used) |" in md and "| NLL-TIC step, operator" in md
+    assert "| inference, batch | images/s with covariance | images/s, mean only |" in md
     assert md in capsys.readouterr().out
     assert main(args) == 2  # an existing output is never overwritten silently
 
 
 def test_pseudo_label_exponent_is_the_log_log_slope():
+    """(The warm-up run before the timed sizes keeps the first size from paying for it.)"""
     r = pseudo_label_scaling((200, 800), embed_dim=4, dim=6, k=8)
     (a, b) = r["rows"]
     expected = math.log(b["seconds"] / a["seconds"]) / math.log(800 / 200)
