@@ -362,3 +362,24 @@ def test_closed_form_jacobian_equals_autograd(kwargs):
     plain = model(images)
     torch.testing.assert_close(fast.tic.jacobian, plain.tic.jacobian, rtol=1e-10, atol=1e-14)
     torch.testing.assert_close(fast.cov, plain.cov, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_closed_form_jacobian_on_cuda_under_bf16_autocast():
+    """On CUDA, with bf16 autocast as in training: the closed form is computed in float32 and equals the
+    reverse passes taken in float32 on the same inputs."""
+    from pose_toss.covariance import jacobian
+
+    torch.manual_seed(0)
+    model = build_pose_model("resnet10t", num_joints=14, embed_dim=8, input_size=64, deconv_channels=16,
+                             cov_hidden=16).cuda().eval()
+    images = torch.rand(4, 3, 64, 64, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        feats = model.features(images)
+        z, ctx = model.embed(feats), model.decoder_input(feats)
+        closed = model.tail_jacobian(z, ctx)
+        out = model(images)
+    assert closed.dtype == torch.float32 and out.cov.dtype == torch.float32
+    reference = jacobian(model.decode, z.float(), ctx.float())
+    # (cuDNN may run the 1 x 1 convolution in TF32: agreement to its ~1e-3, far below a wrong formula's O(1).)
+    torch.testing.assert_close(closed, reference, rtol=1e-2, atol=5e-3 * float(reference.abs().max()))

@@ -146,3 +146,16 @@ def test_chunked_labels_equal_unchunked(masked):
         assert torch.equal(cov, whole) and torch.equal(root, whole_root), chunk
     with pytest.raises(ValueError, match="chunk_size must be >= 1, got 0"):
         pseudo_covariances(emb, targets, k=12, chunk_size=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_bank_of_100000_runs_on_cuda():
+    """100 000 28 x 28 labels at once made cuSOLVER's batched eigh fail (CUSOLVER_STATUS_INTERNAL_ERROR);
+    in chunks they are computed, and agree with the CPU's on a sample of rows."""
+    g = torch.Generator().manual_seed(0)
+    emb, targets = torch.randn(100_000, 16, generator=g), torch.randn(100_000, 28, generator=g) * 5
+    cov, root = pseudo_covariances(emb.cuda(), targets.cuda(), k=32)
+    assert torch.isfinite(cov).all() and torch.isfinite(root).all()
+    rows = torch.arange(0, 100_000, 9973)
+    cpu_cov, _ = pseudo_covariances(emb, targets, k=32, with_sqrt=False)
+    torch.testing.assert_close(cov[rows].cpu(), cpu_cov[rows], rtol=1e-3, atol=1e-3)
