@@ -80,6 +80,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"{m['mean_pose_from']}'s mean pose ({m['mean_pose_error'] / max(m['mean_joint_error'], 1e-9):.1f}x lower); "
           f"90% ellipses hold "
           f"{100 * m['coverage@0.9']:.1f}% of the ground truths")
+    coco = m["coco"]
+    print("COCO keypoints (scores: expected OKS): " + ", ".join(
+        f"{k} {v:.3f}" for k, v in coco.items() if v is not None))
     if args.flip_test:
         print(f"flip test on; without it, the mean joint error is {m['mean_joint_error_no_flip']:.2f} px "
               f"({m['mean_pose_error'] / max(m['mean_joint_error_no_flip'], 1e-9):.1f}x below the mean pose)")

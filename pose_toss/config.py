@@ -87,6 +87,8 @@ class DataConfig:
     padding: float = opt(1.25, min=1.0, max=3.0, help="crop side = padding x person size")
     heatmap_stride: int = opt(4, choices=(1, 2, 4, 8))
     heatmap_sigma: float = opt(2.0, min=0.25, max=16.0, help="Gaussian heatmap sigma, heatmap px")
+    oks_sigmas: list[float] | None = opt(None, help="per-joint OKS constants for COCO AP (null: the skeleton's, "
+                                                    "COCO's published values; see skeletons.OKS_SIGMAS)")
     batch_size: int = opt(32, min=1)
     num_workers: int = opt(2, min=0, max=64)
     synthetic: SyntheticConfig = opt(factory=SyntheticConfig)

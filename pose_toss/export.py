@@ -9,42 +9,58 @@ import numpy as np
 from pose_toss.data.transforms import affine_covariance, affine_points, invert_affine
 
 
-def detection_score(cov: np.ndarray, box_size: float, radius: float = 0.1) -> float:
-    """The expected fraction of joints within ``radius x box_size`` of the prediction, reading each
-    joint as an isotropic Gaussian with its own variance (trace / 2): ``1 - exp(-r^2 / (2 v))``."""
-    d = cov.shape[-1]
-    var = np.diagonal(cov).reshape(d // 2, 2).sum(-1) / 2
-    r2 = (radius * box_size) ** 2
-    return float(np.mean(1.0 - np.exp(-r2 / (2 * np.maximum(var, 1e-12)))))
-
-
 def coco_results(means: np.ndarray, covs: np.ndarray, affines: np.ndarray, image_ids, category_id: int = 1,
-                 ) -> list[dict]:
-    """One COCO result per person: ``image_id``, ``category_id``, ``keypoints`` ([x, y, 2] per joint, in
-    the skeleton's joint order), ``score`` (``detection_score`` at 10% of the person's size), plus
-    ``covariance`` (2J x 2J, [x0, y0, x1, y1, ...], pixels^2 of the original image).
-    ``means`` / ``covs`` are in crop pixels with ``affines`` the original-image -> crop maps; they are
-    mapped back through the inverse affine."""
+                 areas=None, sigmas=None) -> list[dict]:
+    """One COCO result per person: ``image_id``, ``category_id``, ``keypoints`` ([x, y, c] per joint, in the
+    skeleton's joint order), ``score``, plus ``covariance`` (2J x 2J, [x0, y0, x1, y1, ...], pixels^2 of
+    the original image); see ``coco_result`` for c and the score. ``means`` / ``covs`` are in crop pixels
+    with ``affines`` the original-image -> crop maps; they are mapped back through the inverse affine.
+    ``areas``: each person's area (for OKS; default: the predicted joints' box)."""
     results = []
-    for mean, cov, a, image_id in zip(means, covs, affines, image_ids, strict=True):
+    areas = [None] * len(means) if areas is None else areas
+    for mean, cov, a, image_id, area in zip(means, covs, affines, image_ids, areas, strict=True):
         inv = invert_affine(np.asarray(a, dtype=np.float64))
         joints = affine_points(inv, np.asarray(mean, dtype=np.float64).reshape(-1, 2))
         results.append(coco_result(joints, affine_covariance(inv, np.asarray(cov, dtype=np.float64)), image_id,
-                                   category_id))
+                                   category_id, area, sigmas))
     return results
 
 
-def coco_result(joints: np.ndarray, cov: np.ndarray, image_id, category_id: int = 1) -> dict:
-    """One person's COCO result from joints (J x 2) and covariance (2J x 2J), both in image pixels."""
+def coco_result(joints: np.ndarray, cov: np.ndarray, image_id, category_id: int = 1, area: float | None = None,
+                sigmas=None) -> dict:
+    """One person's COCO result from joints (J x 2) and covariance (2J x 2J), both in image pixels.
+
+    Each keypoint's third value is its expected keypoint similarity E[ks_j] (``metrics.
+    expected_keypoint_similarity``: the OKS term to expect when the truth follows the predicted
+    Gaussian), so a threshold on it reads "how right this joint should be"; ``score`` is their mean, the
+    person's expected OKS, which ranks people for COCO AP. ``area`` (OKS's s^2; default: the joints' box
+    area) and ``sigmas`` (default: the skeleton's for 14, 16 or 17 joints) set the scale."""
+    import torch
+
+    from pose_toss.metrics import expected_keypoint_similarity
+
     cov = 0.5 * (cov + cov.T)
-    kps = np.concatenate([joints, np.full((len(joints), 1), 2.0)], axis=1).reshape(-1)
+    area = _person_size(joints) ** 2 if area is None else float(area)
+    sigmas = default_sigmas(len(joints)) if sigmas is None else np.asarray(sigmas, dtype=np.float64)
+    eks = expected_keypoint_similarity(torch.from_numpy(cov)[None], torch.tensor([area], dtype=torch.float64),
+                                       torch.from_numpy(sigmas))[0].numpy()
+    kps = np.concatenate([joints, eks[:, None]], axis=1).reshape(-1)
     return {
         "image_id": image_id.item() if hasattr(image_id, "item") else image_id,
         "category_id": category_id,
-        "keypoints": [round(float(v), 3) for v in kps],
-        "score": round(detection_score(cov, _person_size(joints)), 5),
+        "keypoints": [round(float(v), 4) for v in kps],
+        "score": round(float(eks.mean()), 5),
         "covariance": [[round(float(v), 4) for v in row] for row in cov],
     }
+
+
+def default_sigmas(num_joints: int) -> np.ndarray:
+    from pose_toss.skeletons import get_skeleton
+
+    by_count = {14: "lsp14", 16: "mpii16", 17: "coco17"}
+    if num_joints not in by_count:
+        raise ValueError(f"no default OKS sigmas for {num_joints} joints; pass sigmas")
+    return get_skeleton(by_count[num_joints]).oks_sigmas
 
 
 def _person_size(joints: np.ndarray) -> float:

@@ -92,6 +92,25 @@ def joint_mahalanobis2(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tens
     return (r.transpose(-1, -2) @ torch.linalg.solve(joint_blocks(cov), r)).squeeze(-1).squeeze(-1)
 
 
+def keypoint_similarity(mean: torch.Tensor, target: torch.Tensor, area: torch.Tensor, sigmas: torch.Tensor
+                        ) -> torch.Tensor:
+    """COCO's per-joint keypoint similarity ``exp(-d^2 / (2 s^2 kappa^2))``, B x J: d the joint's error,
+    s^2 the person's area (B), kappa = 2 sigma (J), exactly as pycocotools computes it."""
+    d2 = ((_joints(mean) - _joints(target)) ** 2).sum(-1)
+    var = (2 * sigmas.double()) ** 2
+    return torch.exp(-d2 / var / (area.double()[:, None] + torch.finfo(torch.float64).eps) / 2)
+
+
+def expected_keypoint_similarity(cov: torch.Tensor, area: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """E[exp(-|e|^2 / (2 c))] with e ~ N(0, S_j) (each joint's 2 x 2 block of ``cov``) and c = s^2 kappa^2:
+    the keypoint similarity to expect when the truth is distributed as the predicted Gaussian around the
+    mean. A Gaussian integral: E[exp(-e^T e / (2c))] = det(I + S_j / c)^(-1/2). B x J, in (0, 1]."""
+    blocks = joint_blocks(cov)
+    c = (area.double()[:, None] + torch.finfo(torch.float64).eps) * (2 * sigmas.double()) ** 2  # B x J
+    a, b, d = blocks[..., 0, 0] / c, blocks[..., 0, 1] / c, blocks[..., 1, 1] / c
+    return ((1 + a) * (1 + d) - b * b).clamp_min(1.0).rsqrt()
+
+
 def torso_sizes(target: torch.Tensor, visibility: torch.Tensor, skeleton) -> torch.Tensor:
     """LSP's torso diameter per sample: left shoulder to right hip (right shoulder to left hip when
     that pair is missing); NaN when neither diagonal is visible."""

@@ -52,12 +52,32 @@ class Skeleton:
         p = self.flip_index
         return np.stack([2 * p, 2 * p + 1], axis=1).reshape(-1)
 
+    @property
+    def oks_sigmas(self) -> np.ndarray:
+        """Per-joint OKS constants (COCO's ``sigmas``; kappa = 2 sigma), from ``OKS_SIGMAS`` by joint name."""
+        missing = [n for n in self.joint_names if n not in OKS_SIGMAS]
+        if missing:
+            raise KeyError(f"skeleton {self.name!r}: no OKS sigma for joints {missing}; pass sigmas explicitly")
+        return np.array([OKS_SIGMAS[n] for n in self.joint_names])
+
     def index(self, name: str) -> int:
         try:
             return self.joint_names.index(name)
         except ValueError:
             raise KeyError(f"skeleton {self.name!r} has no joint {name!r}; joints: {self.joint_names}") from None
 
+
+# COCO's published per-keypoint OKS sigmas (pycocotools' ``kpt_oks_sigmas``), by joint name. COCO has no
+# neck, head top, pelvis or thorax; for those we take what CrowdPose published for its head and neck
+# (0.079, the shoulders' value) and the hips' value for the pelvis: a head top is about as hard to place
+# as a shoulder, and a pelvis is placed from the hips.
+OKS_SIGMAS = {
+    "nose": 0.026, "l_eye": 0.025, "r_eye": 0.025, "l_ear": 0.035, "r_ear": 0.035,
+    "l_shoulder": 0.079, "r_shoulder": 0.079, "l_elbow": 0.072, "r_elbow": 0.072, "l_wrist": 0.062,
+    "r_wrist": 0.062, "l_hip": 0.107, "r_hip": 0.107, "l_knee": 0.087, "r_knee": 0.087, "l_ankle": 0.089,
+    "r_ankle": 0.089,
+    "neck": 0.079, "head_top": 0.079, "upper_neck": 0.079, "thorax": 0.079, "pelvis": 0.107,
+}
 
 LSP14 = Skeleton(
     name="lsp14",

@@ -24,13 +24,32 @@ def generated(tmp_path_factory):
 
 def test_outputs(generated):
     assert sorted(p.name for p in generated.iterdir()) == ["annotations.json", "config.yaml", "contact_sheet.png",
-                                                          "images"]
+                                                          "images", "person_keypoints.json"]
     assert len(list((generated / "images").glob("*.png"))) == 12
     sheet = cv2.imread(str(generated / "contact_sheet.png"))
     assert sheet is not None and sheet.shape[0] > 200
     meta = json.loads((generated / "annotations.json").read_text())
     assert meta["num_samples"] == 12 and meta["seed"] == 4 and len(meta["samples"]) == 12
     assert "num_samples: 12" in (generated / "config.yaml").read_text()
+
+
+def test_the_figures_as_a_coco_dataset(generated):
+    """person_keypoints.json opens in pycocotools and holds the same people as annotations.json."""
+    pytest.importorskip("pycocotools")
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(generated / "person_keypoints.json"))
+    meta = json.loads((generated / "annotations.json").read_text())
+    assert len(coco.getImgIds()) == len(coco.getAnnIds()) == 12
+    for s in meta["samples"][:4]:
+        (ann,) = coco.loadAnns(coco.getAnnIds(imgIds=[s["index"]]))
+        kps = np.asarray(ann["keypoints"]).reshape(-1, 3)
+        vis = np.asarray(s["visibility"]) > 0
+        np.testing.assert_allclose(kps[vis, :2], np.asarray(s["joints"])[vis], atol=1e-3)
+        assert (kps[:, 2] == np.where(vis, 2, 0)).all() and ann["num_keypoints"] == vis.sum()
+        assert ann["bbox"] == pytest.approx(s["bbox"]) and ann["area"] == pytest.approx(s["bbox"][2] * s["bbox"][3])
+        assert coco.loadImgs(s["index"])[0]["file_name"] == s["file"]
+    assert coco.loadCats(1)[0]["keypoints"][-1] == "head_top"
 
 
 def test_files_match_the_dataset(generated):

@@ -135,11 +135,14 @@ def test_coco_results_map_back_to_image_pixels():
     a = np.array([[2.0, 0.0, -10.0], [0.0, 2.0, 4.0]])  # image -> crop: scale 2, shift
     mean = np.array([[10.0, 20.0, 30.0, 40.0]])
     cov = np.diag([4.0, 8.0, 12.0, 16.0])[None]
-    (res,) = coco_results(mean, cov, a[None], [7])
+    (res,) = coco_results(mean, cov, a[None], [7], areas=[100.0], sigmas=[0.05, 0.1])
     assert res["image_id"] == 7 and res["category_id"] == 1
-    assert res["keypoints"] == pytest.approx([10.0, 8.0, 2, 20.0, 18.0, 2])
+    # Third values: expected keypoint similarity det(I + S_j / c)^-1/2, c = area (2 sigma)^2, by hand:
+    # joint 0: S = diag(1, 2), c = 1 -> 6^-1/2; joint 1: S = diag(3, 4), c = 4 -> 3.5^-1/2. Score: their mean.
+    k0, k1 = 6**-0.5, 3.5**-0.5
+    assert res["keypoints"] == pytest.approx([10.0, 8.0, k0, 20.0, 18.0, k1], abs=1e-4)
     assert np.asarray(res["covariance"]) == pytest.approx(np.diag([1.0, 2.0, 3.0, 4.0]))
-    assert 0.0 < res["score"] < 1.0
+    assert res["score"] == pytest.approx((k0 + k1) / 2, abs=1e-5)
 
 
 def test_method_configs_share_the_budget():
@@ -239,6 +242,7 @@ def test_train_eval_cli_end_to_end(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(run), "--out", str(ev), "--quiet", "--pictures", "4"]) == 0
     printed = capsys.readouterr().out
     assert "mean joint error" in printed and str(ev / "report.md") in printed
+    assert "COCO keypoints (scores: expected OKS): AP " in printed
     metrics = json.loads((ev / "metrics.json").read_text())
     for key in ("mean_joint_error", "mse", "pck@0.2", "nll", "tac", "coverage@0.9", "calibration_gap", "spearman",
                 "ause", "auroc_pck_miss", "w2_to_true", "kl_true_to_pred", "per_joint", "mean_pose_error",
@@ -249,6 +253,9 @@ def test_train_eval_cli_end_to_end(tmp_path, capsys):
     assert 0 < metrics["tic_share_q25"] <= metrics["tic_share_median"] <= metrics["tic_share_q75"] < 1
     report = (ev / "report.md").read_text()
     assert "## Per joint" in report and "r_ankle" in report and "pictures.png" in report
+    # COCO AP of the predictions against the same people, scored by expected OKS.
+    assert 0 <= metrics["coco"]["AP"] <= 1 and metrics["coco_ap"] == metrics["coco"]["AP"]
+    assert metrics["oks_sigmas"][-2:] == [0.079, 0.079] and "## COCO keypoint AP" in report
     assert "## TIC: how much of Σ the Jacobian carries" in report
     # Every W2 epoch logs its labels' weights and, on synthetic data, their distance to the truth.
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -261,6 +268,9 @@ def test_train_eval_cli_end_to_end(tmp_path, capsys):
     # The exported people equal model.predict on the original images with the same boxes.
     preds = json.loads((ev / "predictions.json").read_text())
     assert len(preds) == 8
+    for p in preds:  # each keypoint's third value is its expected keypoint similarity; the score their mean
+        conf = np.asarray(p["keypoints"]).reshape(-1, 3)[:, 2]
+        assert ((conf > 0) & (conf <= 1)).all() and p["score"] == pytest.approx(conf.mean(), abs=1e-4)
     cfg = load_config(run / "config.yaml")
     test = SyntheticPoseDataset.from_config(cfg.data.synthetic, "test")
     model = load_model(run / "best" / "model.safetensors")

@@ -332,3 +332,29 @@ def test_cue_metrics_hand_case():
     vis[1, 2] = 0
     assert cue_metrics(pred, vis, limbs, limb_cue, true)["cue_corr_auroc"] == pytest.approx(
         auroc(torch.tensor([0.5, 0.0, 0.0]), torch.tensor([1, 0, 0])))
+
+
+def test_expected_keypoint_similarity_is_the_monte_carlo_mean():
+    """det(I + S/c)^(-1/2) against the mean of exp(-|e|^2 / (2c)) over 400 000 draws e ~ N(0, S)."""
+    from pose_toss.metrics import expected_keypoint_similarity
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 4, 4, generator=g, dtype=torch.float64) * torch.tensor([2.0, 6.0, 15.0])[:, None, None]
+    cov = a @ a.transpose(1, 2) + 0.1 * torch.eye(4, dtype=torch.float64)
+    area = torch.tensor([900.0, 2500.0, 10000.0], dtype=torch.float64)
+    sigmas = torch.tensor([0.026, 0.107], dtype=torch.float64)
+    got = expected_keypoint_similarity(cov, area, sigmas)
+    for i in range(3):
+        for j in range(2):
+            block = cov[i, 2 * j:2 * j + 2, 2 * j:2 * j + 2]
+            e = torch.distributions.MultivariateNormal(torch.zeros(2, dtype=torch.float64), block).sample(
+                (400_000,))
+            c = area[i] * (2 * sigmas[j]) ** 2
+            mc = torch.exp(-(e**2).sum(-1) / (2 * c))
+            assert abs(got[i, j] - mc.mean()) < 4 * mc.std() / 400_000**0.5 + 1e-4, (i, j)
+    # A certain joint scores 1; an isotropic one has the 1-D closed form 1 / (1 + v / c).
+    iso = torch.eye(4, dtype=torch.float64).expand(1, 4, 4) * 7.0
+    c0 = 900.0 * (2 * 0.026) ** 2
+    assert float(expected_keypoint_similarity(iso * 0, area[:1], sigmas)[0, 0]) == pytest.approx(1.0)
+    assert float(expected_keypoint_similarity(iso, area[:1], sigmas)[0, 0]) == pytest.approx(1 / (1 + 7.0 / c0))

@@ -326,7 +326,8 @@ def read_coco(annotation_json, images_dir=None) -> list[dict]:
         records.append({"image_path": str(images / info["file_name"]), "joints": joints, "visibility": vis,
                         "bbox": np.asarray(ann["bbox"], dtype=np.float64), "skeleton": "coco17",
                         "dataset": "coco", "image_id": int(ann["image_id"]),
-                        "annotation_id": int(ann["id"]), "image_size": (int(info["width"]), int(info["height"]))})
+                        "annotation_id": int(ann["id"]), "image_size": (int(info["width"]), int(info["height"])),
+                        "area": float(ann["area"]) if ann.get("area") is not None else None})
     return records
 
 

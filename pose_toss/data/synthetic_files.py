@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pose_toss.data.coco_format import coco_ground_truth
 from pose_toss.data.synthetic import CUE_KINDS, CUE_LIMBS, Cue, SyntheticPoseDataset
 from pose_toss.io import atomic_write_text
 from pose_toss.skeletons import LSP14
@@ -15,6 +16,7 @@ from pose_toss.viz.draw import contact_sheet, draw_pose_scaled, write_png
 
 FORMAT = "pose-toss-synthetic/1"
 ANNOTATION_FILE = "annotations.json"
+COCO_FILE = "person_keypoints.json"
 
 
 def _num(a) -> str:
@@ -27,9 +29,11 @@ def _num(a) -> str:
 
 def write_synthetic(dataset: SyntheticPoseDataset, out_dir: str | Path, sheet_count: int = 16,
                     progress: bool = True) -> dict:
-    """Render every sample to ``out_dir/images/NNNNNN.png`` and write ``annotations.json``.
+    """Render every sample to ``out_dir/images/NNNNNN.png`` and write ``annotations.json`` (this package's
+    format, with the true covariances and cues) and ``person_keypoints.json`` (a COCO keypoints dataset of
+    the same figures: images, person boxes, keypoints with visibility flags, ``num_keypoints``, area).
 
-    Returns the paths written (``annotations``, ``contact_sheet``).
+    Returns the paths written (``annotations``, ``coco``, ``contact_sheet``).
     """
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -41,11 +45,13 @@ def write_synthetic(dataset: SyntheticPoseDataset, out_dir: str | Path, sheet_co
                       "clean_noise": dataset.clean_noise, "cue_noise": dataset.cue_noise,
                       "poses_from": dataset.poses_from},
     }
-    samples, tiles = [], []
+    samples, tiles, coco_people = [], [], []
     for i in tqdm(range(len(dataset)), desc="rendering", unit="img", disable=not progress):
         rec = dataset.record(i)
         name = f"images/{i:06d}.png"
         write_png(out / name, rec["image"])
+        coco_people.append({**{k: rec[k] for k in ("joints", "visibility", "bbox", "image")}, "image_id": i,
+                            "image_path": name})
         cues = [{"kind": c.kind, "limb": list(c.limb), "severity": round(c.severity, 4)} for c in rec["cues"]]
         samples.append(
             "{" + f'"index":{i},"file":"{name}","joints":{_num(rec["joints"])},'
@@ -58,10 +64,15 @@ def write_synthetic(dataset: SyntheticPoseDataset, out_dir: str | Path, sheet_co
                                           visibility=rec["visibility"], levels=(0.5, 0.9)))
     text = json.dumps(header)[:-1] + ',"samples":[\n' + ",\n".join(samples) + "\n]}\n"
     atomic_write_text(out / ANNOTATION_FILE, text)
+    # The same figures as a COCO keypoints dataset (image ids = sample indices), for COCO tools.
+    coco = coco_ground_truth(coco_people, LSP14)
+    for image, person in zip(coco["images"], coco_people, strict=True):
+        image["file_name"] = person["image_path"]
+    atomic_write_text(out / COCO_FILE, json.dumps(coco))
     sheet_path = out / "contact_sheet.png"
     if tiles:
         write_png(sheet_path, contact_sheet(tiles, cols=4, tile_size=256))
-    return {"annotations": out / ANNOTATION_FILE, "contact_sheet": sheet_path}
+    return {"annotations": out / ANNOTATION_FILE, "coco": out / COCO_FILE, "contact_sheet": sheet_path}
 
 
 def read_synthetic(root: str | Path) -> list[dict]:

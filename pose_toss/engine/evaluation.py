@@ -233,7 +233,9 @@ def _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_w
               flip_test, inputs, log=print) -> dict:
     import json
 
+    from pose_toss.data.coco_format import coco_ground_truth, record_area, record_image_id
     from pose_toss.data.dataset import PoseDataset, image_file_problem
+    from pose_toss.engine.coco_eval import keypoint_ap
     from pose_toss.engine.report import evaluation_report
     from pose_toss.engine.runtime import Runtime, make_loader, resolve_device
     from pose_toss.export import coco_results, write_coco_results
@@ -281,8 +283,18 @@ def _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_w
         single = joint_errors(preds["mean_no_flip"], preds["target"])
         metrics["mean_joint_error_no_flip"] = float(single[preds["visibility"] > 0].mean())
     metrics["mean_pose_error"], metrics["mean_pose_from"] = mean_pose_baseline(preds, data_cfg)
-    image_ids = [records[int(i)].get("image_id", int(records[int(i)].get("index", int(i)))) for i in preds["index"]]
-    results = coco_results(preds["mean"].numpy(), preds["cov"].numpy(), preds["affine"].numpy(), image_ids)
+    # COCO: results scored by expected OKS, against these same people as ground truth.
+    picked = [records[int(i)] for i in preds["index"]]
+    sigmas = skeleton.oks_sigmas if data_cfg.oks_sigmas is None else np.asarray(data_cfg.oks_sigmas)
+    if len(sigmas) != skeleton.num_joints:
+        raise ValueError(f"data.oks_sigmas has {len(sigmas)} values for the {skeleton.num_joints} joints of "
+                         f"{skeleton.name}")
+    results = coco_results(preds["mean"].numpy(), preds["cov"].numpy(), preds["affine"].numpy(),
+                           [record_image_id(r, int(i)) for r, i in zip(picked, preds["index"], strict=True)],
+                           areas=[record_area(r) for r in picked], sigmas=sigmas)
+    metrics["coco"] = keypoint_ap(coco_ground_truth(picked, skeleton), results, sigmas)
+    metrics["oks_sigmas"] = [float(v) for v in sigmas]
+    metrics.update({f"coco_{k.lower()}": v for k, v in metrics["coco"].items()})
     with staged_output_dir(out, overwrite, inputs) as stage:
         atomic_write_text(stage / "metrics.json", json.dumps(jsonable(
             {"checkpoint": str(model_file), "data": source, **metrics}), indent=1))

@@ -10,6 +10,7 @@ SUMMARY_COLUMNS = (
     ("mse", "MSE px²", True),
     ("pck@0.2", "PCK@0.2", False),
     ("pckh@0.5", "PCKh@0.5", False),
+    ("coco_ap", "AP (OKS)", False),
     ("nll", "NLL", True),
     ("tac", "TAC px", True),
     ("coverage@0.5", "cov@0.5", None),
@@ -111,6 +112,15 @@ def evaluation_report(metrics: dict, title: str, context: list[str], pictures: l
     if damaged:
         out += [f"**{len(damaged)} damaged images were predicted on** (OpenCV decodes what it can of them):", ""]
         out += [f"- {m}" for m in damaged[:20]] + [""]
+    coco = metrics.get("coco")
+    if coco:
+        out += ["## COCO keypoint AP", "",
+                "pycocotools' COCOeval (`iouType=\"keypoints\"`) of `predictions.json` against these people "
+                f"({metrics['num_samples']}, top-down from their boxes), OKS sigmas "
+                f"{', '.join(f'{v:g}' for v in metrics['oks_sigmas'])}; each person's score is their expected "
+                "OKS under the predicted covariance, each keypoint's third value its expected keypoint similarity.",
+                ""]
+        out += [table(list(coco), [[coco[k] for k in coco]]), ""]
     out += ["## Per joint", ""]
     keys = [k for k in pj if k not in ("name",)]
     out += [table(["joint"] + keys, [[pj["name"][j]] + [pj[k][j] for k in keys] for j in range(len(pj["name"]))]),

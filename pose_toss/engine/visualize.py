@@ -198,7 +198,8 @@ def visualize(checkpoint, images, out, *, boxes=None, score_threshold: float = 0
                 name = f"{path.stem}_{p}.png"
                 write_png(stage / name, pic)
                 pictures.append(pic)
-                results.append({**coco_result(joints, cov, image_id), "file_name": path.name,
+                results.append({**coco_result(joints, cov, image_id, area=float(box[2] * box[3]),
+                                              sigmas=skeleton.oks_sigmas), "file_name": path.name,
                                 "bbox": [round(float(v), 2) for v in box], "picture": name})
         if pictures:
             write_png(stage / "contact_sheet.png", contact_sheet(pictures, cols=4, tile_size=256))
