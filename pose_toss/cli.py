@@ -74,7 +74,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     m = evaluate_checkpoint(args.checkpoint, args.data, args.out, split=args.split, overwrite=args.overwrite,
                             device=args.device, batch_size=args.batch_size, pictures=args.pictures,
-                            progress=not args.quiet, flip_test=args.flip_test)
+                            progress=not args.quiet, flip_test=args.flip_test,
+                            simulated_detections=parse_detector(args.simulated_detections))
     print(comparison_table(["model"], [m], mark_best=False))
     print(f"mean joint error {m['mean_joint_error']:.2f} px against {m['mean_pose_error']:.2f} px for the "
           f"{m['mean_pose_from']}'s mean pose ({m['mean_pose_error'] / max(m['mean_joint_error'], 1e-9):.1f}x lower); "
@@ -97,6 +98,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.pictures:
         print(f"pictures: {out / 'pictures.png'}")
     return 0
+
+
+def parse_detector(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        jitter, false_positives = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--simulated-detections: expected JITTER,FALSE_POSITIVES (e.g. 0.1,0.25), got {text!r}"
+                         ) from None
+    if not (0 <= jitter < 1 and 0 <= false_positives <= 1):
+        raise ValueError(f"--simulated-detections: expected 0 <= JITTER < 1 and 0 <= FALSE_POSITIVES <= 1, "
+                         f"got {text!r}")
+    return jitter, false_positives
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -196,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pictures", type=int, default=16, help="crops drawn with their ellipses (0: none)")
     p.add_argument("--flip-test", action="store_true",
                    help="also predict each mirrored crop and merge the two Gaussians (moment matching)")
+    p.add_argument("--simulated-detections", metavar="JITTER,FALSE_POSITIVES",
+                   help="also predict from detector-like boxes: each true box moved and scaled by JITTER (a "
+                        "fraction of its size), and for a FALSE_POSITIVES share of the people one extra box "
+                        "elsewhere in the image (e.g. 0.1,0.25); "
+                        "report COCO AP by expected OKS, heatmap maximum and a constant score")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 

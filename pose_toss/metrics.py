@@ -111,6 +111,23 @@ def expected_keypoint_similarity(cov: torch.Tensor, area: torch.Tensor, sigmas: 
     return ((1 + a) * (1 + d) - b * b).clamp_min(1.0).rsqrt()
 
 
+def reliability(predicted: torch.Tensor, observed: torch.Tensor, bins: int = 10) -> dict:
+    """Calibration of a predicted score against what happened: the scores (any shape, in [0, 1]) cut into
+    ``bins`` equal-width bins, each bin's mean predicted score, mean observed value and count, and the
+    expected calibration error sum_b (n_b / n) |observed_b - predicted_b| over the non-empty bins."""
+    p, o = predicted.double().reshape(-1), observed.double().reshape(-1)
+    if p.shape != o.shape:
+        raise ValueError(f"{p.numel()} predicted scores but {o.numel()} observed values")
+    which = (p * bins).long().clamp(0, bins - 1)
+    count = torch.bincount(which, minlength=bins).double()
+    mean_p = torch.bincount(which, p, minlength=bins) / count.clamp_min(1)
+    mean_o = torch.bincount(which, o, minlength=bins) / count.clamp_min(1)
+    full = count > 0
+    ece = float(((count / count.sum().clamp_min(1)) * (mean_o - mean_p).abs())[full].sum())
+    return {"edges": torch.linspace(0, 1, bins + 1).tolist(), "predicted": torch.where(full, mean_p, math.nan).tolist(),
+            "observed": torch.where(full, mean_o, math.nan).tolist(), "count": count.long().tolist(), "ece": ece}
+
+
 def torso_sizes(target: torch.Tensor, visibility: torch.Tensor, skeleton) -> torch.Tensor:
     """LSP's torso diameter per sample: left shoulder to right hip (right shoulder to left hip when
     that pair is missing); NaN when neither diagonal is visible."""

@@ -86,3 +86,49 @@ def test_real_coco_file_ground_truth_matches_the_files_own(shared_data):
     assert 0 < ours["AP"] < 1
     perfect = [_result(r["image_id"], np.asarray(r["joints"]), 1.0) for r in records]
     assert keypoint_ap(coco_ground_truth(records, COCO17), perfect, COCO17.oks_sigmas)["AP"] == pytest.approx(1.0)
+
+
+def test_ap_by_score_ranks_the_same_predictions_three_ways():
+    from pose_toss.engine.coco_eval import ap_by_score
+
+    people = _people()
+    moved = people[1]["joints"] + np.array([[0.0, 0.0], [25.0, 0.0]])  # person 2 worse
+    results = [_result(1, people[0]["joints"], 0.9), _result(2, moved, 0.2)]  # expected OKS ranks 1 first
+    gt = coco_ground_truth(people, PAIR)
+    heat = np.array([[0.1, 0.1], [0.9, 0.9]])  # the heatmaps rank person 2 first
+    by = ap_by_score(gt, results, heat, SIGMAS)
+    assert by["expected_oks"]["AP"] > by["heatmap_max"]["AP"]
+    assert set(by) == {"expected_oks", "heatmap_max", "constant"}
+    assert set(ap_by_score(gt, results, None, SIGMAS)) == {"expected_oks", "constant"}
+
+
+def test_simulated_detections_jitter_boxes_and_add_false_positives():
+    from pose_toss.engine.coco_eval import simulated_detections
+
+    people = [{**p, "image": np.zeros((200, 200, 3), np.uint8)} for p in _people() * 200]
+    same = simulated_detections(people, jitter=0.0, false_positives=0.0)
+    assert len(same) == len(people)
+    assert all(np.allclose(a["bbox"], b["bbox"]) for a, b in zip(same, people, strict=True))
+    dets = simulated_detections(people, jitter=0.1, false_positives=0.25, seed=3)
+    fps = [d for d in dets if d["false_positive"]]
+    assert abs(len(fps) / len(people) - 0.25) < 0.05  # 400 people: within about 2.5 standard deviations
+    assert all(not np.asarray(d["visibility"]).any() for d in fps)
+    true = [d for d in dets if not d["false_positive"]]
+    shift = np.array([d["bbox"][0] + d["bbox"][2] / 2 - (p["bbox"][0] + p["bbox"][2] / 2)
+                      for d, p in zip(true, people, strict=True)])
+    assert 0.07 * 100 < shift.std() < 0.13 * 100  # N(0, 0.1 x the box size)
+
+
+def test_reliability_bins_by_hand():
+    import torch
+
+    from pose_toss.metrics import reliability
+
+    predicted = torch.tensor([0.05, 0.08, 0.55, 0.95, 0.99])
+    observed = torch.tensor([0.0, 0.1, 0.5, 1.0, 0.8])
+    r = reliability(predicted, observed, bins=10)
+    assert r["count"] == [2, 0, 0, 0, 0, 1, 0, 0, 0, 2]
+    assert r["predicted"][0] == pytest.approx(0.065) and r["observed"][0] == pytest.approx(0.05)
+    assert math.isnan(r["predicted"][1])
+    expected = (2 * abs(0.05 - 0.065) + abs(0.5 - 0.55) + 2 * abs(0.9 - 0.97)) / 5
+    assert r["ece"] == pytest.approx(expected)

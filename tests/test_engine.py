@@ -284,12 +284,17 @@ def test_train_eval_cli_end_to_end(tmp_path, capsys):
     # The flip test merges each crop with its mirror image; its single-pass error is the plain eval's.
     ev_flip = tmp_path / "eval_flip"
     assert main(["eval", "--checkpoint", str(run), "--out", str(ev_flip), "--quiet", "--pictures", "0",
-                 "--flip-test"]) == 0
+                 "--flip-test", "--simulated-detections", "0.1,0.5"]) == 0
     assert "flip test on" in capsys.readouterr().out
     flipped = json.loads((ev_flip / "metrics.json").read_text())
     assert flipped["flip_test"] is True and metrics["flip_test"] is False
     assert flipped["mean_joint_error_no_flip"] == pytest.approx(metrics["mean_joint_error"], rel=1e-5)
     assert "flip test" in (ev_flip / "report.md").read_text()
+    boxes = list(flipped["ap_by_score"])
+    assert boxes[0] == "ground-truth boxes" and boxes[1].startswith("simulated detections (jitter 0.1")
+    assert set(flipped["ap_by_score"][boxes[1]]) == {"expected_oks", "heatmap_max", "constant"}
+    assert 0 <= flipped["keypoint_confidence_ece"] <= 1 and sum(flipped["keypoint_reliability"]["count"]) > 0
+    assert "keypoint_reliability.png" in (ev_flip / "report.md").read_text()
 
     # Resume of a finished run does nothing and says so; a bad --data is named.
     assert main(["train", "--resume", str(run)]) == 0

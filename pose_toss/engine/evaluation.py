@@ -35,7 +35,8 @@ def predict_dataset(model, loader, device: torch.device, amp: bool = False, prog
     test: each crop is also predicted mirrored, and the two Gaussians are merged by moment matching.
     The single-pass means are kept as ``mean_no_flip``.
 
-    A TIC model also gives, per sample, ``tic_share`` (tr(eps1^2 J J^T) / tr(cov)) and J's singular
+    A heatmap model also gives ``heatmap_max`` (B x J, each joint's largest soft-argmax probability). A TIC
+    model also gives, per sample, ``tic_share`` (tr(eps1^2 J J^T) / tr(cov)) and J's singular
     values (``jacobian_singular_values``), from the single pass.
 
     Samples whose image could not be read are left out; ``unreadable`` (a list) receives their messages.
@@ -43,7 +44,7 @@ def predict_dataset(model, loader, device: torch.device, amp: bool = False, prog
     was_training = model.training
     model.eval()
     cols: dict[str, list] = {k: [] for k in ("mean", "cov", "target", "visibility", "affine", "index",
-                                             "mean_no_flip", "tic_share", "jacobian_singular_values",
+                                             "mean_no_flip", "tic_share", "jacobian_singular_values", "heatmap_max",
                                              *OPTIONAL_KEYS)}
     try:
         for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
@@ -55,6 +56,9 @@ def predict_dataset(model, loader, device: torch.device, amp: bool = False, prog
             with autocast_context(device, amp):
                 out = model(images)
             mean, cov = out.mean.float(), out.cov.float()
+            if out.heatmaps is not None:  # each joint's most probable pixel's probability (a common keypoint score)
+                beta = model.head.log_beta.exp().float()
+                cols["heatmap_max"].append(torch.softmax(beta * out.heatmaps.float().flatten(2), -1).amax(-1).cpu())
             if out.tic is not None:
                 share, singular = taylor_diagnostics(out.tic.jacobian, out.tic.eps1, cov)
                 cols["tic_share"].append(share.float().cpu())
@@ -214,28 +218,32 @@ def prediction_pictures(dataset, preds: dict, skeleton, count: int = 16, tile: i
 
 def evaluate_checkpoint(checkpoint, data: str, out, *, split: str = "test", overwrite: bool = False,
                         device: str = "auto", batch_size: int | None = None, num_workers: int = 0,
-                        pictures: int = 16, progress: bool = True, flip_test: bool = False) -> dict:
+                        pictures: int = 16, progress: bool = True, flip_test: bool = False,
+                        simulated_detections: tuple[float, float] | None = None) -> dict:
     """Evaluate a model on a dataset; writes ``metrics.json``, ``report.md``, ``predictions.json``
     (COCO keypoint results with covariances) and ``pictures.png`` into ``out`` (staged, then renamed).
 
     ``flip_test``: predict each crop and its mirror image and merge the two (see ``predict_dataset``);
-    the single-pass error is then reported too, as ``mean_joint_error_no_flip``."""
+    the single-pass error is then reported too, as ``mean_joint_error_no_flip``. ``simulated_detections``
+    (jitter, share of people with a false positive): also predict from detector-like boxes (``coco_eval.
+    simulated_detections``) and report COCO AP by each way of scoring people there."""
     from pose_toss.io import check_output_dir, run_lock
 
     inputs = [checkpoint, data if data != "synthetic" else None]
     check_output_dir(out, overwrite, inputs)
     with run_lock(out):
         return _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_workers, pictures, progress,
-                         flip_test, inputs)
+                         flip_test, inputs, simulated_detections=simulated_detections)
 
 
 def _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_workers, pictures, progress,
-              flip_test, inputs, log=print) -> dict:
+              flip_test, inputs, log=print, simulated_detections=None) -> dict:
     import json
 
     from pose_toss.data.coco_format import coco_ground_truth, record_area, record_image_id
     from pose_toss.data.dataset import PoseDataset, image_file_problem
-    from pose_toss.engine.coco_eval import keypoint_ap
+    from pose_toss.engine.coco_eval import ap_by_score
+    from pose_toss.engine.coco_eval import simulated_detections as simulate
     from pose_toss.engine.report import evaluation_report
     from pose_toss.engine.runtime import Runtime, make_loader, resolve_device
     from pose_toss.export import coco_results, write_coco_results
@@ -292,9 +300,27 @@ def _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_w
     results = coco_results(preds["mean"].numpy(), preds["cov"].numpy(), preds["affine"].numpy(),
                            [record_image_id(r, int(i)) for r, i in zip(picked, preds["index"], strict=True)],
                            areas=[record_area(r) for r in picked], sigmas=sigmas)
-    metrics["coco"] = keypoint_ap(coco_ground_truth(picked, skeleton), results, sigmas)
+    ground_truth = coco_ground_truth(picked, skeleton)
+    by_score = {"ground-truth boxes": ap_by_score(ground_truth, results, preds.get("heatmap_max"), sigmas)}
+    metrics["coco"] = by_score["ground-truth boxes"]["expected_oks"]
     metrics["oks_sigmas"] = [float(v) for v in sigmas]
     metrics.update({f"coco_{k.lower()}": v for k, v in metrics["coco"].items()})
+    metrics["keypoint_reliability"] = keypoint_confidence_reliability(results, picked, sigmas)
+    metrics["keypoint_confidence_ece"] = metrics["keypoint_reliability"]["ece"]
+    if simulated_detections is not None:
+        jitter, false_positives = simulated_detections
+        dets = simulate(picked, jitter, false_positives, seed=0)
+        det_set = PoseDataset.from_config(dets, data_cfg, train=False, skeleton=skeleton)
+        det_preds = predict_dataset(model, make_loader(det_set, batch_size or data_cfg.batch_size, Runtime(dev),
+                                                       shuffle=False, num_workers=num_workers),
+                                    dev, progress=progress, desc="simulated detections")
+        kept = [dets[int(i)] for i in det_preds["index"]]
+        det_results = coco_results(det_preds["mean"].numpy(), det_preds["cov"].numpy(), det_preds["affine"].numpy(),
+                                   [record_image_id(r, 0) for r in kept],
+                                   areas=[float(r["bbox"][2] * r["bbox"][3]) for r in kept], sigmas=sigmas)
+        by_score[f"simulated detections (jitter {jitter:g}, false positives for {false_positives:g} of people)"] = \
+            ap_by_score(ground_truth, det_results, det_preds.get("heatmap_max"), sigmas)
+    metrics["ap_by_score"] = by_score
     with staged_output_dir(out, overwrite, inputs) as stage:
         atomic_write_text(stage / "metrics.json", json.dumps(jsonable(
             {"checkpoint": str(model_file), "data": source, **metrics}), indent=1))
@@ -313,16 +339,40 @@ def _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_w
     return metrics
 
 
+def keypoint_confidence_reliability(results: list[dict], records: list[dict], sigmas, bins: int = 10) -> dict:
+    """How well each visible keypoint's confidence (its expected keypoint similarity, the third value of its
+    COCO triplet) predicts the keypoint similarity it actually had (``metrics.reliability``)."""
+    from pose_toss.data.coco_format import record_area
+    from pose_toss.metrics import keypoint_similarity, reliability
+
+    kps = torch.tensor([r["keypoints"] for r in results], dtype=torch.float64).reshape(len(results), -1, 3)
+    truth = torch.from_numpy(np.stack([np.nan_to_num(np.asarray(r["joints"], dtype=np.float64)) for r in records]))
+    vis = torch.from_numpy(np.stack([np.asarray(r["visibility"]) > 0 for r in records]))
+    area = torch.tensor([record_area(r) for r in records], dtype=torch.float64)
+    ks = keypoint_similarity(kps[..., :2].reshape(len(results), -1), truth.reshape(len(records), -1), area,
+                             torch.as_tensor(np.asarray(sigmas, dtype=np.float64)))
+    return reliability(kps[..., 2][vis], ks[vis], bins)
+
+
 def report_plots(out: Path, metrics: dict, skeleton, run_dir=None) -> dict[str, str]:
     """Calibration and sparsification plots, and training curves when the run's metrics.jsonl is at
     hand; returns {what: file name} for the report to link."""
     import json
 
-    from pose_toss.viz.plots import calibration_plot, sparsification_plot, training_curves_plot
+    from pose_toss.viz.plots import (
+        calibration_plot,
+        keypoint_reliability_plot,
+        sparsification_plot,
+        training_curves_plot,
+    )
 
     calibration_plot(metrics["calibration"], skeleton.joint_names, out / "calibration.png")
+    if "keypoint_reliability" in metrics:
+        keypoint_reliability_plot(metrics["keypoint_reliability"], out / "keypoint_reliability.png")
     sparsification_plot(metrics["sparsification"], out / "sparsification.png")
     plots = {"calibration": "calibration.png", "sparsification": "sparsification.png"}
+    if "keypoint_reliability" in metrics:
+        plots["keypoint_reliability"] = "keypoint_reliability.png"
     log = Path(run_dir) / "metrics.jsonl" if run_dir is not None else None
     if log is not None and log.is_file():
         history = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]

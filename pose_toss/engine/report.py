@@ -121,6 +121,19 @@ def evaluation_report(metrics: dict, title: str, context: list[str], pictures: l
                 "OKS under the predicted covariance, each keypoint's third value its expected keypoint similarity.",
                 ""]
         out += [table(list(coco), [[coco[k] for k in coco]]), ""]
+        by_score = metrics.get("ap_by_score") or {}
+        if by_score:
+            out += ["AP of the same predictions with people ranked by their expected OKS, by the mean of their "
+                    "heatmaps' maximum probabilities, or by nothing (a constant score):", ""]
+            rows = [[boxes, score] + [ap.get(k) for k in ("AP", "AP50", "AP75", "AR")]
+                    for boxes, scores in by_score.items() for score, ap in scores.items()]
+            out += [table(["boxes", "score", "AP", "AP50", "AP75", "AR"], rows), ""]
+        rel = metrics.get("keypoint_reliability")
+        if rel:
+            out += ["Each keypoint's confidence (its expected keypoint similarity) against the keypoint similarity "
+                    f"it then had, visible joints, 10 bins: expected calibration error {fmt(rel['ece'])}.", ""]
+            if "keypoint_reliability" in (plots or {}):
+                out += [f"![keypoint confidence calibration]({plots['keypoint_reliability']})", ""]
     out += ["## Per joint", ""]
     keys = [k for k in pj if k not in ("name",)]
     out += [table(["joint"] + keys, [[pj["name"][j]] + [pj[k][j] for k in keys] for j in range(len(pj["name"]))]),

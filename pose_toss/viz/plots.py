@@ -38,6 +38,25 @@ def calibration_plot(calibration: dict, joint_names: Sequence[str], path) -> Non
     _save(fig, path)
 
 
+def keypoint_reliability_plot(rel: dict, path) -> None:
+    """Each keypoint's confidence (its expected keypoint similarity) against the keypoint similarity it
+    then had, per bin of confidence; the diagonal is a perfectly calibrated confidence."""
+    fig, ax = plt.subplots(figsize=(5.2, 5))
+    ax.plot([0, 1], [0, 1], color="0.5", lw=1, ls="--", label="ideal")
+    ax.plot(rel["predicted"], rel["observed"], "o-", lw=2, color="black", label="keypoints")
+    edges = rel["edges"]
+    centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    total = max(sum(rel["count"]), 1)
+    ax.bar(centres, [c / total for c in rel["count"]], width=edges[1] - edges[0], alpha=0.15, color="C0",
+           label="share of keypoints")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted E[keypoint similarity]",
+           ylabel="observed keypoint similarity (mean in bin)",
+           title=f"Keypoint confidence calibration (ECE {rel['ece']:.3f})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    _save(fig, path)
+
+
 def sparsification_plot(sparsification: dict, path) -> None:
     """Mean error of the joints kept after removing the most uncertain fraction, against the oracle
     that removes the largest errors first; the area between them is the AUSE."""
