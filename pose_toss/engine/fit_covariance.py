@@ -1,0 +1,109 @@
+"""A covariance for a pose model that is already trained.
+
+TIC-TAC's covariance network reads the embedding detached, so it can be learnt after the fact: the pose
+model stays frozen (eval mode, no gradient: its means cannot change), and only a covariance network is
+trained, with the Gaussian NLL of the frozen means. ``fit_covariance`` is the loop for any model;
+``fit_model_covariance`` applies it to a pose-toss model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from pose_toss.losses import gaussian_nll
+
+
+def fit_covariance(pose_fn: Callable, covariance_fn: Callable, parameters: Iterable[nn.Parameter], loader, *,
+                   epochs: int = 3, lr: float = 1e-3, device: str | torch.device = "cpu",
+                   validate: Callable[[], dict] | None = None, log=print) -> list[dict]:
+    """Train only ``parameters`` (a covariance network's) with the Gaussian NLL of a frozen pose model.
+
+    ``pose_fn(images) -> (mean B x 2J, state)`` runs the frozen model (called without gradient);
+    ``covariance_fn(state) -> B x 2J x 2J`` is the covariance being learnt from that state, e.g.
+    ``lambda s: tic_head(s.z, decode_fn, s.context)`` with a ``TICCovarianceHead`` and the model's decoder.
+    ``loader`` yields dicts with ``image``, ``target`` (B x 2J, the means' pixels) and ``visibility``
+    (B x J). ``validate()`` (optional) is called after each epoch; its numbers join that epoch's line.
+    Returns one dict per epoch (mean training NLL, seconds, and the validation numbers).
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    params = [p for p in parameters if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters: pass the covariance network's parameters")
+    device = torch.device(device)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    history = []
+    for epoch in range(epochs):
+        start, total, count, skipped = time.perf_counter(), 0.0, 0, 0
+        for batch in loader:
+            if "image" not in batch:  # every image of the batch was unreadable
+                continue
+            images = batch["image"].to(device, non_blocking=True)
+            with torch.no_grad():
+                mean, state = pose_fn(images)
+            try:
+                nll = gaussian_nll(mean.detach(), covariance_fn(state), batch["target"].to(device),
+                                   batch["visibility"].to(device)).mean()
+            except FloatingPointError:  # a non-finite covariance: skip the step, as training does
+                skipped += 1
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            nll.backward()
+            torch.nn.utils.clip_grad_norm_(params, 10.0)
+            optimizer.step()
+            total, count = total + float(nll.detach()), count + 1
+        line = {"epoch": epoch + 1, "train_nll": total / max(count, 1), "skipped_steps": skipped,
+                "seconds": round(time.perf_counter() - start, 2)}
+        if validate is not None:
+            line.update({f"val_{k}": v for k, v in validate().items()})
+        history.append(line)
+        log(f"fit-covariance epoch {epoch + 1}/{epochs}: train NLL {line['train_nll']:.2f}"
+            + (f", val NLL {line['val_nll']:.2f}" if "val_nll" in line else "") + f" | {line['seconds']:.0f} s")
+    return history
+
+
+def with_fresh_covariance(model, covariance: str):
+    """A copy of ``model`` whose covariance network is a new, untrained ``covariance`` ("tic", "full" or
+    "diagonal"); every other weight (and so every mean) is the model's own."""
+    from pose_toss.models.pose_model import PoseModel
+
+    if covariance not in ("tic", "full", "diagonal"):
+        raise ValueError(f"covariance must be 'tic', 'full' or 'diagonal', got {covariance!r}")
+    fresh = PoseModel(**{**model.config, "covariance": covariance}, pretrained=False)
+    kept = {k: v for k, v in model.state_dict().items() if not k.startswith("cov_head.")}
+    missing, unexpected = fresh.load_state_dict(kept, strict=False)
+    if unexpected or any(not k.startswith("cov_head.") for k in missing):
+        raise ValueError(f"the model's weights do not fit a {covariance} copy of it (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+    return fresh.to(next(model.parameters()).device)
+
+
+def fit_model_covariance(model, loader, *, epochs: int = 3, lr: float = 1e-3, device="cpu",
+                         validate: Callable[[], dict] | None = None, log=print) -> list[dict]:
+    """``fit_covariance`` on a pose-toss model: everything but ``model.cov_head`` frozen and in eval mode
+    (batch norm's statistics fixed), the covariance network trained (its running J scale too)."""
+    model.to(device).eval()
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("cov_head."))
+    model.cov_head.train()
+
+    def pose_fn(images):
+        feats = model.features(images)
+        z, context = model.embed(feats), model.decoder_input(feats)
+        return model.decode(z, context), (z, feats, context)
+
+    def covariance_fn(state):
+        z, feats, context = state
+        return model.covariance(z, feats, context)[0]
+
+    try:
+        return fit_covariance(pose_fn, covariance_fn, model.cov_head.parameters(), loader, epochs=epochs, lr=lr,
+                              device=device, validate=validate, log=log)
+    finally:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(True)
