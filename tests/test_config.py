@@ -78,3 +78,11 @@ def test_resolved_config_round_trips(tmp_path):
     again = load_config(p)
     assert config_to_dict(again) == config_to_dict(cfg)
     assert isinstance(again, Config)
+
+
+def test_oks_sigmas_override():
+    from pose_toss.config import load_config
+
+    assert load_config().data.oks_sigmas is None  # the skeleton's own
+    cfg = load_config(None, ["data.oks_sigmas=[0.1, 2e-1]"])
+    assert cfg.data.oks_sigmas == [0.1, 0.2]

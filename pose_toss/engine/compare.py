@@ -161,7 +161,7 @@ def _run_cell_in_worker(cfg: Config, run_dir: str, log_file: str, threads: int) 
         return run_cell(cfg, Path(run_dir), log)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
     vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     if not vals:
         return float("nan"), float("nan")
@@ -181,7 +181,7 @@ def aggregate(cells: list[dict]) -> list[dict]:
                                   and k not in ("lr", "seed")))
         mean, std = {}, {}
         for k in keys:
-            mean[k], std[k] = _mean_std([g.get(k) for g in group])
+            mean[k], std[k] = mean_std([g.get(k) for g in group])
         out.append({"lr": lr, "method": method, "seeds": [g["seed"] for g in group], "mean": mean, "std": std,
                     "diverged_seeds": [g["seed"] for g in group if g.get("diverged")]})
     return out
