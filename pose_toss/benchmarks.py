@@ -14,6 +14,7 @@ import platform
 import resource
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import cv2
 import torch
@@ -381,6 +382,37 @@ def inference_throughput(cfg: Config, batches=(1, 32), repeats: int = 5, warmup:
     return out
 
 
+def onnx_throughput(cfg: Config, batches=(1, 32), repeats: int = 5, warmup: int = 2) -> dict | None:
+    """Images/s of the exported model (mean, covariance, heatmaps) in ONNX Runtime on the CPU, per batch
+    size; None when onnx / onnxruntime are not installed."""
+    import tempfile
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    from pose_toss.engine.trainer import build_model_from_config
+    from pose_toss.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    model = build_model_from_config(cfg, 14)
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(2, 3, cfg.data.input_size, cfg.data.input_size))  # sets TIC's running J scale
+    model.eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        export_onnx(model, Path(tmp) / "bench.onnx")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(str(Path(tmp) / "bench.onnx"), options, providers=["CPUExecutionProvider"])
+    out = {}
+    for b in batches:
+        images = torch.rand(b, 3, cfg.data.input_size, cfg.data.input_size).numpy()
+        out[str(b)] = b / median_seconds(lambda images=images: session.run(None, {"images": images}), repeats,
+                                         warmup)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # The whole run
 # --------------------------------------------------------------------------------------------------
@@ -436,6 +468,8 @@ def run_benchmarks(cfg: Config, batch: int = 32, repeats: int = 5, device: str =
     result["inference_images_per_s"] = inference_throughput(cfg, device=dev, repeats=repeats)
     result["inference_mean_only_images_per_s"] = inference_throughput(cfg, device=dev, repeats=repeats,
                                                                       with_covariance=False)
+    if cfg.model.bottleneck_at == "head" and not cfg.model.use_hessian:
+        result["onnx_runtime_cpu_images_per_s"] = onnx_throughput(cfg, repeats=repeats)
     result["memory"] = peak_memory(dev)
     return result
 
@@ -495,12 +529,14 @@ def benchmark_markdown(r: dict, command: str) -> str:
         out.append(f"\nFitted scaling: time ∝ N^{pl['exponent']:.2f}.")
     out += ["", "| data pipeline, input px | samples/s per core |", "| --- | --- |"]
     out += [f"| {k} | {v:.0f} |" for k, v in r["data_samples_per_s_per_core"].items()]
-    out += ["", "| inference, batch | images/s with covariance | images/s, mean only | covariance's cost |",
-            "| --- | --- | --- | --- |"]
+    out += ["", "| inference, batch | images/s with covariance | images/s, mean only | covariance's cost | "
+            "ONNX Runtime CPU, with covariance |", "| --- | --- | --- | --- | --- |"]
     mean_only = r.get("inference_mean_only_images_per_s", {})
+    onnx = r.get("onnx_runtime_cpu_images_per_s") or {}
     for k, v in r["inference_images_per_s"].items():
         m = mean_only.get(k)
-        out.append(f"| {k} | {v:.1f} | " + (f"{m:.1f} | {100 * (m / v - 1):.0f} % |" if m else "– | – |"))
+        out.append(f"| {k} | {v:.1f} | " + (f"{m:.1f} | {100 * (m / v - 1):.0f} % |" if m else "– | – |")
+                   + (f" {onnx[k]:.1f} |" if k in onnx else " – |"))
     mem = r["memory"]
     out += ["", f"Peak memory: CPU RSS {mem['cpu_peak_rss_mib']:.0f} MiB"
             + (f", CUDA max allocated {mem['cuda_max_allocated_mib']:.0f} MiB" if "cuda_max_allocated_mib" in mem

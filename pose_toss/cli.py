@@ -199,6 +199,34 @@ def cmd_fit_covariance(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from pose_toss.engine.evaluation import resolve_checkpoint
+    from pose_toss.models.checkpoint import load_model
+
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise ValueError('export needs the onnx package: pip install -e ".[export]" (onnx and onnxruntime)') from None
+    from pose_toss.onnx_export import export_onnx
+
+    model_file, _ = resolve_checkpoint(args.checkpoint)
+    target = Path(args.onnx)
+    if target.suffix != ".onnx":
+        raise ValueError(f"--onnx: expected a file name ending in .onnx, got {target}")
+    if target.exists() and not args.overwrite:
+        raise OutputExistsError(f"{target} exists; pass --overwrite to replace it")
+    if target.resolve() == model_file.resolve():
+        raise OutputExistsError(f"--onnx {target} is the model file itself")
+    model = load_model(model_file)
+    with run_lock(target):
+        names = export_onnx(model, target, opset=args.opset)
+    s = model.input_size
+    print(f"wrote {target}: input 'images' (B x 3 x {s} x {s}, RGB in [0, 1]), outputs {', '.join(names)} "
+          f"(mean B x {2 * model.num_joints} crop pixels [x0, y0, ...], cov B x {2 * model.num_joints} x "
+          f"{2 * model.num_joints} pixels^2" + (", heatmaps" if "heatmaps" in names else "") + ")")
+    return 0
+
+
 def cmd_data_check(args: argparse.Namespace) -> int:
     from pose_toss.data.check import data_check
 
@@ -304,6 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     _add_config_args(p)
     p.set_defaults(func=cmd_fit_covariance)
+
+    p = sub.add_parser("export", help="write a model with its covariance as one ONNX graph (mean, covariance, "
+                                      "heatmaps; dynamic batch)")
+    p.add_argument("--checkpoint", required=True, help="a model .safetensors, a run directory or a checkpoint")
+    p.add_argument("--onnx", required=True, help="the .onnx file to write")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("data-check", help="counts, problems and a contact sheet of augmented crops for a config's data")
     p.add_argument("--split", default="train", choices=("train", "val", "test"))

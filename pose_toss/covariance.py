@@ -177,6 +177,18 @@ def heatmap_tail_jacobian(z: torch.Tensor, context: torch.Tensor, up_weight: tor
         return g_ck @ u_w
 
 
+def regression_tail_jacobian(z: torch.Tensor, context: torch.Tensor, up_weight: torch.Tensor, up_bias: torch.Tensor,
+                             out_weight: torch.Tensor, scale: float) -> torch.Tensor:
+    """Closed-form J (B x 2J x E) of the regression head's tail with z at its hidden layer:
+    ``mean = scale (W relu(context + U z + b) + c) + const``, so J = scale W diag(1[pre > 0]) U."""
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        dtype = torch.promote_types(torch.promote_types(z.dtype, context.dtype), torch.float32)
+        u_w = up_weight.detach().to(dtype)
+        pre = context.detach().to(dtype) + z.detach().to(dtype) @ u_w.T + up_bias.detach().to(dtype)
+        mask = (pre > 0).to(dtype)  # B x H
+        return scale * (out_weight.detach().to(dtype).unsqueeze(0) * mask.unsqueeze(1)) @ u_w
+
+
 def hessian_gram(decode_fn: Callable[..., torch.Tensor], z: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
     """``H~_ab = tr(H_a H_b)`` with H_a the E x E Hessian of output a w.r.t. z -> B x D x D (costly)."""
     z = at_least_float32(z.detach())
@@ -227,14 +239,16 @@ def taylor_diagnostics(jac: torch.Tensor, eps1: torch.Tensor, cov: torch.Tensor)
 
 def cholesky_from_vector(vec: torch.Tensor, dim: int, floor: float = 1e-3) -> torch.Tensor:
     """Lower-triangular factor with a positive diagonal from B x dim(dim+1)/2 unconstrained values (at least
-    float32)."""
-    b = vec.shape[0]
+    float32). Placed by a constant 0/1 matrix and masked with the identity rather than indexed in place, so
+    the same function exports to ONNX."""
     vec = at_least_float32(vec)
     rows, cols = torch.tril_indices(dim, dim, device=vec.device)
-    low = vec.new_zeros(b, dim, dim)
-    low[:, rows, cols] = vec
-    diag = torch.nn.functional.softplus(torch.diagonal(low, dim1=-2, dim2=-1)) + floor**0.5
-    return torch.diagonal_scatter(low, diag, dim1=-2, dim2=-1)
+    place = torch.zeros(rows.numel(), dim * dim, dtype=vec.dtype, device=vec.device)
+    place[torch.arange(rows.numel(), device=vec.device), rows * dim + cols] = 1.0
+    low = (vec @ place).reshape(vec.shape[0], dim, dim)
+    eye = torch.eye(dim, dtype=vec.dtype, device=vec.device)
+    diag = torch.nn.functional.softplus((low * eye).sum(-1)) + floor**0.5
+    return low * (1.0 - eye) + eye * diag.unsqueeze(-1)
 
 
 def full_covariance(vec: torch.Tensor, dim: int, floor: float = 1e-3, scale: float = 1.0) -> torch.Tensor:
@@ -244,8 +258,9 @@ def full_covariance(vec: torch.Tensor, dim: int, floor: float = 1e-3, scale: flo
 
 
 def diagonal_covariance(raw: torch.Tensor, floor: float = 1e-3, scale: float = 1.0) -> torch.Tensor:
-    """``diag(scale * softplus(raw)) + floor I``."""
-    return torch.diag_embed(torch.nn.functional.softplus(at_least_float32(raw)) * scale + floor)
+    """``diag(scale * softplus(raw)) + floor I`` (the identity masked, so it exports to ONNX)."""
+    var = torch.nn.functional.softplus(at_least_float32(raw)) * scale + floor
+    return torch.eye(var.shape[-1], dtype=var.dtype, device=var.device) * var.unsqueeze(-1)
 
 
 def symmetrise_with_floor(cov: torch.Tensor, floor: float) -> torch.Tensor:

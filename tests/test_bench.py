@@ -51,6 +51,8 @@ def test_bench_writes_every_section(tmp_path, capsys):
                             (row["seconds"] + row["embedding_pass_seconds"]) / row["epoch_seconds"])
     assert r["data_samples_per_s_per_core"]["64"] > 0
     assert set(r["inference_images_per_s"]) == set(r["inference_mean_only_images_per_s"]) == {"1", "32"}
+    onnx = r["onnx_runtime_cpu_images_per_s"]  # None only where onnxruntime is missing
+    assert onnx is None or (set(onnx) == {"1", "32"} and min(onnx.values()) > 0)
     assert r["memory"]["cpu_peak_rss_mib"] > 0 and r["machine"]["cores"] >= 1
     md = (out / "bench.md").read_text()
     assert "| w2_bound_full | full | w2_bound |" in md and "Command: `pose-toss bench --out" in md

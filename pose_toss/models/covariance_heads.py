@@ -104,7 +104,8 @@ class IsotropicCovariance(nn.Module):
     def forward(self, z: torch.Tensor, *_, **__) -> torch.Tensor:
         with torch.autocast(device_type=z.device.type, enabled=False):
             raw = self.mlp(_clean(z, self.mlp)).clamp(-_CLAMP, _CLAMP)
-            return diagonal_covariance(raw.repeat_interleave(2, dim=-1), self.floor, self.scale)
+            per_coordinate = raw.unsqueeze(-1).expand(*raw.shape, 2).reshape(raw.shape[0], -1)  # x and y alike
+            return diagonal_covariance(per_coordinate, self.floor, self.scale)
 
 
 class FullCovariance(nn.Module):

@@ -1,0 +1,112 @@
+"""`pose-toss export`: the model with its covariance as one ONNX graph (mean, covariance, heatmaps).
+
+ONNX has no autograd, so TIC's J is built in closed form (``covariance.heatmap_tail_jacobian`` /
+``regression_tail_jacobian``), and the two data-dependent-shaped operations of the bottleneck (adaptive
+pooling to the grid, bilinear resizing back) become the constant matrices they are at a fixed input
+size. Everything else is the model's own modules. Input: B x 3 x S x S floats in [0, 1] (normalisation
+inside), any batch size.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pose_toss.covariance import heatmap_tail_jacobian, interpolation_matrix, regression_tail_jacobian, tic_covariance
+from pose_toss.models.covariance_heads import TICCovarianceHead
+from pose_toss.models.heads import HeatmapHead
+
+OUTPUTS = ("mean", "cov", "heatmaps")
+
+
+def pooling_matrix(grid: int, height: int, width: int) -> torch.Tensor:
+    """The (grid^2) x (H W) matrix of ``adaptive_avg_pool2d(x, grid)`` (a linear map, read off the unit maps)."""
+    basis = torch.eye(height * width).reshape(height * width, 1, height, width)
+    return torch.nn.functional.adaptive_avg_pool2d(basis, grid).reshape(height * width, grid * grid).T
+
+
+class ExportablePoseModel(nn.Module):
+    """``model``'s eval-mode forward with the covariance, in operations ONNX has; equal to it (tested)."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        if model.bottleneck_at != "head":
+            raise ValueError("export needs z at the head's last layer (model.bottleneck_at: head): with z at the "
+                             "features, TIC's J crosses the whole head and has no closed form here")
+        if model.config.get("use_hessian"):
+            raise ValueError("export does not support TIC's Hessian term (model.use_hessian)")
+        self.model = model.eval()
+        s = model.input_size
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            feats = model.features(torch.zeros(1, 3, s, s, device=device))
+            context = model.head.trunk(feats)
+        grid = model.bottleneck.grid
+        self.heatmap = isinstance(model.head, HeatmapHead)
+        self.register_buffer("pool", pooling_matrix(grid, *feats.shape[-2:]).to(device))
+        if self.heatmap:
+            self.register_buffer("resize", interpolation_matrix(grid, *context.shape[-2:], device=device))
+        self.tic = isinstance(model.cov_head, TICCovarianceHead)
+        if self.tic:
+            scale = model.cov_head.jacobian_log_scale
+            if not bool(torch.isfinite(scale)):
+                raise ValueError("the TIC head's running J scale was never measured (the model never trained): "
+                                 "train it, or run it once in training mode, before exporting")
+
+    def forward(self, images: torch.Tensor):
+        m = self.model
+        feats = m.features(images)
+        b = feats.shape[0]
+        bn = m.bottleneck
+        if bn.grid == 1:
+            z = bn.down(feats.mean(dim=(2, 3)))
+        else:
+            z = bn.down((feats.flatten(2) @ self.pool.T).flatten(1))
+        context = m.head.trunk(feats)
+        up = bn.up(z)
+        if self.heatmap:
+            c, h, w = context.shape[1:]
+            offset = (up.reshape(b, c, -1) @ self.resize.T).reshape(b, c, h, w)
+        else:
+            offset = up
+        mean, heat = m.head.tail(context, offset)
+        mean = mean.float()
+        if self.tic:
+            head = m.cov_head
+            if self.heatmap:
+                jac = heatmap_tail_jacobian(z, context, bn.up.weight, bn.up.bias, bn.grid, m.head.final.weight,
+                                            m.head.final.bias, m.head.log_beta.exp(), m.head.out_stride,
+                                            relu=len(m.head.up) > 0)
+            else:
+                jac = regression_tail_jacobian(z, context, bn.up.weight, bn.up.bias, m.head.out.weight,
+                                               float(m.head.input_size))
+            eps1, _, low = head.parameters_from_embedding(z.float(), head.jacobian_log_scale.exp())
+            cov = tic_covariance(jac, eps1, low, floor=head.floor)
+        else:
+            cov = m.cov_head(z)
+        outputs = (mean, cov.float())
+        return outputs + ((heat.float(),) if heat is not None else ())
+
+
+def export_onnx(model, path: str | Path, opset: int = 17) -> list[str]:
+    """Write ``model`` (with its covariance) as ONNX to ``path``; returns the output names."""
+    was_training = model.training
+    wrapper = ExportablePoseModel(model).eval()  # the exporter restores the wrapper's mode afterwards
+    s = model.input_size
+    example = torch.rand(2, 3, s, s, device=next(model.parameters()).device)
+    names = list(OUTPUTS[:3 if isinstance(model.head, HeatmapHead) else 2])
+    axes = {"images": {0: "batch"}, **{n: {0: "batch"} for n in names}}
+    blob = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the tracer's notes on constant shapes
+        torch.onnx.export(wrapper, (example,), blob, input_names=["images"], output_names=names,
+                          dynamic_axes=axes, opset_version=opset, dynamo=False)
+    model.train(was_training)
+    from pose_toss.io import atomic_write_bytes
+
+    atomic_write_bytes(path, blob.getvalue())
+    return names
