@@ -227,6 +227,34 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_smooth(args: argparse.Namespace) -> int:
+    import json
+
+    from pose_toss.io import atomic_write_text
+    from pose_toss.tracking import smooth_results
+
+    src, out = Path(args.predictions), Path(args.out)
+    if not src.is_file():
+        raise FileNotFoundError(f"--predictions: file not found: {src}")
+    if out.exists() and (out.resolve() == src.resolve() or not args.overwrite):
+        raise OutputExistsError(f"{out} exists" + (" and is the input" if out.resolve() == src.resolve() else
+                                                   "; pass --overwrite to replace it"))
+    try:
+        results = json.loads(src.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{src}: cannot read as JSON ({e})") from None
+    if not isinstance(results, list):
+        raise ValueError(f"{src}: expected a list of COCO keypoint results, got {type(results).__name__}")
+    if args.q is not None and not args.q > 0:
+        raise ValueError(f"--q: expected a process noise > 0, got {args.q}")
+    smoothed = smooth_results(results, args.q, str(src))
+    with run_lock(out):
+        atomic_write_text(out, json.dumps(smoothed))
+    tracks = len({r.get("track_id") for r in results})
+    print(f"smoothed {len(results)} people over {tracks} track{'s' if tracks != 1 else ''} into {out}")
+    return 0
+
+
 def cmd_data_check(args: argparse.Namespace) -> int:
     from pose_toss.data.check import data_check
 
@@ -340,6 +368,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("smooth", help="smooth COCO results with covariances over video frames (Kalman filter and "
+                                      "RTS smoother, each frame's full covariance as its measurement noise)")
+    p.add_argument("--predictions", required=True, help="COCO keypoint results with 'covariance' (eval/visualize "
+                                                         "output); frames by 'frame' or 'image_id', tracks by "
+                                                         "'track_id'")
+    p.add_argument("--out", required=True, help="the smoothed results (.json)")
+    p.add_argument("--q", type=float, default=None, help="process noise, px^2 per frame^3 (default: fitted per track "
+                                                        "by the innovations' likelihood)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_smooth)
 
     p = sub.add_parser("data-check", help="counts, problems and a contact sheet of augmented crops for a config's data")
     p.add_argument("--split", default="train", choices=("train", "val", "test"))
