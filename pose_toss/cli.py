@@ -255,6 +255,37 @@ def cmd_smooth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_video_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from pose_toss.config import Config
+    from pose_toss.engine.evaluation import resolve_checkpoint
+    from pose_toss.engine.runtime import resolve_device
+    from pose_toss.engine.video_bench import video_benchmark, video_markdown
+    from pose_toss.io import atomic_write_text, jsonable
+    from pose_toss.models.checkpoint import load_model
+
+    if args.sequences < 1 or args.length < 3:
+        raise ValueError(f"--sequences must be >= 1 and --length >= 3, got {args.sequences} and {args.length}")
+    model_file, run_dir = resolve_checkpoint(args.checkpoint)
+    inputs = [args.checkpoint]
+    check_output_dir(args.out, args.overwrite, inputs)
+    dev = resolve_device(args.device)
+    model = load_model(model_file, map_location=dev)
+    data_cfg = (load_config(run_dir / "config.yaml") if run_dir is not None else Config()).data
+    data_cfg.input_size = model.input_size
+    with run_lock(args.out):
+        result = video_benchmark(model, data_cfg, args.sequences, args.length, args.seed, dev)
+        text = video_markdown(result)
+        with staged_output_dir(args.out, overwrite=args.overwrite, inputs=inputs) as stage:
+            atomic_write_text(stage / "video_bench.json", json.dumps(jsonable({"checkpoint": str(model_file),
+                                                                                **result}), indent=1))
+            atomic_write_text(stage / "video_bench.md", text)
+    print(text)
+    print(f"wrote {Path(args.out) / 'video_bench.json'} and video_bench.md")
+    return 0
+
+
 def cmd_data_check(args: argparse.Namespace) -> int:
     from pose_toss.data.check import data_check
 
@@ -379,6 +410,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "by the innovations' likelihood)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_smooth)
+
+    p = sub.add_parser("video-bench", help="synthetic video: raw predictions against smoothing with the full "
+                                           "covariance, its diagonal and a constant (error, cued limbs, jitter)")
+    p.add_argument("--checkpoint", required=True, help="a model .safetensors, a run directory or a checkpoint")
+    p.add_argument("--out", required=True, help="where video_bench.json and .md go")
+    p.add_argument("--sequences", type=int, default=8)
+    p.add_argument("--length", type=int, default=60, help="frames per sequence")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_video_bench)
 
     p = sub.add_parser("data-check", help="counts, problems and a contact sheet of augmented crops for a config's data")
     p.add_argument("--split", default="train", choices=("train", "val", "test"))

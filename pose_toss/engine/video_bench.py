@@ -1,0 +1,103 @@
+"""`pose-toss video-bench`: what smoothing with the predicted covariance does on synthetic video.
+
+Each sequence (``data.video.synthetic_sequence``) is predicted frame by frame from its true boxes, then
+smoothed (``tracking.rts_smoother``, q fitted per sequence) with each frame's full predicted covariance,
+with only its diagonal, or with one constant isotropic variance; against the noise-free truth it reports
+the mean joint error (all visible joints, and the joints of a cued limb while the cue lasts) and the
+jitter, the mean frame-to-frame acceleration |x(t+1) - 2 x(t) + x(t-1)|.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+VARIANTS = ("raw", "full covariance", "diagonal only", "isotropic constant")
+
+
+def measurement_covariances(covs: torch.Tensor, variant: str) -> torch.Tensor:
+    if variant == "full covariance":
+        return covs
+    if variant == "diagonal only":
+        return torch.diag_embed(torch.diagonal(covs, dim1=-2, dim2=-1))
+    if variant == "isotropic constant":
+        level = torch.diagonal(covs, dim1=-2, dim2=-1).mean()
+        return level * torch.eye(covs.shape[-1], dtype=covs.dtype).expand_as(covs)
+    raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS[1:]}")
+
+
+def sequence_scores(means: torch.Tensor, covs: torch.Tensor, truth: torch.Tensor, visible: torch.Tensor,
+                    cued: torch.Tensor) -> dict:
+    """Per variant: mean joint error over visible joints, over cued ones, and jitter (T x D means and truth,
+    T x J masks)."""
+    from pose_toss.tracking import fit_process_noise, rts_smoother
+
+    observed = visible.repeat_interleave(2, dim=1)
+    out = {}
+    for variant in VARIANTS:
+        if variant == "raw":
+            est = means
+        else:
+            r = measurement_covariances(covs, variant)
+            est, _ = rts_smoother(means, r, observed, fit_process_noise(means, r, observed))
+        err = (est - truth).reshape(len(est), -1, 2).norm(dim=-1)
+        acc = (est[2:] - 2 * est[1:-1] + est[:-2]).reshape(len(est) - 2, -1, 2).norm(dim=-1)
+        out[variant] = {"error": float(err[visible].mean()),
+                        "error_cued": float(err[cued & visible].mean()) if bool((cued & visible).any()) else None,
+                        "jitter": float(acc.mean())}
+    return out
+
+
+def video_benchmark(model, data_cfg, sequences: int = 8, length: int = 60, seed: int = 0, device="cpu",
+                    log=print) -> dict:
+    from pose_toss.data.dataset import PoseDataset
+    from pose_toss.data.video import synthetic_sequence
+    from pose_toss.engine.evaluation import predict_dataset
+    from pose_toss.engine.runtime import Runtime, make_loader
+    from pose_toss.export import coco_results
+    from pose_toss.skeletons import LSP14
+
+    device = torch.device(device)
+    per_sequence = []
+    for s in range(sequences):
+        frames = synthetic_sequence(length, data_cfg.synthetic.image_size, seed + s)
+        dataset = PoseDataset.from_config(frames, data_cfg, train=False, skeleton=LSP14)
+        preds = predict_dataset(model, make_loader(dataset, data_cfg.batch_size, Runtime(device), shuffle=False),
+                                device)
+        if len(preds.get("index", [])) != length:
+            raise ValueError(f"sequence {s}: {len(preds.get('index', []))} of {length} frames predicted")
+        results = coco_results(preds["mean"].numpy(), preds["cov"].numpy(), preds["affine"].numpy(),
+                               list(range(length)))
+        means = torch.tensor([np.asarray(r["keypoints"]).reshape(-1, 3)[:, :2].reshape(-1) for r in results])
+        covs = torch.tensor(np.stack([r["covariance"] for r in results]))
+        truth = torch.from_numpy(np.stack([f["joints_true"].reshape(-1) for f in frames]))
+        visible = torch.from_numpy(np.stack([f["visibility"] > 0 for f in frames]))
+        cued = torch.zeros_like(visible)
+        for t, f in enumerate(frames):
+            for cue in f["cues"]:
+                cued[t, list(cue.limb)] = True
+        per_sequence.append(sequence_scores(means, covs, truth, visible, cued))
+        acc = (truth[2:] - 2 * truth[1:-1] + truth[:-2]).reshape(length - 2, -1, 2).norm(dim=-1)
+        per_sequence[-1]["truth"] = {"error": 0.0, "error_cued": 0.0, "jitter": float(acc.mean())}
+        log(f"sequence {s + 1}/{sequences}: raw {per_sequence[-1]['raw']['error']:.2f} px, full covariance "
+            f"{per_sequence[-1]['full covariance']['error']:.2f} px")
+    from pose_toss.engine.compare import mean_std
+
+    summary = {}
+    for variant in (*VARIANTS, "truth"):
+        summary[variant] = {}
+        for key in ("error", "error_cued", "jitter"):
+            vals = [p[variant][key] for p in per_sequence if p[variant][key] is not None]
+            summary[variant][key] = mean_std(vals)
+    return {"sequences": sequences, "length": length, "seed": seed, "summary": summary, "per_sequence": per_sequence}
+
+
+def video_markdown(result: dict) -> str:
+    out = [f"{result['sequences']} sequences of {result['length']} frames (seeds {result['seed']} ...); mean ± std "
+           "over sequences; px in the image.", "",
+           "| estimate | mean joint error px | error on cued limbs px | jitter px/frame² |",
+           "| --- | --- | --- | --- |"]
+    for variant, row in result["summary"].items():
+        out.append(f"| {variant} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in
+                                                   (row["error"], row["error_cued"], row["jitter"])) + " |")
+    return "\n".join(out) + "\n"
