@@ -307,7 +307,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
                          f"got {args.levels!r}")
     result = visualize(args.checkpoint, args.images, args.out, boxes=args.boxes, score_threshold=args.score_threshold,
                        levels=levels, links=args.links, condition_joint=args.condition, device=args.device,
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite, smooth=args.smooth)
     out = Path(args.out)
     if result["people"]:
         print(f"contact sheet: {out / 'contact_sheet.png'}")
@@ -443,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--condition", metavar="JOINT",
                    help="add a panel where JOINT (a name, e.g. l_wrist) is moved one standard deviation and "
                         "the other joints follow their conditional distribution")
+    p.add_argument("--smooth", action="store_true", help="the images are video frames (file-name order, one person "
+                                                         "each): smooth the poses over time with their full "
+                                                         "covariances before drawing")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_visualize)

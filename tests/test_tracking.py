@@ -110,3 +110,45 @@ def test_smooth_command_over_tracks(tmp_path, capsys):
     src.write_text(json.dumps(bad))
     assert main(["smooth", "--predictions", str(src), "--out", str(tmp_path / "x.json")]) == 2
     assert "track 7 has several people in one frame" in capsys.readouterr().err
+
+
+def test_visualize_smooths_a_folder_of_frames(tmp_path, capsys):
+    import json
+
+    import cv2
+    import numpy as np
+
+    from pose_toss import build_pose_model, save_model
+    from pose_toss.cli import main
+    from pose_toss.data.video import synthetic_sequence
+
+    frames = synthetic_sequence(10, 64, seed=3)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for f in frames:
+        cv2.imwrite(str(folder / f"frame_{f['frame']:03d}.png"), f["image"][..., ::-1])
+    torch.manual_seed(0)
+    model = build_pose_model("resnet10t", num_joints=14, embed_dim=8, input_size=64, deconv_channels=16,
+                             cov_hidden=16, covariance="diagonal")
+    ckpt = save_model(model, tmp_path / "m.safetensors")
+    assert main(["visualize", "--checkpoint", str(ckpt), "--images", str(folder), "--out", str(tmp_path / "raw")]) == 0
+    assert main(["visualize", "--checkpoint", str(ckpt), "--images", str(folder), "--out", str(tmp_path / "smooth"),
+                 "--smooth"]) == 0
+    assert "smoothed over 10 frames" in capsys.readouterr().out
+    raw, smooth = (json.loads((tmp_path / d / "predictions.json").read_text()) for d in ("raw", "smooth"))
+    assert [r["file_name"] for r in smooth] == [f"frame_{t:03d}.png" for t in range(10)]
+    assert all(r["process_noise"] > 0 and r["frame"] == t for t, r in enumerate(smooth))
+
+    def jitter(results):
+        xy = np.array([np.asarray(r["keypoints"]).reshape(-1, 3)[:, :2] for r in results])
+        return np.linalg.norm(xy[2:] - 2 * xy[1:-1] + xy[:-2], axis=-1).mean()
+
+    assert jitter(smooth) < jitter(raw)
+    assert len(list((tmp_path / "smooth").glob("frame_*.png"))) == 10
+    (folder / "frame_000.png").unlink()
+    boxes = tmp_path / "boxes.json"  # two people in one frame: not one track
+    boxes.write_text(json.dumps([{"file_name": "frame_001.png", "bbox": [0, 0, 30, 60]},
+                                 {"file_name": "frame_001.png", "bbox": [20, 0, 30, 60]}]))
+    assert main(["visualize", "--checkpoint", str(ckpt), "--images", str(folder), "--boxes", str(boxes), "--smooth",
+                 "--out", str(tmp_path / "two")]) == 2
+    assert "give at most one box per image" in capsys.readouterr().err

@@ -155,9 +155,11 @@ def person_picture(image: np.ndarray, joints: np.ndarray, cov: np.ndarray, box: 
 
 def visualize(checkpoint, images, out, *, boxes=None, score_threshold: float = 0.5, levels=(0.5, 0.9),
               links: float | None = None, condition_joint: str | None = None, device: str = "auto",
-              overwrite: bool = False, log=print) -> dict:
+              overwrite: bool = False, smooth: bool = False, log=print) -> dict:
     """Predict on every image (each detection box, or the whole image), write one PNG per person, a
-    contact sheet and ``predictions.json`` (COCO keypoint results with covariances) into ``out``."""
+    contact sheet and ``predictions.json`` (COCO keypoint results with covariances) into ``out``. ``smooth``:
+    the images are a video's frames in file-name order with one person each, smoothed with their full
+    covariances (``tracking.smooth_results``) before drawing."""
     from pose_toss.data.dataset import image_file_problem, load_image_rgb
     from pose_toss.engine.evaluation import resolve_checkpoint
     from pose_toss.engine.runtime import resolve_device
@@ -176,31 +178,46 @@ def visualize(checkpoint, images, out, *, boxes=None, score_threshold: float = 0
     skeleton = model_skeleton(model, run_dir)
     k = skeleton.index(condition_joint) if condition_joint else None
     dets = read_detections(boxes, files, score_threshold, log) if boxes else None
-    pictures, results, skipped = [], [], []
+    people, skipped = [], []  # (image, joints, cov, box, image_id, path, person index) in file order
+    for n, path in enumerate(files):
+        try:
+            image = load_image_rgb(path)
+        except OSError as e:
+            skipped.append(str(e))
+            log(f"warning: skipped: {e}")
+            continue
+        problem = image_file_problem(path)
+        if problem:
+            log(f"warning: {path}: {problem}; its predictions are drawn but may be wrong")
+        person_boxes = None if dets is None else usable_boxes(dets[path], image.shape[1], image.shape[0], path, log)
+        if person_boxes is not None and len(person_boxes) == 0:
+            continue
+        pred = model.predict(image, None if person_boxes is None else person_boxes)[0]
+        image_id = int(path.stem) if path.stem.isdigit() else n
+        for p, (joints, cov, box) in enumerate(zip(pred["joints"], pred["cov"], pred["boxes"], strict=True)):
+            people.append([image, joints, cov, box, image_id, path, p])
+    results = [{**coco_result(joints, cov, image_id, area=float(box[2] * box[3]), sigmas=skeleton.oks_sigmas),
+                "file_name": path.name, "bbox": [round(float(v), 2) for v in box], "picture": f"{path.stem}_{p}.png"}
+               for _, joints, cov, box, image_id, path, p in people]
+    if smooth and people:
+        from pose_toss.tracking import smooth_results
+
+        frames = [path for *_, path, _ in people]
+        if len(set(frames)) != len(frames):
+            raise ValueError("--smooth follows one person through the frames: give at most one box per image")
+        for frame, r in enumerate(results):
+            r["frame"] = frame  # the files' sorted order
+        results = smooth_results(results, source="--images")
+        for person, r in zip(people, results, strict=True):
+            person[1] = np.asarray(r["keypoints"], dtype=np.float64).reshape(-1, 3)[:, :2]
+            person[2] = np.asarray(r["covariance"], dtype=np.float64)
+        log(f"smoothed over {len(frames)} frames (process noise {results[0]['process_noise']:.3g} px²/frame³)")
+    pictures = []
     with run_lock(out), staged_output_dir(out, overwrite, inputs) as stage:
-        for n, path in enumerate(files):
-            try:
-                image = load_image_rgb(path)
-            except OSError as e:
-                skipped.append(str(e))
-                log(f"warning: skipped: {e}")
-                continue
-            problem = image_file_problem(path)
-            if problem:
-                log(f"warning: {path}: {problem}; its predictions are drawn but may be wrong")
-            person_boxes = None if dets is None else usable_boxes(dets[path], image.shape[1], image.shape[0], path, log)
-            if person_boxes is not None and len(person_boxes) == 0:
-                continue
-            pred = model.predict(image, None if person_boxes is None else person_boxes)[0]
-            image_id = int(path.stem) if path.stem.isdigit() else n
-            for p, (joints, cov, box) in enumerate(zip(pred["joints"], pred["cov"], pred["boxes"], strict=True)):
-                pic = person_picture(image, joints, cov, box, skeleton, levels, links, k)
-                name = f"{path.stem}_{p}.png"
-                write_png(stage / name, pic)
-                pictures.append(pic)
-                results.append({**coco_result(joints, cov, image_id, area=float(box[2] * box[3]),
-                                              sigmas=skeleton.oks_sigmas), "file_name": path.name,
-                                "bbox": [round(float(v), 2) for v in box], "picture": name})
+        for image, joints, cov, box, _, path, p in people:
+            pic = person_picture(image, joints, cov, box, skeleton, levels, links, k)
+            write_png(stage / f"{path.stem}_{p}.png", pic)
+            pictures.append(pic)
         if pictures:
             write_png(stage / "contact_sheet.png", contact_sheet(pictures, cols=4, tile_size=256))
         write_coco_results(stage / "predictions.json", results)
