@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from pose_toss.config import ConfigError, load_config, save_config
@@ -128,72 +127,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_covariance(args: argparse.Namespace) -> int:
-    import json
+    from pose_toss.engine.evaluation import resolve_checkpoint
+    from pose_toss.engine.fit_covariance import fit_covariance_run
 
-    from pose_toss.config import config_to_dict
-    from pose_toss.data.dataset import PoseDataset
-    from pose_toss.engine.evaluation import (
-        evaluate_checkpoint,
-        metrics_from_predictions,
-        predict_dataset,
-        resolve_checkpoint,
-        scalar_metrics,
-    )
-    from pose_toss.engine.fit_covariance import fit_model_covariance, with_fresh_covariance
-    from pose_toss.engine.runtime import Runtime, load_records, make_loader, resolve_device, seed_everything
-    from pose_toss.io import atomic_write_text, jsonable
-    from pose_toss.models.checkpoint import load_model, save_model
-
-    model_file, run_dir = resolve_checkpoint(args.checkpoint)
+    _, run_dir = resolve_checkpoint(args.checkpoint)
     config_path = args.config or (run_dir / "config.yaml" if run_dir is not None else None)
     if config_path is None:
-        raise ConfigError(f"{model_file} belongs to no run directory with a config.yaml: give --config for its data")
+        raise ConfigError(f"{args.checkpoint} belongs to no run directory with a config.yaml: give --config for its "
+                          "data")
     cfg = load_config(config_path, args.overrides)
-    inputs = [args.checkpoint, args.config, *cfg.input_paths()]
-    check_output_dir(args.out, args.overwrite, inputs)
-    dev = resolve_device(args.device)
-    with run_lock(args.out):
-        start = time.perf_counter()
-        base = load_model(model_file, map_location=dev)
-        model = with_fresh_covariance(base, args.covariance)
-        cfg.model.covariance = args.covariance
-        seed_everything(cfg.train.seed)
-        train_records, skeleton = load_records(cfg.data, "train")
-        val_records, _ = load_records(cfg.data, "val")
-        train_set = PoseDataset.from_config(train_records, cfg.data, train=True, skeleton=skeleton, seed=cfg.train.seed)
-        val_set = PoseDataset.from_config(val_records, cfg.data, train=False, skeleton=skeleton)
-        rt = Runtime(dev)
-        loader = make_loader(train_set, cfg.data.batch_size, rt, shuffle=True, seed=cfg.train.seed,
-                             num_workers=cfg.data.num_workers, drop_last=True)
-        val_loader = make_loader(val_set, cfg.data.batch_size, rt, shuffle=False, num_workers=cfg.data.num_workers)
-        epoch = {"n": 0}
-
-        class EpochLoader:  # a new augmentation draw each epoch, as in training
-            def __iter__(self):
-                train_set.set_epoch(epoch["n"])
-                loader.sampler.set_epoch(epoch["n"])
-                epoch["n"] += 1
-                return iter(loader)
-
-        def validate():
-            keep = ("nll", "mean_joint_error", "coverage@0.9", "tac")
-            return {k: v for k, v in scalar_metrics(metrics_from_predictions(
-                predict_dataset(model, val_loader, dev), skeleton)).items() if k in keep}
-
-        history = fit_model_covariance(model, EpochLoader(), epochs=args.epochs, lr=args.lr or cfg.train.lr,
-                                       device=dev, validate=validate)
-        seconds = time.perf_counter() - start
-        with staged_output_dir(args.out, overwrite=args.overwrite, inputs=inputs) as stage:
-            save_model(model, stage / "model.safetensors")
-            save_config(cfg, stage / "config.yaml")
-            atomic_write_text(stage / "fit_covariance.jsonl", "".join(json.dumps(jsonable(h)) + "\n" for h in history))
-            atomic_write_text(stage / "fit_covariance.json", json.dumps(jsonable(
-                {"from": str(model_file), "covariance": args.covariance, "epochs": args.epochs, "seconds": seconds,
-                 "config": config_to_dict(cfg)}), indent=1))
+    m = fit_covariance_run(args.checkpoint, args.out, cfg, covariance=args.covariance, epochs=args.epochs, lr=args.lr,
+                           device=args.device, overwrite=args.overwrite, config_file=args.config)
     out = Path(args.out)
-    print(f"covariance ({args.covariance}) fitted in {seconds:.0f} s; model: {out / 'model.safetensors'}")
-    m = evaluate_checkpoint(out / "model.safetensors", "synthetic" if cfg.data.dataset == "synthetic" else
-                            str(out / "config.yaml"), out / "eval", device=args.device, progress=False, pictures=0)
     print(f"test: mean joint error {m['mean_joint_error']:.2f} px, NLL {m['nll']:.2f}, cov@0.9 "
           f"{m['coverage@0.9']:.3f}; report: {out / 'eval' / 'report.md'}")
     return 0

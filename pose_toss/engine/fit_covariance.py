@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -107,3 +108,76 @@ def fit_model_covariance(model, loader, *, epochs: int = 3, lr: float = 1e-3, de
         model.eval()
         for p in model.parameters():
             p.requires_grad_(True)
+
+
+class EpochDraws:
+    """A training loader iterated once per epoch, each pass a new augmentation draw and order, as in training."""
+
+    def __init__(self, loader) -> None:
+        self.loader, self.epoch = loader, 0
+
+    def __iter__(self):
+        self.loader.dataset.set_epoch(self.epoch)
+        self.loader.sampler.set_epoch(self.epoch)
+        self.epoch += 1
+        return iter(self.loader)
+
+
+def fit_covariance_run(checkpoint, out, cfg, *, covariance: str = "tic", epochs: int = 3, lr: float | None = None,
+                       device: str = "auto", overwrite: bool = False, config_file=None, log=print) -> dict:
+    """`pose-toss fit-covariance`: ``checkpoint``'s model with a new ``covariance`` network trained on ``cfg``'s
+    training split (augmented, a new draw each epoch, validated on its val split), written to ``out``
+    (model, config, per-epoch log, a summary; staged, locked) and evaluated into ``out/eval``; returns the
+    evaluation's metrics."""
+    import json
+
+    from pose_toss.config import config_to_dict, save_config
+    from pose_toss.data.dataset import PoseDataset
+    from pose_toss.engine.evaluation import (
+        evaluate_checkpoint,
+        metrics_from_predictions,
+        predict_dataset,
+        resolve_checkpoint,
+        scalar_metrics,
+    )
+    from pose_toss.engine.runtime import Runtime, load_records, make_loader, resolve_device, seed_everything
+    from pose_toss.io import atomic_write_text, check_output_dir, jsonable, run_lock, staged_output_dir
+    from pose_toss.models.checkpoint import load_model, save_model
+
+    model_file, _ = resolve_checkpoint(checkpoint)
+    inputs = [checkpoint, config_file, *cfg.input_paths()]
+    check_output_dir(out, overwrite, inputs)
+    dev = resolve_device(device)
+    with run_lock(out):
+        start = time.perf_counter()
+        model = with_fresh_covariance(load_model(model_file, map_location=dev), covariance)
+        cfg.model.covariance = covariance
+        seed_everything(cfg.train.seed)
+        train_records, skeleton = load_records(cfg.data, "train")
+        val_records, _ = load_records(cfg.data, "val")
+        train_set = PoseDataset.from_config(train_records, cfg.data, train=True, skeleton=skeleton, seed=cfg.train.seed)
+        val_set = PoseDataset.from_config(val_records, cfg.data, train=False, skeleton=skeleton)
+        loader = make_loader(train_set, cfg.data.batch_size, Runtime(dev), shuffle=True, seed=cfg.train.seed,
+                             num_workers=cfg.data.num_workers, drop_last=True)
+        val_loader = make_loader(val_set, cfg.data.batch_size, Runtime(dev), shuffle=False,
+                                 num_workers=cfg.data.num_workers)
+
+        def validate():
+            keep = ("nll", "mean_joint_error", "coverage@0.9", "tac")
+            metrics = scalar_metrics(metrics_from_predictions(predict_dataset(model, val_loader, dev), skeleton))
+            return {k: v for k, v in metrics.items() if k in keep}
+
+        history = fit_model_covariance(model, EpochDraws(loader), epochs=epochs, lr=lr or cfg.train.lr, device=dev,
+                                       validate=validate, log=log)
+        seconds = time.perf_counter() - start
+        with staged_output_dir(out, overwrite=overwrite, inputs=inputs) as stage:
+            save_model(model, stage / "model.safetensors")
+            save_config(cfg, stage / "config.yaml")
+            atomic_write_text(stage / "fit_covariance.jsonl", "".join(json.dumps(jsonable(h)) + "\n" for h in history))
+            atomic_write_text(stage / "fit_covariance.json", json.dumps(jsonable(
+                {"from": str(model_file), "covariance": covariance, "epochs": epochs, "seconds": seconds,
+                 "config": config_to_dict(cfg)}), indent=1))
+    out = Path(out)
+    log(f"covariance ({covariance}) fitted in {seconds:.0f} s; model: {out / 'model.safetensors'}")
+    data = "synthetic" if cfg.data.dataset == "synthetic" else str(out / "config.yaml")
+    return evaluate_checkpoint(out / "model.safetensors", data, out / "eval", device=device, progress=False, pictures=0)
