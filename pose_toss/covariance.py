@@ -98,6 +98,14 @@ def require_symmetric(fn: str, cov: torch.Tensor, rtol: float = 1e-4) -> None:
                                    f"(largest |S - S^T| {float(gap.max()):.3g})")
 
 
+def masked_covariance(cov: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``M cov M + (I - M)`` for a (B x) D coordinate mask: unmasked coordinates become independent unit ones
+    (their entries are replaced, so a NaN there goes nowhere). Conditioning, marginalising and the
+    losses all use it to work on a block of a covariance in one batched shape."""
+    outer = (m.unsqueeze(-1) > 0) & (m.unsqueeze(-2) > 0)
+    return torch.where(outer, cov, 0.0) + torch.diag_embed(1.0 - m.to(cov.dtype))
+
+
 def at_least_float32(t: torch.Tensor) -> torch.Tensor:
     """Covariance math's precision: half precision is promoted to float32, float64 kept, integers left alone."""
     return t.to(torch.promote_types(t.dtype, torch.float32)) if t.is_floating_point() else t
@@ -294,7 +302,7 @@ def condition_gaussian(mean: torch.Tensor, cov: torch.Tensor, observed: torch.Te
         require_symmetric("condition_gaussian", cov)
         o = obs.to(dtype)
         u = 1.0 - o
-        s_bb = cov * (o.unsqueeze(-1) * o.unsqueeze(-2)) + torch.diag_embed(u)
+        s_bb = masked_covariance(cov, o)
         s_ab = cov * (u.unsqueeze(-1) * o.unsqueeze(-2))  # rows: unobserved, columns: observed
         chol, info = torch.linalg.cholesky_ex(s_bb)
         if bool((info > 0).any()):

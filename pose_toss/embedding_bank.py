@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from pose_toss.config import LABELS_FROM
-from pose_toss.losses import masked_covariance
+from pose_toss.covariance import masked_covariance
 from pose_toss.metrics import w2_gaussian
 from pose_toss.pseudo_labels import pseudo_covariances
 

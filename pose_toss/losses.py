@@ -15,7 +15,13 @@ import math
 
 import torch
 
-from pose_toss.covariance import CovarianceInputError, at_least_float32, require_finite, require_symmetric
+from pose_toss.covariance import (
+    CovarianceInputError,
+    at_least_float32,
+    masked_covariance,
+    require_finite,
+    require_symmetric,
+)
 
 
 def _coord_mask(mask: torch.Tensor | None, mean: torch.Tensor) -> torch.Tensor:
@@ -26,13 +32,6 @@ def _coord_mask(mask: torch.Tensor | None, mean: torch.Tensor) -> torch.Tensor:
     if mask.shape[-1] * 2 != mean.shape[-1]:
         raise ValueError(f"mask has {mask.shape[-1]} joints but mean has {mean.shape[-1]} coordinates (expected 2J)")
     return (mask > 0).to(dtype).repeat_interleave(2, dim=-1)
-
-
-def masked_covariance(cov: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """``M cov M + (I - M)`` for a B x D coordinate mask: invisible coordinates become independent unit ones
-    (their entries are replaced, so a NaN there goes nowhere)."""
-    outer = (m.unsqueeze(-1) > 0) & (m.unsqueeze(-2) > 0)
-    return torch.where(outer, cov, 0.0) + torch.diag_embed(1.0 - m.to(cov.dtype))
 
 
 def visible_residual(mean: torch.Tensor, target: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

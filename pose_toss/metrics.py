@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from pose_toss.covariance import CovarianceInputError, require_finite
+from pose_toss.covariance import CovarianceInputError, masked_covariance, require_finite
 from pose_toss.losses import sqrtm_eigh
 
 
@@ -319,7 +319,7 @@ def pose_metrics(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, vi
     distribution, computed over each sample's visible coordinates. ``limbs`` and ``limb_cue`` (the
     synthetic data's cued limbs) add ``cue_metrics``.
     """
-    from pose_toss.losses import gaussian_nll, masked_covariance
+    from pose_toss.losses import gaussian_nll
 
     mean, cov, target = mean.double(), cov.double(), target.double()
     vis = visibility.bool()

@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from pose_toss.covariance import masked_covariance
+
 
 def constant_velocity(dim: int, q: float, dt: float = 1.0, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
     """(F, Q) of the constant-velocity model over ``dim`` coordinates: state [positions, velocities]."""
@@ -29,10 +31,8 @@ def constant_velocity(dim: int, q: float, dt: float = 1.0, dtype=torch.float64) 
 
 def _observed_information(cov: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
     """The inverse of the observed block of ``cov``, padded with zeros (D x D)."""
-    m = observed.to(cov.dtype)
     outer = observed.unsqueeze(-1) & observed.unsqueeze(-2)
-    padded = torch.where(outer, cov, 0.0) + torch.diag(1.0 - m)
-    return torch.where(outer, torch.linalg.inv(padded), 0.0)
+    return torch.where(outer, torch.linalg.inv(masked_covariance(cov, observed.to(cov.dtype))), 0.0)
 
 
 def kalman_filter(means: torch.Tensor, covs: torch.Tensor, observed: torch.Tensor | None = None, q: float = 1.0,
