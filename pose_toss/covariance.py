@@ -351,11 +351,13 @@ def condition(mean, cov, observed: dict) -> tuple:
     return cond_mean.to(mean.dtype), cond_cov.to(mean.dtype)
 
 
-def joint_correlations(cov: torch.Tensor) -> torch.Tensor:
-    """J x J canonical correlation between joints: the largest correlation any pair of linear
-    combinations of joint a's (x, y) and joint b's (x, y) reaches, in [0, 1] (diagonal 1).
+def joint_correlations(cov: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+    """Canonical correlation between joints: the largest correlation any pair of linear combinations of
+    joint a's (x, y) and joint b's (x, y) reaches, in [0, 1]. ``cov``: ... x 2J x 2J. All pairs (... x J x J,
+    diagonal 1), or only the joint pairs ``(a[l], b[l])`` (index tensors of length L: ... x L).
 
-    ``cov``: ... x 2J x 2J. It is the top singular value of ``S_aa^-1/2 S_ab S_bb^-1/2``.
+    It is the top singular value of ``S_aa^-1/2 S_ab S_bb^-1/2``.
     """
     with torch.autocast(device_type=cov.device.type, enabled=False):
         c = cov.to(torch.promote_types(cov.dtype, torch.float32))
@@ -364,7 +366,10 @@ def joint_correlations(cov: torch.Tensor) -> torch.Tensor:
         diag = torch.diagonal(blocks, dim1=-4, dim2=-3).movedim(-1, -3)  # ... x J x 2 x 2
         evals, evecs = torch.linalg.eigh(diag)
         inv_sqrt = evecs @ torch.diag_embed(evals.clamp_min(1e-12).rsqrt()) @ evecs.transpose(-1, -2)
-        whitened = inv_sqrt.unsqueeze(-3) @ blocks @ inv_sqrt.unsqueeze(-4)
+        if a is None:
+            whitened = inv_sqrt.unsqueeze(-3) @ blocks @ inv_sqrt.unsqueeze(-4)
+        else:
+            whitened = inv_sqrt[..., a, :, :] @ blocks[..., a, b, :, :] @ inv_sqrt[..., b, :, :]
         return torch.linalg.matrix_norm(whitened, ord=2).clamp(0.0, 1.0)
 
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from pose_toss.covariance import CovarianceInputError, masked_covariance, require_finite
+from pose_toss.covariance import CovarianceInputError, joint_correlations, masked_covariance, require_finite
 from pose_toss.losses import sqrtm_eigh
 
 
@@ -256,17 +256,8 @@ def major_axis_angle(blocks: torch.Tensor) -> torch.Tensor:
 
 def canonical_correlation(cov: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """First canonical correlation between joints ``a`` and ``b`` (L indices each) under each Gaussian,
-    B x L: the largest singular value of ``C_aa^-1/2 C_ab C_bb^-1/2`` (their 2 x 2 and cross blocks),
-    the most any linear combination of one joint's coordinates correlates with one of the other's."""
-    n, d, _ = cov.shape
-    grid = cov.double().reshape(n, d // 2, 2, d // 2, 2).permute(0, 1, 3, 2, 4)  # B x J x J x 2 x 2
-    caa, cbb, cab = grid[:, a, a], grid[:, b, b], grid[:, a, b]
-    la = torch.linalg.cholesky_ex(caa)[0]
-    lb = torch.linalg.cholesky_ex(cbb)[0]
-    # L_a^-1 C_ab L_b^-T has the same singular values as C_aa^-1/2 C_ab C_bb^-1/2.
-    left = torch.linalg.solve_triangular(la, cab, upper=False)
-    whitened = torch.linalg.solve_triangular(lb, left.transpose(-1, -2), upper=False).transpose(-1, -2)
-    return torch.linalg.matrix_norm(whitened, ord=2).clamp(0.0, 1.0)
+    B x L, in float64: ``covariance.joint_correlations`` for those pairs."""
+    return joint_correlations(cov.double(), a.long(), b.long())
 
 
 def cue_metrics(cov: torch.Tensor, visibility: torch.Tensor, limbs: torch.Tensor, limb_cue: torch.Tensor,
