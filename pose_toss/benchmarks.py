@@ -287,7 +287,7 @@ def jacobian_times(cfg: Config, batch: int, repeats: int = 5, warmup: int = 2, d
 
     out = {"batched_s": median_seconds(batched, repeats, warmup, device), "bottleneck_at": model.bottleneck_at,
            "spectrum_at_init": tic_spectrum(model, images)}
-    closed = model.bottleneck_at == "head" and model.config["head"] == "heatmap"
+    closed = model.uses_closed_form_jacobian
     if closed:
         out["closed_form_s"] = median_seconds(closed_form, repeats, warmup, device)
         out["batched_over_closed_form"] = out["batched_s"] / out["closed_form_s"]

@@ -1,10 +1,9 @@
 """`pose-toss export`: the model with its covariance as one ONNX graph (mean, covariance, heatmaps).
 
-ONNX has no autograd, so TIC's J is built in closed form (``covariance.heatmap_tail_jacobian`` /
-``regression_tail_jacobian``), and the two data-dependent-shaped operations of the bottleneck (adaptive
-pooling to the grid, bilinear resizing back) become the constant matrices they are at a fixed input
-size. Everything else is the model's own modules. Input: B x 3 x S x S floats in [0, 1] (normalisation
-inside), any batch size.
+ONNX has no autograd, so TIC's J is built in closed form (``PoseModel.tail_jacobian``), and the two
+data-dependent-shaped operations of the bottleneck (adaptive pooling to the grid, bilinear resizing
+back) become the constant matrices they are at a fixed input size. Everything else is the model's own
+modules. Input: B x 3 x S x S floats in [0, 1] (normalisation inside), any batch size.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pose_toss.covariance import heatmap_tail_jacobian, interpolation_matrix, regression_tail_jacobian, tic_covariance
+from pose_toss.covariance import interpolation_matrix, tic_covariance
 from pose_toss.models.covariance_heads import TICCovarianceHead
 from pose_toss.models.heads import HeatmapHead
 
@@ -77,13 +76,7 @@ class ExportablePoseModel(nn.Module):
         mean = mean.float()
         if self.tic:
             head = m.cov_head
-            if self.heatmap:
-                jac = heatmap_tail_jacobian(z, context, bn.up.weight, bn.up.bias, bn.grid, m.head.final.weight,
-                                            m.head.final.bias, m.head.log_beta.exp(), m.head.out_stride,
-                                            relu=len(m.head.up) > 0)
-            else:
-                jac = regression_tail_jacobian(z, context, bn.up.weight, bn.up.bias, m.head.out.weight,
-                                               float(m.head.input_size))
+            jac = m.tail_jacobian(z, context)
             eps1, _, low = head.parameters_from_embedding(z.float(), head.jacobian_log_scale.exp())
             cov = tic_covariance(jac, eps1, low, floor=head.floor)
         else:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pose_toss.covariance import heatmap_tail_jacobian
+from pose_toss.covariance import heatmap_tail_jacobian, regression_tail_jacobian
 from pose_toss.data.transforms import (
     affine_covariance,
     affine_points,
@@ -151,16 +151,26 @@ class PoseModel(nn.Module):
         if self.training or context is None:
             with torch.no_grad(), eval_mode((self.head,)):
                 context = self.head.trunk(features)
-        closed = self.closed_form_jacobian and isinstance(self.head, HeatmapHead)
-        parts = self.cov_head.parts(z, self.decode, context, jacobian_fn=self.tail_jacobian if closed else None)
+        parts = self.cov_head.parts(z, self.decode, context,
+                                    jacobian_fn=self.tail_jacobian if self.uses_closed_form_jacobian else None)
         return self.cov_head.assemble(parts), parts
 
+    @property
+    def uses_closed_form_jacobian(self) -> bool:
+        """Whether TIC's J is taken by ``tail_jacobian`` (heatmap head, z at its last layer) rather than by
+        torch.func's reverse passes."""
+        return self.closed_form_jacobian and self.bottleneck_at == "head" and isinstance(self.head, HeatmapHead)
+
     def tail_jacobian(self, z: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """``d decode(z, context) / d z`` in closed form (heatmap head, z at the head; ``heatmap_tail_jacobian``):
-        equal to the autograd Jacobian, without one backward pass per output."""
+        """``d decode(z, context) / d z`` in closed form with z at the head (``heatmap_tail_jacobian``,
+        ``regression_tail_jacobian``): equal to the autograd Jacobian, without one backward pass per output."""
+        if self.bottleneck_at != "head":
+            raise ValueError("a closed-form J needs z at the head's last layer (bottleneck_at: head)")
         b, h = self.bottleneck, self.head
-        return heatmap_tail_jacobian(z, context, b.up.weight, b.up.bias, b.grid, h.final.weight, h.final.bias,
-                                     h.log_beta.exp(), h.out_stride, relu=len(h.up) > 0)
+        if isinstance(h, HeatmapHead):
+            return heatmap_tail_jacobian(z, context, b.up.weight, b.up.bias, b.grid, h.final.weight, h.final.bias,
+                                         h.log_beta.exp(), h.out_stride, relu=len(h.up) > 0)
+        return regression_tail_jacobian(z, context, b.up.weight, b.up.bias, h.out.weight, float(h.input_size))
 
     def forward(self, images: torch.Tensor, with_covariance: bool = True) -> PoseOutput:
         """``with_covariance=False`` skips the covariance (``cov`` is None): mean-only objectives."""
