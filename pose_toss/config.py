@@ -445,8 +445,6 @@ def load_config(path: str | os.PathLike | None = None, overrides: typing.Iterabl
                               f"0x{e.object[e.start]:02x}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML ({e})") from None
-        except IsADirectoryError:
-            raise ConfigError(f"{p}: is a directory; expected a YAML config file") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

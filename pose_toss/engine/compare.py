@@ -124,7 +124,7 @@ def run_cell(cfg: Config, run_dir: Path, log=print) -> tuple[dict, float, bool]:
 
     done, timing = run_dir / "eval" / "metrics.json", run_dir / "wall_time.json"
     diverged = run_dir / DIVERGED_FILE
-    same_config = (run_dir / "config.yaml").is_file() and (run_dir / "config.yaml").read_text() == dump_config(cfg)
+    same_config = _has_config(run_dir, cfg)
     if same_config and done.is_file() and timing.is_file():
         return json.loads(done.read_text()), json.loads(timing.read_text())["seconds"], True
     if same_config and diverged.is_file():
@@ -138,7 +138,7 @@ def run_cell(cfg: Config, run_dir: Path, log=print) -> tuple[dict, float, bool]:
     except TrainingDiverged as e:  # one diverged cell is a result of the sweep, not the end of it
         log(f"{run_dir}: training stopped: {e}")
         result = {"diverged": str(e)}
-        if (run_dir / "config.yaml").is_file() and (run_dir / "config.yaml").read_text() == dump_config(cfg):
+        if _has_config(run_dir, cfg):  # the diverged run is this cell's, not an older one left in place
             atomic_write_text(diverged, json.dumps(result))
         return result, math.nan, False
     seconds = time.perf_counter() - start  # of this call: a resumed cell counts only its remaining epochs
@@ -146,6 +146,10 @@ def run_cell(cfg: Config, run_dir: Path, log=print) -> tuple[dict, float, bool]:
                                   progress=cfg.train.progress)
     atomic_write_text(timing, json.dumps({"seconds": seconds}))
     return metrics, seconds, False
+
+
+def _has_config(run_dir: Path, cfg: Config) -> bool:
+    return (run_dir / "config.yaml").is_file() and (run_dir / "config.yaml").read_text() == dump_config(cfg)
 
 
 def _run_cell_in_worker(cfg: Config, run_dir: str, log_file: str, threads: int) -> tuple[dict, float, bool]:

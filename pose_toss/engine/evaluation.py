@@ -268,8 +268,8 @@ def _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_w
     unreadable = list(dict.fromkeys(unreadable))
     for message in unreadable:
         log(f"warning: left out: {message}")
-    predicted = [records[int(i)] for i in preds.get("index", [])]
-    damaged = [f"{r['image_path']}: {why}" for r in predicted if r.get("image_path") is not None
+    picked = [records[int(i)] for i in preds.get("index", [])]  # the records that were predicted on
+    damaged = [f"{r['image_path']}: {why}" for r in picked if r.get("image_path") is not None
                for why in [image_file_problem(r["image_path"])] if why]
     for message in damaged:
         log(f"warning: {message}; predicted on, but the result may be wrong")
@@ -292,7 +292,6 @@ def _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_w
         metrics["mean_joint_error_no_flip"] = float(single[preds["visibility"] > 0].mean())
     metrics["mean_pose_error"], metrics["mean_pose_from"] = mean_pose_baseline(preds, data_cfg)
     # COCO: results scored by expected OKS, against these same people as ground truth.
-    picked = [records[int(i)] for i in preds["index"]]
     sigmas = skeleton.oks_sigmas if data_cfg.oks_sigmas is None else np.asarray(data_cfg.oks_sigmas)
     if len(sigmas) != skeleton.num_joints:
         raise ValueError(f"data.oks_sigmas has {len(sigmas)} values for the {skeleton.num_joints} joints of "

@@ -252,10 +252,9 @@ class Trainer:
             raise ModelFileError(f"{path / STATE_FILE}: unreadable ({why})") from None
         if not isinstance(state, dict) or not {"optimizer", "schedule", "rng", "progress"} <= set(state):
             raise ModelFileError(f"{path / STATE_FILE}: not a pose-toss training state")
-        saved_model = state.get("config", {}).get("model")
-        if saved_model is not None and saved_model != config_to_dict(self.cfg.model):
-            differ = sorted(k for k in set(saved_model) | set(config_to_dict(self.cfg.model))
-                            if saved_model.get(k) != getattr(self.cfg.model, k, None))
+        saved_model, current = state.get("config", {}).get("model"), config_to_dict(self.cfg.model)
+        if saved_model is not None and saved_model != current:
+            differ = sorted(k for k in set(saved_model) | set(current) if saved_model.get(k) != current.get(k))
             raise ValueError(f"{path}: written for another model than {self.out / 'config.yaml'} describes (model."
                              f"{', model.'.join(differ)} differ); resume a run with its own config.yaml")
         load_state_checked(self.model, path / MODEL_FILE, self.rt.device,
@@ -456,7 +455,6 @@ class Trainer:
                 save_model(self.model, self.out / MODEL_FILE)
                 if self.out != self.final_out:
                     replace_dir(self.out, self.final_out)
-                    self.out = self.final_out
             self.out = self.final_out
         self.rt.barrier()
         return {"out": str(self.out), "epochs": s.epoch, "best_epoch": s.best_epoch,

@@ -74,14 +74,18 @@ def read_model_file(path: str | os.PathLike, map_location: str | torch.device = 
     return meta, {k: v.to(map_location) for k, v in state.items()}
 
 
-def load_state_checked(model: torch.nn.Module, path: str | os.PathLike, map_location="cpu", fits: str = "") -> None:
-    """Load a model file's weights into ``model``; a file that does not fit it is a clear error."""
-    _, state = read_model_file(path, map_location)
+def _load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], path, mismatch: str) -> None:
+    """``model.load_state_dict(state)``; names or shapes that differ are a ValueError ``path: mismatch (why)``."""
     try:
         model.load_state_dict(state)
-    except RuntimeError as e:  # names or shapes differ
+    except RuntimeError as e:
         first = str(e).strip().splitlines()[-1].strip()
-        raise ValueError(f"{path}: its weights do not fit {fits or 'this model'} ({first})") from None
+        raise ValueError(f"{path}: {mismatch} ({first})") from None
+
+
+def load_state_checked(model: torch.nn.Module, path: str | os.PathLike, map_location="cpu", fits: str = "") -> None:
+    """Load a model file's weights into ``model``; a file that does not fit it is a clear error."""
+    _load_weights(model, read_model_file(path, map_location)[1], path, f"its weights do not fit {fits or 'this model'}")
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> PoseModel:
@@ -114,9 +118,5 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         model = PoseModel(**config, pretrained=False)
     except (TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"{path}: metadata '{META_KEY}' does not describe a model this version builds ({e})") from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1].strip()
-        raise ValueError(f"{path}: the weights do not match the model its metadata describes ({first})") from None
+    _load_weights(model, state, path, "the weights do not match the model its metadata describes")
     return model.to(map_location)
