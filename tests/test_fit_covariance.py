@@ -34,6 +34,20 @@ def test_a_frozen_models_noise_is_learnt_by_the_covariance_alone():
     torch.testing.assert_close(learnt, true, rtol=0.1, atol=0.15)
 
 
+def test_an_epoch_with_no_step_is_refused_not_reported_as_fitted():
+    """An empty loader, or a covariance non-finite on every batch, trains nothing: that is an error, not an
+    epoch with a training NLL of 0."""
+    from pose_toss.engine.trainer import TrainingDiverged
+
+    decoder, head = torch.nn.Linear(3, 4), FullCovariance(3, 2, hidden=8, init_std=1.0, floor=1e-3)
+    batch = {"image": torch.randn(8, 3), "target": torch.randn(8, 4), "visibility": torch.ones(8, 2)}
+    with pytest.raises(TrainingDiverged, match="epoch 1: no step trained \\(0 batches skipped"):
+        fit_covariance(lambda x: (decoder(x), x), head, head.parameters(), [], log=lambda *_: None)
+    with pytest.raises(TrainingDiverged, match="epoch 1: no step trained \\(2 batches skipped"):
+        fit_covariance(lambda x: (decoder(x), x), lambda s: head(s) * float("nan"), head.parameters(),
+                       [batch, batch], log=lambda *_: None)
+
+
 def test_fit_model_covariance_keeps_every_mean(tmp_path):
     from pose_toss import build_pose_model
     from pose_toss.config import load_config
@@ -86,3 +100,9 @@ def test_fit_covariance_command(tmp_path, capsys):
     assert refit["nll"] < plain["nll"]  # an identity covariance against a learnt one
     lines = (tmp_path / "fit" / "fit_covariance.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["val_nll"] > 0
+    # A batch larger than the training split leaves no step: refused before anything is written.
+    capsys.readouterr()
+    assert main(["fit-covariance", "--checkpoint", str(run), "--out", str(tmp_path / "big"), "--epochs", "1",
+                 "--set", "data.batch_size=4096"]) == 2
+    assert "data.batch_size 4096 is larger than the" in capsys.readouterr().err
+    assert not (tmp_path / "big").exists()

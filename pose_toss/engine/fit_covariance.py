@@ -57,7 +57,12 @@ def fit_covariance(pose_fn: Callable, covariance_fn: Callable, parameters: Itera
             torch.nn.utils.clip_grad_norm_(params, 10.0)
             optimizer.step()
             total, count = total + float(nll.detach()), count + 1
-        line = {"epoch": epoch + 1, "train_nll": total / max(count, 1), "skipped_steps": skipped,
+        if count == 0:  # nothing was learnt: an empty loader, or a covariance non-finite on every batch
+            from pose_toss.engine.trainer import TrainingDiverged
+
+            raise TrainingDiverged(f"fit-covariance epoch {epoch + 1}: no step trained ({skipped} batches skipped "
+                                   f"for a non-finite covariance; an empty loader skips none)")
+        line = {"epoch": epoch + 1, "train_nll": total / count, "skipped_steps": skipped,
                 "seconds": round(time.perf_counter() - start, 2)}
         if validate is not None:
             line.update({f"val_{k}": v for k, v in validate().items()})
@@ -132,7 +137,6 @@ def fit_covariance_run(checkpoint, out, cfg, *, covariance: str = "tic", epochs:
     import json
 
     from pose_toss.config import config_to_dict, save_config
-    from pose_toss.data.dataset import PoseDataset
     from pose_toss.engine.evaluation import (
         evaluate_checkpoint,
         metrics_from_predictions,
@@ -140,7 +144,7 @@ def fit_covariance_run(checkpoint, out, cfg, *, covariance: str = "tic", epochs:
         resolve_checkpoint,
         scalar_metrics,
     )
-    from pose_toss.engine.runtime import Runtime, load_records, make_loader, resolve_device, seed_everything
+    from pose_toss.engine.runtime import Runtime, resolve_device, run_data, seed_everything
     from pose_toss.io import atomic_write_text, check_output_dir, jsonable, run_lock, staged_output_dir
     from pose_toss.models.checkpoint import load_model, save_model
 
@@ -153,22 +157,16 @@ def fit_covariance_run(checkpoint, out, cfg, *, covariance: str = "tic", epochs:
         model = with_fresh_covariance(load_model(model_file, map_location=dev), covariance)
         cfg.model.covariance = covariance
         seed_everything(cfg.train.seed)
-        train_records, skeleton = load_records(cfg.data, "train")
-        val_records, _ = load_records(cfg.data, "val")
-        train_set = PoseDataset.from_config(train_records, cfg.data, train=True, skeleton=skeleton, seed=cfg.train.seed)
-        val_set = PoseDataset.from_config(val_records, cfg.data, train=False, skeleton=skeleton)
-        loader = make_loader(train_set, cfg.data.batch_size, Runtime(dev), shuffle=True, seed=cfg.train.seed,
-                             num_workers=cfg.data.num_workers, drop_last=True)
-        val_loader = make_loader(val_set, cfg.data.batch_size, Runtime(dev), shuffle=False,
-                                 num_workers=cfg.data.num_workers)
+        data = run_data(cfg.data, cfg.train.seed, Runtime(dev))
 
         def validate():
             keep = ("nll", "mean_joint_error", "coverage@0.9", "tac")
-            metrics = scalar_metrics(metrics_from_predictions(predict_dataset(model, val_loader, dev), skeleton))
+            preds = predict_dataset(model, data.val_loader, dev)
+            metrics = scalar_metrics(metrics_from_predictions(preds, data.skeleton))
             return {k: v for k, v in metrics.items() if k in keep}
 
-        history = fit_model_covariance(model, EpochDraws(loader), epochs=epochs, lr=lr or cfg.train.lr, device=dev,
-                                       validate=validate, log=log)
+        history = fit_model_covariance(model, EpochDraws(data.train_loader), epochs=epochs, lr=lr or cfg.train.lr,
+                                       device=dev, validate=validate, log=log)
         seconds = time.perf_counter() - start
         with staged_output_dir(out, overwrite=overwrite, inputs=inputs) as stage:
             save_model(model, stage / "model.safetensors")

@@ -117,5 +117,36 @@ def make_loader(dataset: PoseDataset, batch_size: int, runtime: Runtime, *, shuf
                       persistent_workers=False, collate_fn=collate_samples)
 
 
+@dataclass
+class RunData:
+    """A run's two splits over one skeleton: records, datasets and loaders (training augmented and
+    shuffled per epoch, validation plain and whole on every rank)."""
+    skeleton: Skeleton
+    train_records: list[dict]
+    val_records: list[dict]
+    train_set: PoseDataset
+    val_set: PoseDataset
+    train_loader: DataLoader
+    val_loader: DataLoader
+
+
+def run_data(data_cfg, seed: int, runtime: Runtime, progress: bool = False) -> RunData:
+    """The configured training and validation splits, ready to train on; a batch larger than a rank's
+    share of the training set is refused (``drop_last`` would leave no step to take)."""
+    train_records, skeleton = load_records(data_cfg, "train", progress)
+    val_records, _ = load_records(data_cfg, "val", progress)
+    train_set = PoseDataset.from_config(train_records, data_cfg, train=True, skeleton=skeleton, seed=seed)
+    val_set = PoseDataset.from_config(val_records, data_cfg, train=False, skeleton=skeleton)
+    train_loader = make_loader(train_set, data_cfg.batch_size, runtime, shuffle=True, seed=seed,
+                               num_workers=data_cfg.num_workers, drop_last=True)
+    if len(train_loader) == 0:
+        raise ValueError(f"data.batch_size {data_cfg.batch_size} is larger than the {len(train_set)} training "
+                         f"samples per rank; lower it")
+    # Every rank scores the whole validation set: plateau schedules and best checkpoints agree.
+    val_loader = make_loader(val_set, data_cfg.batch_size, Runtime(runtime.device), shuffle=False,
+                             num_workers=data_cfg.num_workers)
+    return RunData(skeleton, train_records, val_records, train_set, val_set, train_loader, val_loader)
+
+
 def skeleton_for(records: list[dict], default: str = "lsp14") -> Skeleton:
     return get_skeleton(records[0].get("skeleton", default)) if records else get_skeleton(default)

@@ -33,10 +33,10 @@ from pose_toss.engine.evaluation import (
 from pose_toss.engine.objectives import labels_in_batch_frame, training_loss
 from pose_toss.engine.runtime import (
     Runtime,
-    load_records,
     make_loader,
     restore_rng_states,
     rng_states,
+    run_data,
     seed_everything,
     setup_runtime,
 )
@@ -155,27 +155,17 @@ class Trainer:
         self.rt.barrier()
 
         seed_everything(cfg.train.seed)
-        train_records, self.skeleton = load_records(cfg.data, "train", self.progress_bars)
+        data = run_data(cfg.data, cfg.train.seed, self.rt, self.progress_bars)
+        train_records, self.skeleton, self.val_records = data.train_records, data.skeleton, data.val_records
         for i, st in enumerate(cfg.stages):
             if st.loss in PSEUDO_LABEL_LOSSES and not st.pseudo_labels.k < len(train_records):
                 raise ConfigError(f"key 'stages.{i}.pseudo_labels.k': expected fewer neighbours than the "
                                   f"{len(train_records)} training samples, got {st.pseudo_labels.k}")
-        val_records, _ = load_records(cfg.data, "val", self.progress_bars)
-        self.val_records = val_records
         d = cfg.data
-        self.train_set = PoseDataset.from_config(train_records, d, train=True, skeleton=self.skeleton,
-                                                 seed=cfg.train.seed)
+        self.train_set, self.val_set = data.train_set, data.val_set
+        self.train_loader, self.val_loader = data.train_loader, data.val_loader
         self.bank_set = PoseDataset.from_config(train_records, d, train=False, skeleton=self.skeleton)
-        self.val_set = PoseDataset.from_config(val_records, d, train=False, skeleton=self.skeleton)
-        self.train_loader = make_loader(self.train_set, d.batch_size, self.rt, shuffle=True, seed=cfg.train.seed,
-                                        num_workers=d.num_workers, drop_last=True)
-        if len(self.train_loader) == 0:
-            raise ValueError(f"data.batch_size {d.batch_size} is larger than the {len(self.train_set)} training "
-                             f"samples per rank; lower it")
         self.bank_loader = make_loader(self.bank_set, d.batch_size, self.rt, shuffle=False, num_workers=d.num_workers)
-        # Every rank scores the whole validation set: plateau schedules and best checkpoints agree.
-        self.val_loader = make_loader(self.val_set, d.batch_size, Runtime(self.rt.device), shuffle=False,
-                                      num_workers=d.num_workers)
         labels = crop_labels(train_records, d.input_size, d.padding)
         self.bank_affines = torch.from_numpy(labels["affines"]).float()
         self.bank_targets, self.bank_masks = labels["targets"], labels["visibility"]
