@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 
 from pose_toss.config import ConfigError, load_config, save_config
-from pose_toss.io import LockedError, OutputExistsError, check_output_dir, run_lock, staged_output_dir
+from pose_toss.io import (
+    LockedError,
+    OutputExistsError,
+    check_output_dir,
+    check_output_file,
+    run_lock,
+    staged_output_dir,
+)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -28,7 +35,7 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
     inputs = [args.config, *cfg.input_paths()]
     check_output_dir(args.out, args.overwrite, inputs)
     dataset = SyntheticPoseDataset.from_config(cfg.data.synthetic)
-    with run_lock(args.out), staged_output_dir(args.out, overwrite=args.overwrite, inputs=inputs) as stage:
+    with staged_output_dir(args.out, overwrite=args.overwrite, inputs=inputs) as stage:
         paths = write_synthetic(dataset, stage, sheet_count=args.sheet, progress=not args.quiet)
         save_config(cfg, stage / "config.yaml")
     out = Path(args.out)
@@ -158,10 +165,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     target = Path(args.onnx)
     if target.suffix != ".onnx":
         raise ValueError(f"--onnx: expected a file name ending in .onnx, got {target}")
-    if target.exists() and not args.overwrite:
-        raise OutputExistsError(f"{target} exists; pass --overwrite to replace it")
-    if target.resolve() == model_file.resolve():
-        raise OutputExistsError(f"--onnx {target} is the model file itself")
+    check_output_file(target, args.overwrite, [model_file])
     model = load_model(model_file)
     with run_lock(target):
         names = export_onnx(model, target, opset=args.opset)
@@ -181,9 +185,7 @@ def cmd_smooth(args: argparse.Namespace) -> int:
     src, out = Path(args.predictions), Path(args.out)
     if not src.is_file():
         raise FileNotFoundError(f"--predictions: file not found: {src}")
-    if out.exists() and (out.resolve() == src.resolve() or not args.overwrite):
-        raise OutputExistsError(f"{out} exists" + (" and is the input" if out.resolve() == src.resolve() else
-                                                   "; pass --overwrite to replace it"))
+    check_output_file(out, args.overwrite, [src])
     try:
         results = json.loads(src.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -274,7 +276,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                             pseudo_sizes=tuple(args.pseudo_sizes), data_sizes=tuple(args.data_sizes),
                             data_samples=args.data_samples, checkpoint=args.checkpoint, profile=args.profile)
     text = benchmark_markdown(result, "pose-toss bench " + " ".join(shlex.quote(a) for a in args.argv))
-    with run_lock(args.out), staged_output_dir(args.out, overwrite=args.overwrite, inputs=inputs) as stage:
+    with staged_output_dir(args.out, overwrite=args.overwrite, inputs=inputs) as stage:
         atomic_write_text(stage / "bench.json", json.dumps(jsonable(result), indent=1))
         atomic_write_text(stage / "bench.md", text)
     print(text)

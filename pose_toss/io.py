@@ -90,6 +90,20 @@ def check_output_dir(out: str | os.PathLike, overwrite: bool, inputs: Iterable =
     return out
 
 
+def check_output_file(out: str | os.PathLike, overwrite: bool, inputs: Iterable = ()) -> Path:
+    """Refuse an output file that is one of ``inputs`` (even with ``overwrite``: writing it would destroy what
+    the command reads), and an existing one unless ``overwrite`` was asked for."""
+    out = Path(out)
+    if out.exists():
+        for item in inputs:
+            if item is not None and _resolved(item) == _resolved(out):
+                raise OutputExistsError(f"{out} is the input {item} of this command; give another file name for "
+                                        "the output")
+        if not overwrite:
+            raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
+    return out
+
+
 def is_nonempty_dir(path: str | os.PathLike) -> bool:
     path = Path(path)
     return path.is_dir() and any(path.iterdir())
@@ -107,13 +121,15 @@ def replace_dir(new: Path, out: Path) -> None:
         os.replace(new, out)
 
 
-def remove_orphaned_stages(folder: str | os.PathLike, log=None) -> list[Path]:
-    """Delete the ``.*.partial`` and ``.*.old`` folders that a killed process left in ``folder``: they are
-    this package's own staging (never anything a user wrote) and hold no complete output."""
+def remove_orphaned_stages(folder: str | os.PathLike, log=None, name: str | None = None) -> list[Path]:
+    """Delete the ``.*.partial`` and ``.*.old`` folders that a killed process left in ``folder`` (only those
+    staging the output ``name`` when given): they are this package's own staging (never anything a user
+    wrote) and hold no complete output."""
     folder = Path(folder)
+    prefix = "" if name is None else glob.escape(name) + "."
     removed = []
     if folder.is_dir():
-        for p in sorted(folder.glob(".*.partial")) + sorted(folder.glob(".*.old")):
+        for p in sorted(folder.glob(f".{prefix}*.partial")) + sorted(folder.glob(f".{prefix}*.old")):
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
@@ -178,9 +194,7 @@ def run_lock(out: str | os.PathLike, log=None) -> Iterator[Path]:
     if previous and log is not None:
         log(f"took over a stale lock on {Path(out)} ({previous}, no longer running)")
     # Staging folders of this output that a killed process left: nobody else can be writing them now.
-    name = glob.escape(path.name[1:-len(".lock")])
-    for orphan in [*path.parent.glob(f".{name}.*.partial"), *path.parent.glob(f".{name}.*.old")]:
-        shutil.rmtree(orphan, ignore_errors=True)
+    remove_orphaned_stages(path.parent, name=path.name[1:-len(".lock")])
     f.seek(0)
     f.truncate()
     f.write(f"pid {os.getpid()} on {socket.gethostname()}")
@@ -196,18 +210,22 @@ def run_lock(out: str | os.PathLike, log=None) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def staged_output_dir(out: str | os.PathLike, overwrite: bool = False, inputs: Iterable = ()) -> Iterator[Path]:
+def staged_output_dir(out: str | os.PathLike, overwrite: bool = False, inputs: Iterable = (),
+                      lock: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``out`` in one rename.
 
-    An interrupted run leaves ``out`` as it was (absent, or the previous complete output).
+    An interrupted run leaves ``out`` as it was (absent, or the previous complete output). ``out`` is
+    locked meanwhile (``run_lock``, re-entrant: a command that already holds it, to cover its computing
+    too, keeps it); ``lock=False`` inside a directory whose own lock covers it (a run's checkpoints).
     """
-    out = check_output_dir(out, overwrite, inputs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    os.chmod(stage, 0o777 & ~_umask())
-    try:
-        yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    replace_dir(stage, out)
+    with run_lock(out) if lock else contextlib.nullcontext():
+        out = check_output_dir(out, overwrite, inputs)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        os.chmod(stage, 0o777 & ~_umask())
+        try:
+            yield stage
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        replace_dir(stage, out)

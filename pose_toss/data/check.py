@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pose_toss.data.dataset import PoseDataset, crop_labels, image_file_problem, sample_image_rgb
-from pose_toss.io import atomic_write_text, check_output_dir, jsonable, run_lock, staged_output_dir
+from pose_toss.io import atomic_write_text, check_output_dir, jsonable, staged_output_dir
 from pose_toss.skeletons import Skeleton
 
 # A person with fewer usable joints than this teaches little and often means a bad annotation.
@@ -104,7 +104,7 @@ def data_check(cfg, out, split: str = "train", count: int = 16, overwrite: bool 
     if not problems:
         log("no problems found")
     out = Path(out)
-    with run_lock(out), staged_output_dir(out, overwrite=overwrite, inputs=cfg.input_paths()) as stage:
+    with staged_output_dir(out, overwrite=overwrite, inputs=cfg.input_paths()) as stage:
         result = {"dataset": d.dataset, "split": split, "skeleton": skeleton.name, "datasets": summary,
                   "problems": problems}
         atomic_write_text(stage / "summary.json", json.dumps(jsonable(result), indent=1))

@@ -164,7 +164,7 @@ def visualize(checkpoint, images, out, *, boxes=None, score_threshold: float = 0
     from pose_toss.engine.evaluation import resolve_checkpoint
     from pose_toss.engine.runtime import resolve_device
     from pose_toss.export import coco_result, write_coco_results
-    from pose_toss.io import check_output_dir, run_lock, staged_output_dir
+    from pose_toss.io import check_output_dir, staged_output_dir
     from pose_toss.models.checkpoint import load_model
     from pose_toss.viz.draw import contact_sheet, write_png
 
@@ -213,7 +213,7 @@ def visualize(checkpoint, images, out, *, boxes=None, score_threshold: float = 0
             person[2] = np.asarray(r["covariance"], dtype=np.float64)
         log(f"smoothed over {len(frames)} frames (process noise {results[0]['process_noise']:.3g} px²/frame³)")
     pictures = []
-    with run_lock(out), staged_output_dir(out, overwrite, inputs) as stage:
+    with staged_output_dir(out, overwrite, inputs) as stage:
         for image, joints, cov, box, _, path, p in people:
             pic = person_picture(image, joints, cov, box, skeleton, levels, links, k)
             write_png(stage / f"{path.stem}_{p}.png", pic)
