@@ -207,7 +207,7 @@ class Trainer:
             return None
         root = self.out / CHECKPOINTS
         final = root / f"epoch_{self.state.epoch:04d}"
-        with staged_output_dir(final, overwrite=True) as stage:
+        with staged_output_dir(final, overwrite=True, lock=False) as stage:
             save_model(self.model, stage / MODEL_FILE)
             blob = io.BytesIO()
             torch.save({"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
@@ -384,15 +384,16 @@ class Trainer:
         preds = predict_dataset(self.model, self.val_loader, self.rt.device, self.amp)
         bad = non_finite_predictions(preds)
         if len(bad):
-            raise TrainingDiverged(f"{where}: the training diverged: the model predicts NaN or Inf for {len(bad)} of "
-                                   f"{len(preds['index'])} validation samples. Nothing of this epoch was saved; "
-                                   f"lower train.lr (now {self.cfg.train.lr:g}) and train again"
-                                   + self._last_good())
+            raise self._diverged(where, f"the model predicts NaN or Inf for {len(bad)} of {len(preds['index'])} "
+                                        "validation samples")
         return metrics_from_predictions(attach_cues(preds, self.val_records), self.skeleton)
 
-    def _last_good(self) -> str:
+    def _diverged(self, where: str, what: str) -> TrainingDiverged:
+        """The error that stops a diverged run: where, what, what to do, and the last good checkpoint."""
         last = latest_checkpoint(self.out)
-        return f" (the last good checkpoint is {last})." if last else "."
+        return TrainingDiverged(f"{where}: the training diverged: {what}. Nothing of this epoch was saved; lower "
+                                f"train.lr (now {self.cfg.train.lr:g}) and train again"
+                                + (f" (the last good checkpoint is {last})." if last else "."))
 
     # -- the run ----------------------------------------------------------------------------------
 
@@ -411,7 +412,8 @@ class Trainer:
             train = self._train_epoch(epoch, stage_idx)
             self._sync_buffers()
             train_seconds = time.perf_counter() - epoch_start
-            val = scalar_metrics(self.validate(f"stage {stage_idx + 1} ({st.loss}), epoch {epoch + 1}"))
+            where = f"stage {stage_idx + 1} ({st.loss}), epoch {epoch + 1}"
+            val = scalar_metrics(self.validate(where))
             self.schedule.epoch_end(val["nll"])
             s.epoch = epoch + 1
             labels = ({f"pseudo_label_{k}": v for k, v in self.bank.quality.items()}
@@ -426,7 +428,7 @@ class Trainer:
             s.history.append(line)
             if self.rt.is_main:
                 self._write_metrics()
-            self._stop_if_diverged(val, stage_idx, s.epoch)
+            self._stop_if_diverged(val, where)
             if self.rt.is_main:
                 if is_best:
                     self._save_best(val)
@@ -451,10 +453,9 @@ class Trainer:
                 "best_val_nll": s.best_val_nll, "seconds": time.perf_counter() - run_start,
                 "history": s.history}
 
-    def _stop_if_diverged(self, val: dict, stage_idx: int, epoch: int) -> None:
+    def _stop_if_diverged(self, val: dict, where: str) -> None:
         """A run whose validation, weights or batch-norm statistics are no longer finite has diverged: stop
         before that state becomes a checkpoint (the previous checkpoints stay as they were)."""
-        where = f"stage {stage_idx + 1} ({self.cfg.stages[stage_idx].loss}), epoch {epoch}"
         bad_val = [k for k in ("nll", "mean_joint_error") if not math.isfinite(val.get(k, math.nan))]
         bad_state = non_finite_tensors(self.model.state_dict())
         if bad_val or bad_state:
@@ -463,9 +464,7 @@ class Trainer:
                 what.append("validation " + ", ".join(f"{k} = {val.get(k)}" for k in bad_val))
             if bad_state:
                 what.append(f"{len(bad_state)} non-finite weight or buffer tensors (e.g. {bad_state[0]})")
-            raise TrainingDiverged(f"{where}: the training diverged: {'; '.join(what)}. Nothing of this epoch was "
-                                   f"saved; lower train.lr (now {self.cfg.train.lr:g}) and train again"
-                                   + self._last_good())
+            raise self._diverged(where, "; ".join(what))
 
     def _write_metrics(self) -> None:
         # Rewritten whole from the history each epoch, so a resumed run never duplicates lines.
