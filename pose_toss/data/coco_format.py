@@ -20,6 +20,18 @@ def record_area(record: dict) -> float:
     return float(box[2] * box[3])
 
 
+def record_image_size(record: dict) -> tuple[int, int] | None:
+    """(width, height) of a record's image: from the image itself when it is in memory, else from its
+    ``image_size``; None when neither is known."""
+    if record.get("image") is not None:
+        height, width = np.shape(record["image"])[:2]
+        return int(width), int(height)
+    if record.get("image_size") is not None:
+        width, height = record["image_size"]
+        return int(width), int(height)
+    return None
+
+
 def coco_ground_truth(records: list[dict], skeleton) -> dict:
     """A COCO keypoints dataset (images, annotations, categories) of ``records``: one annotation per
     record, keypoints ``[x, y, v]`` with v = 2 for a visible joint and 0 (at 0, 0) otherwise."""
@@ -28,10 +40,9 @@ def coco_ground_truth(records: list[dict], skeleton) -> dict:
         image_id = record_image_id(r, n)
         if image_id not in images:
             entry = {"id": image_id, "file_name": os.path.basename(str(r.get("image_path", f"{image_id}.png")))}
-            if r.get("image") is not None:
-                entry["height"], entry["width"] = (int(v) for v in np.shape(r["image"])[:2])
-            elif r.get("image_size") is not None:
-                entry["width"], entry["height"] = (int(v) for v in r["image_size"])
+            size = record_image_size(r)
+            if size is not None:
+                entry["width"], entry["height"] = size
             images[image_id] = entry
         joints = np.asarray(r["joints"], dtype=np.float64).reshape(-1, 2)
         vis = np.asarray(r["visibility"]) > 0

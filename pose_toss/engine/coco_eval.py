@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from pose_toss.data.coco_format import record_image_size
+
 AP_NAMES = ("AP", "AP50", "AP75", "AP_M", "AP_L", "AR", "AR50", "AR75", "AR_M", "AR_L")
 
 
@@ -80,12 +82,7 @@ def simulated_detections(records: list[dict], jitter: float = 0.1, false_positiv
         box = np.array([x + w / 2 + dx - nw / 2, y + h / 2 + dy - nh / 2, nw, nh])
         out.append({**r, "bbox": box, "false_positive": False})
         if rng.random() < false_positives:
-            if r.get("image") is not None:
-                ih, iw = np.shape(r["image"])[:2]
-            elif r.get("image_size") is not None:
-                iw, ih = r["image_size"]
-            else:
-                iw, ih = x + 2 * w, y + 2 * h
+            iw, ih = record_image_size(r) or (x + 2 * w, y + 2 * h)
             fx, fy = rng.uniform(0, max(iw - w, 1.0)), rng.uniform(0, max(ih - h, 1.0))
             out.append({**r, "bbox": np.array([fx, fy, w, h]), "visibility": np.zeros_like(r["visibility"]),
                         "false_positive": True})
