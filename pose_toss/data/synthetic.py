@@ -223,13 +223,18 @@ class SyntheticPoseDataset(Sequence):
             for k in rng.choice(len(CUE_LIMBS), size=n, replace=False):
                 cues.append(Cue(str(rng.choice(CUE_KINDS)), CUE_LIMBS[int(k)], float(rng.uniform(0.35, 1.0))))
 
+        return self.labels(joints_true, height_px, cues, rng)
+
+    def labels(self, joints_true: np.ndarray, height_px: float, cues: Sequence[Cue], rng: np.random.Generator
+               ) -> dict:
+        """A figure's annotation: its labels drawn from the noise model around ``joints_true`` (and the label
+        noise's covariance), visibility inside the image, person box, cues and size."""
         sigma0, factors = self.noise_model(joints_true, height_px, cues)
         noise = sigma0 * rng.standard_normal(D) + factors @ rng.standard_normal(factors.shape[1])
         cov = sigma0**2 * np.eye(D) + factors @ factors.T
-        joints = joints_true + noise.reshape(J, 2)
-        inside = ((joints_true >= 0) & (joints_true <= s - 1)).all(axis=1)
+        inside = ((joints_true >= 0) & (joints_true <= self.image_size - 1)).all(axis=1)
         return {
-            "joints": joints,
+            "joints": joints_true + noise.reshape(J, 2),
             "joints_true": joints_true,
             "visibility": inside.astype(np.float32),
             "cov_true": 0.5 * (cov + cov.T),

@@ -15,10 +15,7 @@ from pose_toss.data.synthetic import (
     CUE_KINDS,
     CUE_LIMBS,
     Cue,
-    D,
-    J,
     SyntheticPoseDataset,
-    _person_box,
     _rot,
     articulated_pose,
     render_figure,
@@ -46,6 +43,8 @@ def synthetic_sequence(length: int = 60, image_size: int = 128, seed: int = 0, k
     if length < 2:
         raise ValueError(f"a sequence needs at least 2 frames, got {length}")
     gen = generator or SyntheticPoseDataset(1, image_size, seed)
+    if gen.image_size != image_size:
+        raise ValueError(f"generator draws {gen.image_size} px images, the sequence {image_size} px")
     rng = np.random.default_rng([seed, 7919])
     keys = np.stack([articulated_pose(rng) for _ in range(length // keyframe_every + 2)])
     body = catmull_rom(keys, keyframe_every)[:length]
@@ -64,14 +63,7 @@ def synthetic_sequence(length: int = 60, image_size: int = 128, seed: int = 0, k
         centre = start + (end - start) * t / max(length - 1, 1)
         joints_true = pts - 0.5 * (pts.min(0) + pts.max(0)) + centre
         cues = [c for t0, t1, c in events if t0 <= t < t1]
-        sigma0, factors = gen.noise_model(joints_true, height_px, cues)
-        noise = sigma0 * rng.standard_normal(D) + factors @ rng.standard_normal(factors.shape[1])
-        cov = sigma0**2 * np.eye(D) + factors @ factors.T
-        inside = ((joints_true >= 0) & (joints_true <= image_size - 1)).all(axis=1)
-        rec = {"joints": joints_true + noise.reshape(J, 2), "joints_true": joints_true,
-               "visibility": inside.astype(np.float32), "cov_true": 0.5 * (cov + cov.T),
-               "bbox": _person_box(joints_true, height_px), "cues": cues, "person_height": height_px,
-               "skeleton": "lsp14", "index": t, "image_id": t, "frame": t}
+        rec = {**gen.labels(joints_true, height_px, cues, rng), "index": t, "image_id": t, "frame": t}
         if render:  # the same drawing randomness every frame: the scene stays, the figure moves
             rec["image"] = render_figure(image_size, joints_true, height_px, cues, np.random.default_rng(render_seed))
         frames.append(rec)
