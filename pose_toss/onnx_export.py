@@ -28,16 +28,24 @@ def pooling_matrix(grid: int, height: int, width: int) -> torch.Tensor:
     return torch.nn.functional.adaptive_avg_pool2d(basis, grid).reshape(height * width, grid * grid).T
 
 
+def export_problem(model) -> str | None:
+    """Why ``model`` cannot be exported, or None when it can."""
+    if model.bottleneck_at != "head":
+        return ("export needs z at the head's last layer (model.bottleneck_at: head): with z at the features, "
+                "TIC's J crosses the whole head and has no closed form here")
+    if model.config.get("use_hessian"):
+        return "export does not support TIC's Hessian term (model.use_hessian)"
+    return None
+
+
 class ExportablePoseModel(nn.Module):
     """``model``'s eval-mode forward with the covariance, in operations ONNX has; equal to it (tested)."""
 
     def __init__(self, model) -> None:
         super().__init__()
-        if model.bottleneck_at != "head":
-            raise ValueError("export needs z at the head's last layer (model.bottleneck_at: head): with z at the "
-                             "features, TIC's J crosses the whole head and has no closed form here")
-        if model.config.get("use_hessian"):
-            raise ValueError("export does not support TIC's Hessian term (model.use_hessian)")
+        problem = export_problem(model)
+        if problem:
+            raise ValueError(problem)
         self.model = model.eval()
         s = model.input_size
         with torch.no_grad():

@@ -26,6 +26,12 @@ def measurement_covariances(covs: torch.Tensor, variant: str) -> torch.Tensor:
     raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS[1:]}")
 
 
+def jitter(positions: torch.Tensor) -> float:
+    """Mean frame-to-frame acceleration |x(t+1) - 2 x(t) + x(t-1)| over joints and frames (T x 2J positions)."""
+    acc = positions[2:] - 2 * positions[1:-1] + positions[:-2]
+    return float(acc.reshape(len(acc), -1, 2).norm(dim=-1).mean())
+
+
 def sequence_scores(means: torch.Tensor, covs: torch.Tensor, truth: torch.Tensor, visible: torch.Tensor,
                     cued: torch.Tensor) -> dict:
     """Per variant: mean joint error over visible joints, over cued ones, and jitter (T x D means and truth,
@@ -41,10 +47,9 @@ def sequence_scores(means: torch.Tensor, covs: torch.Tensor, truth: torch.Tensor
             r = measurement_covariances(covs, variant)
             est, _ = rts_smoother(means, r, observed, fit_process_noise(means, r, observed))
         err = (est - truth).reshape(len(est), -1, 2).norm(dim=-1)
-        acc = (est[2:] - 2 * est[1:-1] + est[:-2]).reshape(len(est) - 2, -1, 2).norm(dim=-1)
         out[variant] = {"error": float(err[visible].mean()),
                         "error_cued": float(err[cued & visible].mean()) if bool((cued & visible).any()) else None,
-                        "jitter": float(acc.mean())}
+                        "jitter": jitter(est)}
     return out
 
 
@@ -77,8 +82,7 @@ def video_benchmark(model, data_cfg, sequences: int = 8, length: int = 60, seed:
             for cue in f["cues"]:
                 cued[t, list(cue.limb)] = True
         per_sequence.append(sequence_scores(means, covs, truth, visible, cued))
-        acc = (truth[2:] - 2 * truth[1:-1] + truth[:-2]).reshape(length - 2, -1, 2).norm(dim=-1)
-        per_sequence[-1]["truth"] = {"error": 0.0, "error_cued": 0.0, "jitter": float(acc.mean())}
+        per_sequence[-1]["truth"] = {"error": 0.0, "error_cued": 0.0, "jitter": jitter(truth)}
         log(f"sequence {s + 1}/{sequences}: raw {per_sequence[-1]['raw']['error']:.2f} px, full covariance "
             f"{per_sequence[-1]['full covariance']['error']:.2f} px")
     from pose_toss.engine.compare import mean_std
