@@ -310,7 +310,7 @@ def condition_gaussian(mean: torch.Tensor, cov: torch.Tensor, observed: torch.Te
                                        f"definite in samples {(info > 0).nonzero().flatten()[:8].tolist()}")
         resid = torch.where(obs, values - mean, 0.0).unsqueeze(-1)
         gain_resid = s_ab @ torch.cholesky_solve(resid, chol)
-        cond_mean = torch.where(observed.bool(), values, mean + gain_resid.squeeze(-1))
+        cond_mean = torch.where(obs, values, mean + gain_resid.squeeze(-1))
         cond_cov = cov * (u.unsqueeze(-1) * u.unsqueeze(-2)) - s_ab @ torch.cholesky_solve(s_ab.transpose(-1, -2), chol)
         return cond_mean, 0.5 * (cond_cov + cond_cov.transpose(-1, -2))
 

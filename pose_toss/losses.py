@@ -232,8 +232,9 @@ def loss_prediction(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor,
         m = coords[:, ::2] > 0
         var = torch.diagonal(at_least_float32(cov), dim1=-2, dim2=-1)[:, ::2]
         sq = (visible_residual(mean, target, coords) ** 2).reshape(mean.shape[0], -1, 2).sum(-1).detach()
-        require_finite("loss_prediction", variance=torch.where(m, var, 0.0))
-        fit = torch.nn.functional.huber_loss(torch.where(m, var, 0.0) / scale, 0.5 * sq / scale, reduction="none")
+        var = torch.where(m, var, 0.0)  # invisible joints' variances go nowhere
+        require_finite("loss_prediction", variance=var)
+        fit = torch.nn.functional.huber_loss(var / scale, 0.5 * sq / scale, reduction="none")
         return mse(mean, target, mask) + torch.where(m, fit, 0.0).sum(-1)
 
 

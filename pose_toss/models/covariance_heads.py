@@ -42,11 +42,16 @@ def _mlp(embed_dim: int, hidden: int, out: int) -> nn.Sequential:
     return mlp
 
 
+def _precision(mlp: nn.Module) -> torch.dtype:
+    """A covariance network's working precision: its weights', at least float32 (a ``.double()`` head
+    computes in float64)."""
+    return torch.promote_types(next(mlp.parameters()).dtype, torch.float32)
+
+
 def _clean(z: torch.Tensor, mlp: nn.Module, trains_backbone: bool = False) -> torch.Tensor:
-    """The covariance network's input: finite, bounded, in the network's precision (at least float32: a
-    ``.double()`` head computes in float64), detached unless it may train the backbone."""
-    dtype = torch.promote_types(next(mlp.parameters()).dtype, torch.float32)
-    z = torch.nan_to_num(z.to(dtype), nan=0.0, posinf=1e4, neginf=-1e4).clamp(-1e4, 1e4)
+    """The covariance network's input: finite, bounded, in the network's precision (``_precision``),
+    detached unless it may train the backbone."""
+    z = torch.nan_to_num(z.to(_precision(mlp)), nan=0.0, posinf=1e4, neginf=-1e4).clamp(-1e4, 1e4)
     return z if trains_backbone else z.detach()
 
 
@@ -223,7 +228,7 @@ class TICCovarianceHead(nn.Module):
                                  f"{self.dim}")
             hess = hessian_gram(decode_fn, z, *decode_args) if self.use_hessian else None
         with torch.autocast(device_type=z.device.type, enabled=False):
-            dtype = torch.promote_types(next(self.mlp.parameters()).dtype, torch.float32)
+            dtype = _precision(self.mlp)
             jac = torch.nan_to_num(jac.to(torch.promote_types(jac.dtype, dtype)))
             jac_scale = hess_scale = None
             if self.eps_relative_to_jacobian:
