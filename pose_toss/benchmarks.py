@@ -420,6 +420,36 @@ def onnx_throughput(cfg: Config, batches=(1, 32), repeats: int = 5, warmup: int 
 # --------------------------------------------------------------------------------------------------
 
 
+def tracking_times(frames: int = 60, fit_joints: int = 14, step_joints: int = 17, lags=(0, 5), repeats: int = 5,
+                   seed: int = 0) -> dict:
+    """Smoothing's costs on the CPU, on a simulated track with full, frame-varying covariances: fitting alpha and q
+    (``tracking.fit_noise``) to ``frames`` frames of ``fit_joints`` joints (median of ``repeats``), and one
+    ``OnlineSmoother.step`` per person per frame for ``step_joints`` joints at each lag (median over frames)."""
+    from pose_toss.tracking import OnlineSmoother, fit_noise
+
+    g = torch.Generator().manual_seed(seed)
+
+    def track(d: int):
+        a = torch.randn(frames, d, d, generator=g, dtype=torch.float64) * 0.5
+        covs = a @ a.transpose(1, 2) + torch.eye(d, dtype=torch.float64)
+        walk = torch.cumsum(torch.cumsum(torch.randn(frames, d, generator=g, dtype=torch.float64), 0), 0)
+        return walk + torch.randn(frames, d, generator=g, dtype=torch.float64), covs
+
+    means, covs = track(2 * fit_joints)
+    fit_s = median_seconds(lambda: fit_noise(means, covs), repeats, warmup=1)
+    means, covs = track(2 * step_joints)
+    steps = {}
+    for lag in lags:
+        smoother, times = OnlineSmoother(2 * step_joints, alpha=0.5, q=1.0, lag=lag), []
+        for t in range(frames):
+            start = time.perf_counter()
+            smoother.step(means[t], covs[t])
+            times.append(time.perf_counter() - start)
+        steps[str(lag)] = float(torch.tensor(times[lag + 2:]).median())
+    return {"frames": frames, "fit_joints": fit_joints, "fit_seconds": fit_s, "step_joints": step_joints,
+            "online_step_seconds_by_lag": steps}
+
+
 def run_benchmarks(cfg: Config, batch: int = 32, repeats: int = 5, device: str = "auto",
                    pseudo_sizes=(10_000, 40_000, 100_000, 150_000), data_sizes=(128, 256), data_samples: int = 400,
                    checkpoint=None, profile: bool = False, log=print) -> dict:
@@ -471,6 +501,8 @@ def run_benchmarks(cfg: Config, batch: int = 32, repeats: int = 5, device: str =
     result["inference_mean_only_images_per_s"] = inference_throughput(cfg, device=dev, repeats=repeats,
                                                                       with_covariance=False)
     result["onnx_runtime_cpu_images_per_s"] = onnx_throughput(cfg, repeats=repeats)
+    log("tracking ...")
+    result["tracking"] = tracking_times(repeats=repeats)
     result["memory"] = peak_memory(dev)
     return result
 
@@ -538,6 +570,13 @@ def benchmark_markdown(r: dict, command: str) -> str:
         m = mean_only.get(k)
         out.append(f"| {k} | {v:.1f} | " + (f"{m:.1f} | {100 * (m / v - 1):.0f} % |" if m else "– | – |")
                    + (f" {onnx[k]:.1f} |" if k in onnx else " – |"))
+    tr = r.get("tracking")
+    if tr:
+        out += ["", "| smoothing (CPU, float64) | ms |", "| --- | --- |",
+                f"| fit alpha and q, {tr['frames']} frames x {tr['fit_joints']} joints | "
+                f"{1000 * tr['fit_seconds']:.0f} |"]
+        out += [f"| online step, one person, {tr['step_joints']} joints, lag {lag} | {1000 * v:.2f} |"
+                for lag, v in tr["online_step_seconds_by_lag"].items()]
     mem = r["memory"]
     out += ["", f"Peak memory: CPU RSS {mem['cpu_peak_rss_mib']:.0f} MiB"
             + (f", CUDA max allocated {mem['cuda_max_allocated_mib']:.0f} MiB" if "cuda_max_allocated_mib" in mem

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -79,10 +80,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from pose_toss.engine.evaluation import evaluate_checkpoint
     from pose_toss.engine.report import comparison_table
 
+    if args.occlusions < 0:
+        raise ValueError(f"--occlusions: expected a number of figures >= 0, got {args.occlusions}")
     m = evaluate_checkpoint(args.checkpoint, args.data, args.out, split=args.split, overwrite=args.overwrite,
                             device=args.device, batch_size=args.batch_size, pictures=args.pictures,
                             progress=not args.quiet, flip_test=args.flip_test,
-                            simulated_detections=parse_detector(args.simulated_detections))
+                            simulated_detections=parse_detector(args.simulated_detections),
+                            occlusions=args.occlusions)
     print(comparison_table(["model"], [m], mark_best=False))
     print(f"mean joint error {m['mean_joint_error']:.2f} px against {m['mean_pose_error']:.2f} px for the "
           f"{m['mean_pose_from']}'s mean pose ({m['mean_pose_error'] / max(m['mean_joint_error'], 1e-9):.1f}x lower); "
@@ -94,6 +98,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.flip_test:
         print(f"flip test on; without it, the mean joint error is {m['mean_joint_error_no_flip']:.2f} px "
               f"({m['mean_pose_error'] / max(m['mean_joint_error_no_flip'], 1e-9):.1f}x below the mean pose)")
+    if "cue_auroc_spread" in m:
+        print(f"synthetic cues: the spread tells a cued joint from the same joint uncued with AUROC "
+              f"{m['cue_auroc_spread']:.3f} (a per-joint constant: {m.get('cue_auroc_spread_constant', 0.5):.3f}, "
+              f"the true label noise: {m['cue_auroc_spread_true']:.3f}); the label noise is "
+              f"{100 * m['label_noise_share']:.0f}% of the predicted covariance's trace")
+    if "occlusion" in m:
+        o = m["occlusion"]
+        print(f"occluder added on one limb of {o['pairs']} test figures: the limb end's spread rose in "
+              f"{100 * o['spread_rise']:.0f}% (median x{o['spread_ratio']:.2f}, its error x{o['error_ratio']:.2f}); "
+              f"90% ellipses hold {100 * o['coverage@0.9_occluded']:.0f}% of its labels occluded, "
+              f"{100 * o['coverage@0.9_plain']:.0f}% without")
     if m.get("unreadable_images"):
         print(f"warning: {len(m['unreadable_images'])} of {m['samples_given']} samples left out: their images could "
               f"not be read (listed in report.md); the numbers are over the other {m['num_samples']}")
@@ -192,13 +207,25 @@ def cmd_smooth(args: argparse.Namespace) -> int:
         raise ValueError(f"{src}: cannot read as JSON ({e})") from None
     if not isinstance(results, list):
         raise ValueError(f"{src}: expected a list of COCO keypoint results, got {type(results).__name__}")
-    if args.q is not None and not args.q > 0:
-        raise ValueError(f"--q: expected a process noise > 0, got {args.q}")
-    smoothed = smooth_results(results, args.q, str(src))
+    for flag, value in (("--q", args.q), ("--alpha", args.alpha)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{flag}: expected a finite number > 0, got {value}")
+    sigmas = None
+    if args.sigmas is not None:
+        try:
+            sigmas = [float(v) for v in args.sigmas.split(",")]
+        except ValueError:
+            raise ValueError(f"--sigmas: expected comma-separated numbers, got {args.sigmas!r}") from None
+        if not all(math.isfinite(v) and v > 0 for v in sigmas):
+            raise ValueError(f"--sigmas: expected positive numbers, got {args.sigmas!r}")
+    smoothed = smooth_results(results, args.q, str(src), alpha=args.alpha, sigmas=sigmas)
     with run_lock(out):
         atomic_write_text(out, json.dumps(smoothed))
     tracks = len({r.get("track_id") for r in results})
-    print(f"smoothed {len(results)} people over {tracks} track{'s' if tracks != 1 else ''} into {out}")
+    fits = sorted({(r["measurement_scale"], r["process_noise"]) for r in smoothed})
+    print(f"smoothed {len(results)} people over {tracks} track{'s' if tracks != 1 else ''} into {out} (measurement "
+          f"scale alpha, process noise q: " + "; ".join(f"{a:.3g}, {q:.3g}" for a, q in fits[:5])
+          + (" ..." if len(fits) > 5 else "") + "; scores recomputed from the smoothed covariances)")
     return 0
 
 
@@ -323,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "fraction of its size), and for a FALSE_POSITIVES share of the people one extra box "
                         "elsewhere in the image (e.g. 0.1,0.25); "
                         "report COCO AP by expected OKS, heatmap maximum and a constant score")
+    p.add_argument("--occlusions", type=int, default=200, metavar="N",
+                   help="synthetic generator only: also predict N test figures with and without an occluder added "
+                        "on one limb, and report how the covariance responds (0 skips it; default 200)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
@@ -355,6 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the smoothed results (.json)")
     p.add_argument("--q", type=float, default=None, help="process noise, px^2 per frame^3 (default: fitted per track "
                                                         "by the innovations' likelihood)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="scale of the predicted covariances as measurement noise (default: fitted per track with q)")
+    p.add_argument("--sigmas", default=None, metavar="S1,S2,...",
+                   help="OKS sigma per joint for the smoothed scores (default: the skeleton's for 14, 16 or 17 joints)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_smooth)
 

@@ -44,10 +44,17 @@ class SyntheticConfig:
     poses_from: str | None = opt(None, help="optional LSP / LSP-extended joints.mat to draw poses from")
     cue_prob: float = opt(0.6, min=0.0, max=1.0, help="probability that a figure carries noise cues")
     max_cues: int = opt(2, min=0, max=6, help="most limbs with a cue (occluder, blur, fade) per figure")
+    label_noise: str = opt("annotators", choices=("annotators", "height"),
+                           help="annotators: each clean joint's per-axis std is its COCO OKS sigma x s / sqrt(2) "
+                                "(s^2 = half the person box's area), what real annotators disagree by; height: "
+                                "clean_noise and cue_noise as fractions of the figure's height (the earlier model)")
+    cue_gain: float = opt(4.0, min=1.0, max=50.0,
+                          help="annotators: an occluder at severity 1 makes the distal joint's along-limb std this "
+                               "many times its clean std (blur 0.6, fade 0.5 of the extra)")
     clean_noise: float = opt(0.006, min=1e-5, max=0.2,
-                             help="std of clean joints' label noise, as a fraction of figure height")
+                             help="height: std of clean joints' label noise, as a fraction of figure height")
     cue_noise: float = opt(0.05, min=0.0, max=0.5,
-                           help="std along the limb at full cue severity, as a fraction of figure height")
+                           help="height: std along the limb at full cue severity, as a fraction of figure height")
     val_samples: int = opt(300, min=1, help="validation figures (drawn from a separate index range)")
     test_samples: int = opt(500, min=1, help="test figures for `pose-toss eval --data synthetic`")
 
@@ -122,6 +129,9 @@ class ModelConfig:
                                     "(files written with the earlier per-channel offset load as grid 1)")
     covariance_trains_backbone: bool = opt(False, help="false: the covariance network reads z detached (TIC-TAC), "
                                                        "so covariance losses never train the backbone")
+    local_covariance: bool = opt(False, help="add each joint's 2 x 2 covariance read from the head's activation under "
+                                              "that joint's heatmap and the heatmap's spread (detached), to a tic, "
+                                              "full or diagonal covariance (heatmap head, bottleneck_at head)")
     use_hessian: bool = opt(False, help="add TIC's Hessian term (costly)")
     cov_floor: float = opt(1e-2, min=0.0, help="added to every variance, px^2")
     jacobian_chunk: int | None = opt(None, min=1, help="cotangents vmapped at once for TIC's Jacobian")
@@ -141,6 +151,12 @@ class PseudoLabelConfig:
                                           help="softmax temperature over squared whitened Mahalanobis distances: "
                                                "a number (1: the paper's softmax(-d)) or 'median' (the median "
                                                "neighbour distance; null means the same)")
+    effective_neighbours: float | None = opt(None, min=1.0,
+                                             help="set each sample's temperature so that its weights count this "
+                                                  "many effective neighbours (overrides temperature; at most k)")
+    neighbours: str = opt("embedding", choices=("embedding", "joints"),
+                          help="embedding: neighbours in z (the paper); joints: each joint's scale then rescaled to "
+                               "what its own neighbours by the head's view of that joint say (heatmap head)")
     shrinkage: float = opt(0.1, min=0.0, max=1.0, help="shrink the embedding covariance towards its diagonal")
     floor: float = opt(1e-3, min=0.0, help="relative eigenvalue floor that keeps each label PD")
     features_dim: int = opt(64, min=1, help="PCA dimensions for source: features")
@@ -218,10 +234,25 @@ class Config:
             if st.loss in PSEUDO_LABEL_LOSSES and st.pseudo_labels.source == "file" and not st.pseudo_labels.file:
                 raise ConfigError(f"{source}: key 'stages.{i}.pseudo_labels.file': expected a path when "
                                   "source is 'file'")
+            pl = st.pseudo_labels
+            if pl.effective_neighbours is not None and pl.effective_neighbours > pl.k:
+                raise ConfigError(f"{source}: key 'stages.{i}.pseudo_labels.effective_neighbours': expected at most "
+                                  f"k = {pl.k}, got {pl.effective_neighbours}")
+            if pl.neighbours == "joints" and (pl.source != "bottleneck" or self.model.head != "heatmap"
+                                              or self.model.bottleneck_at != "head"):
+                raise ConfigError(f"{source}: key 'stages.{i}.pseudo_labels.neighbours': joints reads the model's "
+                                  "heatmaps at every refresh; expected source bottleneck with head heatmap and "
+                                  "bottleneck_at head")
             if st.pseudo_labels.labels_from == "residuals" and st.pseudo_labels.source != "bottleneck":
                 raise ConfigError(f"{source}: key 'stages.{i}.pseudo_labels.labels_from': residuals need the model's "
                                   f"current predictions, so source must be 'bottleneck', got "
                                   f"{st.pseudo_labels.source!r}")
+        m = self.model
+        if m.local_covariance and (m.head != "heatmap" or m.bottleneck_at != "head" or cov not in ("tic", "full",
+                                                                                                   "diagonal")):
+            raise ConfigError(f"{source}: key 'model.local_covariance': the local term reads each joint's heatmap and "
+                              "adds to a fitted covariance; expected head heatmap, bottleneck_at head and covariance "
+                              f"tic, full or diagonal, got {m.head}, {m.bottleneck_at}, {cov}")
         lo, hi = self.data.augment.scale
         if not 0 < lo <= hi:
             raise ConfigError(f"{source}: key 'data.augment.scale': expected (lo, hi) with 0 < lo <= hi, "

@@ -271,6 +271,45 @@ def diagonal_covariance(raw: torch.Tensor, floor: float = 1e-3, scale: float = 1
     return torch.eye(var.shape[-1], dtype=var.dtype, device=var.device) * var.unsqueeze(-1)
 
 
+def heatmap_moments(prob: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (..., J, 2) and covariance (..., J, 2, 2) of each heatmap distribution (..., J, H, W), in input
+    pixels at the pixel centres the soft-argmax uses: how widely a joint's own heatmap spreads."""
+    h, w = prob.shape[-2:]
+    offset = (stride - 1) / 2.0
+    xs = torch.arange(w, device=prob.device, dtype=prob.dtype) * stride + offset
+    ys = torch.arange(h, device=prob.device, dtype=prob.dtype) * stride + offset
+    px, py = prob.sum(-2), prob.sum(-1)  # marginals over x and y
+    mx, my = (px * xs).sum(-1), (py * ys).sum(-1)
+    dx, dy = xs - mx.unsqueeze(-1), ys - my.unsqueeze(-1)
+    vxx, vyy = (px * dx**2).sum(-1), (py * dy**2).sum(-1)
+    vxy = (prob * dy.unsqueeze(-1) * dx.unsqueeze(-2)).sum((-2, -1))
+    cov = torch.stack([torch.stack([vxx, vxy], -1), torch.stack([vxy, vyy], -1)], -2)
+    return torch.stack([mx, my], -1), cov
+
+
+def joint_patches(images: torch.Tensor, joints: torch.Tensor, patch: int, window: float) -> torch.Tensor:
+    """Square crops of ``images`` (B x C x S x S) around each joint (B x J x 2, input pixels), ``window`` of the
+    image side wide, resampled bilinearly to ``patch`` x ``patch`` (zeros outside the image) -> (B J) x C x
+    patch x patch, in joint order. One ``grid_sample`` per image over the joints' patches stacked."""
+    b, c, h, w = images.shape
+    j = joints.shape[1]
+    # grid_sample's normalised coordinates with align_corners=False: -1 and 1 are the outer pixel edges.
+    centre = torch.stack([(2 * joints[..., 0] + 1) / w - 1, (2 * joints[..., 1] + 1) / h - 1], -1)  # B x J x 2
+    steps = (torch.arange(patch, dtype=images.dtype, device=images.device) + 0.5) / patch * 2 - 1  # in (-1, 1)
+    offsets = torch.stack(torch.meshgrid(steps, steps, indexing="xy"), -1) * window  # P x P x 2 (x, y)
+    grid = centre[:, :, None, None, :] + offsets  # B x J x P x P x 2
+    out = torch.nn.functional.grid_sample(images, grid.reshape(b, j * patch, patch, 2), mode="bilinear",
+                                          padding_mode="zeros", align_corners=False)  # B x C x (J P) x P
+    return out.reshape(b, c, j, patch, patch).transpose(1, 2).reshape(b * j, c, patch, patch)
+
+
+def scale_joints(cov: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """``S cov S`` with ``S = diag(exp(log_scale))`` repeated over each joint's two coordinates: every joint's
+    spread times its scale, correlations kept (B x D x D, log_scale B x J)."""
+    s = torch.exp(log_scale.to(cov.dtype)).repeat_interleave(2, dim=-1)
+    return cov * s.unsqueeze(-1) * s.unsqueeze(-2)
+
+
 def symmetrise_with_floor(cov: torch.Tensor, floor: float) -> torch.Tensor:
     cov = 0.5 * (cov + cov.transpose(-1, -2))
     return cov + floor * torch.eye(cov.shape[-1], device=cov.device, dtype=cov.dtype)

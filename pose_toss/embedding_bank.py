@@ -17,23 +17,33 @@ import torch.distributed as dist
 
 from pose_toss.config import LABELS_FROM
 from pose_toss.covariance import masked_covariance
-from pose_toss.metrics import w2_gaussian
-from pose_toss.pseudo_labels import pseudo_covariances
+from pose_toss.losses import sqrtm_eigh
+from pose_toss.metrics import pseudo_label_quality, w2_barycenter
+from pose_toss.pseudo_labels import joint_scaled_labels, pseudo_covariances
 
 
 class EmbeddingBank:
     """``true_cov`` (N x D x D, the targets' frame), when the data knows its label noise, lets every
-    refresh measure its labels against the truth (``quality``).
+    refresh measure its labels against the truth (``quality``: ``metrics.pseudo_label_quality``, with the
+    cue AUROC when ``limb_cue`` (N x L cue strengths of ``limbs``) is given too).
 
     ``labels_from``: ``"targets"`` (the paper: the neighbours' targets' covariance) or ``"residuals"``
     (the second moment of the neighbours' errors ``y_j - mu_j``; every refresh then needs the model's
-    predictions for the whole bank, which ``refresh_from_model`` computes in the same pass)."""
+    predictions for the whole bank, which ``refresh_from_model`` computes in the same pass).
+    ``effective``: each sample's temperature set for that many effective neighbours (overrides
+    ``temperature``). ``neighbours="joints"``: each joint of a label rescaled to what that joint's own
+    neighbours say, found on the model's per-joint descriptors (``pseudo_labels.joint_scaled_labels``)."""
 
     def __init__(self, targets: torch.Tensor, masks: torch.Tensor | None = None, k: int = 64,
                  temperature: float | str | None = 1.0, shrinkage: float = 0.1, floor: float = 1e-3,
-                 true_cov: torch.Tensor | None = None, labels_from: str = "targets") -> None:
+                 true_cov: torch.Tensor | None = None, labels_from: str = "targets",
+                 limbs: torch.Tensor | None = None, limb_cue: torch.Tensor | None = None,
+                 effective: float | None = None, neighbours: str = "embedding") -> None:
         if labels_from not in LABELS_FROM:
             raise ValueError(f"labels_from must be one of {LABELS_FROM}, got {labels_from!r}")
+        if neighbours not in ("embedding", "joints"):
+            raise ValueError(f"neighbours must be 'embedding' or 'joints', got {neighbours!r}")
+        self.effective, self.neighbours = effective, neighbours
         self.labels_from = labels_from
         self.targets = torch.as_tensor(targets, dtype=torch.float32)
         self.masks = None if masks is None else torch.as_tensor(masks, dtype=torch.float32)
@@ -42,22 +52,33 @@ class EmbeddingBank:
         d = self.targets.shape[1]
         if self.true_cov is not None and self.true_cov.shape != (len(self), d, d):
             raise ValueError(f"true_cov has shape {tuple(self.true_cov.shape)}, expected ({len(self)}, {d}, {d})")
+        self.limbs = None if limbs is None else torch.as_tensor(limbs)
+        self.limb_cue = None if limb_cue is None else torch.as_tensor(limb_cue)
+        self._best_constant: tuple[torch.Tensor, torch.Tensor] | None = None  # (masks, barycenter of the truths)
         self.embeddings: torch.Tensor | None = None
         self.predictions: torch.Tensor | None = None  # N x D, the model's means (residual labels)
+        self.joint_descriptors: torch.Tensor | None = None  # N x J x F (neighbours "joints")
         self.cov: torch.Tensor | None = None
         self.sqrt: torch.Tensor | None = None
         self.last_refresh_seconds = 0.0
-        self.quality: dict = {}  # of the last refresh: tau, effective neighbours, W2^2 to the truth
+        self.quality: dict = {}  # of the last refresh: tau, effective neighbours, and against the truth
         self.unavailable: torch.Tensor | None = None  # N bools: images that could not be read
 
     def __len__(self) -> int:
         return self.targets.shape[0]
 
-    def set_embeddings(self, embeddings: torch.Tensor, predictions: torch.Tensor | None = None) -> float:
+    def set_embeddings(self, embeddings: torch.Tensor, predictions: torch.Tensor | None = None,
+                       joint_descriptors: torch.Tensor | None = None) -> float:
         """Use these embeddings (N x E) and recompute every pseudo-label; returns the seconds it took.
-        ``predictions`` (N x D, the targets' frame) are needed for residual labels."""
+        ``predictions`` (N x D, the targets' frame) are needed for residual labels, ``joint_descriptors``
+        (N x J x F) for per-joint neighbours."""
         if embeddings.shape[0] != len(self):
             raise ValueError(f"bank has {len(self)} targets but got {embeddings.shape[0]} embeddings")
+        if self.neighbours == "joints":
+            if joint_descriptors is None or joint_descriptors.shape[:2] != (len(self), self.targets.shape[1] // 2):
+                raise ValueError(f"per-joint neighbours need the joint descriptors (N x J x F) of every bank sample, "
+                                 f"got {None if joint_descriptors is None else tuple(joint_descriptors.shape)}")
+            self.joint_descriptors = joint_descriptors.float()
         if self.labels_from == "residuals":
             if predictions is None:
                 raise ValueError("residual pseudo-labels need the model's predictions for every bank sample")
@@ -77,26 +98,33 @@ class EmbeddingBank:
         values = self.targets.to(device)
         if self.labels_from == "residuals":
             values = values - self.predictions.to(device)
+        centre = self.labels_from == "targets"
         self.cov, self.sqrt = pseudo_covariances(self.embeddings, values, self.k, self.temperature, masks,
-                                                 self.shrinkage, self.floor, stats=stats,
-                                                 centre=self.labels_from == "targets")
+                                                 self.shrinkage, self.floor, stats=stats, centre=centre,
+                                                 effective=self.effective, with_sqrt=self.neighbours == "embedding")
+        if self.neighbours == "joints":
+            self.cov = joint_scaled_labels(self.cov, self.joint_descriptors.to(device), values, self.k, masks,
+                                           self.temperature, self.effective, centre, self.shrinkage, self.floor)
+            self.sqrt = torch.cat([sqrtm_eigh(c) for c in self.cov.split(16384)])
         self.last_refresh_seconds = time.perf_counter() - start
         self.quality = stats
         if self.true_cov is not None:
-            self.quality["w2_to_true"] = self.w2_to_true(masks)
+            self.quality.update(self.label_quality(masks))
         return self.last_refresh_seconds
 
-    def w2_to_true(self, masks: torch.Tensor | None = None) -> float:
-        """Mean exact W2^2 between N(0, label) and N(0, true covariance) over each sample's visible
-        coordinates: how far the labels are from what they stand for (synthetic data)."""
+    def label_quality(self, masks: torch.Tensor | None = None) -> dict:
+        """``metrics.pseudo_label_quality`` of the current labels against the true covariances (synthetic data):
+        W2^2 to the truth beside the best constant label's, the trace's rank correlation with the truth's,
+        the cue AUROC of the labels' spreads."""
         if self.cov is None or self.true_cov is None:
-            raise RuntimeError("w2_to_true needs filled labels and the true covariances")
-        m = (torch.ones(len(self), self.targets.shape[1]) if masks is None
-             else (masks.cpu() > 0).double().repeat_interleave(2, dim=1))
-        zero = torch.zeros(len(self), self.targets.shape[1], dtype=torch.float64)
-        pseudo = masked_covariance(self.cov.cpu().double(), m.double())
-        true = masked_covariance(self.true_cov.double(), m.double())
-        return float(w2_gaussian(zero, pseudo, zero, true).mean())
+            raise RuntimeError("label_quality needs filled labels and the true covariances")
+        vis = torch.ones(len(self), self.targets.shape[1] // 2) if masks is None else (masks.cpu() > 0).float()
+        if self._best_constant is None or not torch.equal(self._best_constant[0], vis):
+            m = vis.double().repeat_interleave(2, dim=1)
+            truths = masked_covariance(self.true_cov.double(), m)
+            sample = torch.linspace(0, len(self) - 1, min(len(self), 2000)).long()
+            self._best_constant = (vis, w2_barycenter(truths[sample]))  # the truth is fixed: once per mask
+        return pseudo_label_quality(self.cov, self.true_cov, vis, self.limbs, self.limb_cue, self._best_constant[1])
 
     @torch.no_grad()
     def _embed_all(self, embed_fn, loader, device, progress: bool = False) -> torch.Tensor:
@@ -144,18 +172,25 @@ class EmbeddingBank:
         was_training = model.training
         model.eval()
 
-        def embed_and_predict(images):
-            out = model(images, with_covariance=False)
-            return torch.cat([out.embedding.float(), out.mean.float()], dim=1)
+        d, j = self.targets.shape[1], self.targets.shape[1] // 2
+
+        def embed_predict_describe(images):  # one pass: z, the means (residuals), the joints' descriptors
+            feats = model.features(images)
+            z = model.embed(feats)
+            parts = [z.float()]
+            if self.labels_from == "residuals" or self.neighbours == "joints":
+                context = model.decoder_input(feats)
+                parts.append(model.decode(z, context).float())
+                if self.neighbours == "joints":
+                    parts.append(model.joint_descriptors(z, context).flatten(1))
+            return torch.cat(parts, dim=1)
 
         try:
-            if self.labels_from == "residuals":
-                both = self._embed_all(embed_and_predict, loader, device, progress)
-                d = self.targets.shape[1]
-                self.set_embeddings(both[:, :-d], both[:, -d:])
-            else:
-                self.set_embeddings(self._embed_all(lambda x: model.embed(model.features(x)), loader, device,
-                                                    progress))
+            rows = self._embed_all(embed_predict_describe, loader, device, progress)
+            e = model.bottleneck.down.out_features
+            predictions = rows[:, e:e + d] if rows.shape[1] > e else None
+            descriptors = rows[:, e + d:].reshape(len(self), j, -1) if self.neighbours == "joints" else None
+            self.set_embeddings(rows[:, :e], predictions if self.labels_from == "residuals" else None, descriptors)
         finally:
             model.train(was_training)
         self.last_refresh_seconds = time.perf_counter() - start

@@ -50,6 +50,7 @@ def coco_result(joints: np.ndarray, cov: np.ndarray, image_id, category_id: int 
         "category_id": category_id,
         "keypoints": [round(float(v), 4) for v in kps],
         "score": round(float(eks.mean()), 5),
+        "area": round(area, 3),  # OKS's s^2 the scores used (COCOeval recomputes its own from the keypoints)
         "covariance": [[round(float(v), 4) for v in row] for row in cov],
     }
 

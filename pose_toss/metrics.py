@@ -260,18 +260,50 @@ def canonical_correlation(cov: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -
     return joint_correlations(cov.double(), a.long(), b.long())
 
 
+def within_joint_auroc(scores: torch.Tensor, positives: torch.Tensor, valid: torch.Tensor) -> float:
+    """The AUROC of ``scores`` for ``positives`` computed within each joint (column of B x J arrays, over its
+    ``valid`` rows) and averaged over the joints where both classes occur. Pooling joints instead lets a
+    joint's identity score: joints that are never positive and spread less pull a constant above 0.5."""
+    values = []
+    for j in range(scores.shape[1]):
+        ok = valid[:, j].bool()
+        value = auroc(scores[ok, j], positives[ok, j])
+        if math.isfinite(value):
+            values.append(value)
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
+def mean_residual_covariance(mean: torch.Tensor, target: torch.Tensor, visibility: torch.Tensor,
+                             floor: float = 1e-6) -> torch.Tensor:
+    """The best constant covariance for a set of predictions: each coordinate pair's mean of ``r_a r_b``
+    (r = target - mean) over the samples where both joints are visible, projected onto the positive
+    definite cone (eigenvalues at least ``floor`` times their mean). D x D, float64. Its 2 x 2 blocks are
+    each joint's mean residual covariance; pairs never seen together are 0 (a never-seen coordinate 1)."""
+    r = target.double() - mean.double()
+    m = visibility.double().repeat_interleave(2, dim=1)
+    r = torch.where(m > 0, r, 0.0)
+    count = m.T @ m
+    cov = (r.T @ r) / count.clamp_min(1)
+    cov = torch.where(count > 0, cov, 0.0) + torch.diag((torch.diagonal(count) == 0).double())
+    evals, evecs = torch.linalg.eigh(0.5 * (cov + cov.T))
+    evals = evals.clamp_min(floor * float(evals.clamp_min(0).mean().clamp_min(1e-12)))
+    return (evecs * evals) @ evecs.T
+
+
 def cue_metrics(cov: torch.Tensor, visibility: torch.Tensor, limbs: torch.Tensor, limb_cue: torch.Tensor,
                 cov_true: torch.Tensor | None = None, strong: float = 0.5) -> dict:
     """Does the covariance find the noise that cues put on limbs?
 
-    - ``cue_auroc_spread``: AUROC of a joint's spread sqrt(tr C_jj) for telling joints on a cued limb
-      from joints on none (visible joints);
+    - ``cue_auroc_spread``: AUROC of a joint's spread sqrt(tr C_jj) for telling the joint on a cued limb
+      from the same joint on none, within each joint and averaged over joints (``within_joint_auroc``);
     - ``cue_axis_cos``: on limbs whose cue strength is at least ``strong``, the mean |cos| of the angle
-      between the predicted and the true major axis of each visible joint's 2 x 2 block (needs
-      ``cov_true``; 2 / pi for axes drawn at random, 1 when aligned);
+      between the predicted and the true major axis of each visible joint's 2 x 2 block (needs ``cov_true``);
     - ``cue_corr_auroc``: AUROC of the first canonical correlation between a limb's two joints for telling
-      cued limbs from clean ones (both joints visible); ``cue_corr_auroc_true`` the same for the true
-      covariance, the ceiling.
+      cued limbs from clean ones (both joints visible).
+
+    Read each beside the same number for reference covariances (``cue_metrics_with_references``): a
+    constant scores 0.5 on both AUROCs, and axes that ignore the image score well above 2 / pi on |cos|
+    because limbs have typical directions.
     """
     vis = visibility.bool()
     a, b = limbs[:, 0].long(), limbs[:, 1].long()
@@ -280,17 +312,98 @@ def cue_metrics(cov: torch.Tensor, visibility: torch.Tensor, limbs: torch.Tensor
     member[torch.arange(len(limbs)), b] = 1.0
     cued_limb = limb_cue.double() > 0
     on_cued = (cued_limb.double() @ member) > 0  # B x J
-    out = {"cue_auroc_spread": auroc(joint_spread(cov)[vis], on_cued[vis])}
+    out = {"cue_auroc_spread": within_joint_auroc(joint_spread(cov), on_cued, vis)}
     pair_vis = vis[:, a] & vis[:, b]
-    out["cue_corr_auroc"] = auroc(canonical_correlation(cov, a, b)[pair_vis], cued_limb[pair_vis])
+    # Rounded: batched linear algebra gives equal matrices correlations that differ in the last bits, which
+    # would break a constant covariance's ties at random.
+    correlation = torch.round(canonical_correlation(cov, a, b), decimals=9)
+    out["cue_corr_auroc"] = auroc(correlation[pair_vis], cued_limb[pair_vis])
     if cov_true is not None:
-        out["cue_corr_auroc_true"] = auroc(canonical_correlation(cov_true, a, b)[pair_vis], cued_limb[pair_vis])
         on_strong = (((limb_cue.double() >= strong) & cued_limb).double() @ member > 0) & vis
         if on_strong.any():
             gap = major_axis_angle(joint_blocks(cov)) - major_axis_angle(joint_blocks(cov_true))
             out["cue_axis_cos"] = float(torch.cos(gap)[on_strong].abs().mean())
         else:
             out["cue_axis_cos"] = float("nan")
+    return out
+
+
+def cue_metrics_with_references(cov: torch.Tensor, visibility: torch.Tensor, limbs: torch.Tensor,
+                                limb_cue: torch.Tensor, cov_true: torch.Tensor | None = None,
+                                constant: torch.Tensor | None = None, strong: float = 0.5) -> dict:
+    """``cue_metrics`` of ``cov``, and the same numbers on the same figures for reference covariances, under
+    the suffixes ``_constant`` (``constant``, D x D: each joint's mean residual covariance on the training
+    split, no per-image information), ``_identity`` and ``_true`` (the label noise's own covariance: the
+    ceiling). A covariance shows what the image holds only where it beats the constant."""
+    out = cue_metrics(cov, visibility, limbs, limb_cue, cov_true, strong)
+    b, d = cov.shape[0], cov.shape[-1]
+    references = {"identity": torch.eye(d, dtype=torch.float64).expand(b, d, d)}
+    if constant is not None:
+        references["constant"] = constant.double().expand(b, d, d)
+    if cov_true is not None:
+        references["true"] = cov_true.double()
+    for name, ref in references.items():
+        for key, value in cue_metrics(ref, visibility, limbs, limb_cue, cov_true, strong).items():
+            if not (name == "true" and key == "cue_axis_cos"):  # 1 by definition
+                out[f"{key}_{name}"] = value
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Pseudo-labels against the label noise they stand for (synthetic data).
+# --------------------------------------------------------------------------------------------------
+
+
+def w2_barycenter(covs: torch.Tensor, iterations: int = 30, tol: float = 1e-9) -> torch.Tensor:
+    """The constant covariance closest to N covariances in mean squared 2-Wasserstein distance (their
+    barycenter), by the fixed point S <- S^-1/2 (mean_i (S^1/2 C_i S^1/2)^1/2)^2 S^-1/2 (Alvarez-Esteban et al.
+    2016), started from the mean. D x D, float64."""
+    c = covs.double()
+    s = c.mean(0)
+    for _ in range(iterations):
+        root = sqrtm_eigh(s)
+        evals, evecs = torch.linalg.eigh(root)
+        inv_root = (evecs / evals.clamp_min(1e-300)) @ evecs.T
+        middle = sqrtm_eigh(root @ c @ root).mean(0)
+        new = inv_root @ middle @ middle @ inv_root
+        new = 0.5 * (new + new.T)
+        done = float((new - s).norm() / s.norm().clamp_min(1e-300)) < tol
+        s = new
+        if done:
+            break
+    return s
+
+
+def pseudo_label_quality(labels: torch.Tensor, true_cov: torch.Tensor, visibility: torch.Tensor | None = None,
+                         limbs: torch.Tensor | None = None, limb_cue: torch.Tensor | None = None,
+                         constant: torch.Tensor | None = None) -> dict:
+    """How well covariance pseudo-labels (N x D x D) carry the label noise (``true_cov``), over each sample's
+    visible coordinates:
+
+    - ``w2_to_true``: mean exact W2^2 between N(0, label) and N(0, truth);
+    - ``w2_constant_to_true``: the same for the best constant label (``constant``, else the truths' W2
+      barycenter): labels that carry the noise must beat it;
+    - ``trace_spearman``: Spearman correlation of the label's trace with the truth's, over samples;
+    - ``cue_auroc_spread``: within-joint AUROC of the labels' joint spreads for cued limbs (``limbs``,
+      ``limb_cue`` as in ``cue_metrics``);
+    - ``mean_trace`` and ``true_mean_trace``.
+    """
+    n, d = labels.shape[0], labels.shape[-1]
+    vis = torch.ones(n, d // 2, dtype=torch.bool) if visibility is None else visibility.bool().cpu()
+    m = vis.double().repeat_interleave(2, dim=1)
+    label, truth = masked_covariance(labels.double().cpu(), m), masked_covariance(true_cov.double().cpu(), m)
+    zero = torch.zeros(n, d, dtype=torch.float64)
+    if constant is None:
+        constant = w2_barycenter(truth[torch.linspace(0, n - 1, min(n, 2000)).long()])
+    best = masked_covariance(constant.double().cpu().expand(n, d, d), m)
+    trace = (torch.diagonal(label, dim1=-2, dim2=-1) * m).sum(-1)
+    true_trace = (torch.diagonal(truth, dim1=-2, dim2=-1) * m).sum(-1)
+    out = {"w2_to_true": float(w2_gaussian(zero, label, zero, truth).mean()),
+           "w2_constant_to_true": float(w2_gaussian(zero, best, zero, truth).mean()),
+           "trace_spearman": spearman(trace, true_trace),
+           "mean_trace": float(trace.mean()), "true_mean_trace": float(true_trace.mean())}
+    if limbs is not None and limb_cue is not None:
+        out["cue_auroc_spread"] = cue_metrics(label, vis, limbs, limb_cue)["cue_auroc_spread"]
     return out
 
 
@@ -302,13 +415,15 @@ def _nanmean(x: torch.Tensor) -> float:
 def pose_metrics(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, visibility: torch.Tensor,
                  skeleton, head_sizes: torch.Tensor | None = None, target_true: torch.Tensor | None = None,
                  cov_true: torch.Tensor | None = None, pck_threshold: float = 0.2, pckh_threshold: float = 0.5,
-                 limbs: torch.Tensor | None = None, limb_cue: torch.Tensor | None = None) -> dict:
+                 limbs: torch.Tensor | None = None, limb_cue: torch.Tensor | None = None,
+                 reference_cov: torch.Tensor | None = None) -> dict:
     """Every evaluation number of DESIGN.md's Metrics section, overall and per joint.
 
     All lengths in the pixels of ``target``. ``head_sizes`` (B) enables PCKh; ``target_true`` and
     ``cov_true`` (synthetic data) enable the exact W2 and KL(true || predicted) to the label
     distribution, computed over each sample's visible coordinates. ``limbs`` and ``limb_cue`` (the
-    synthetic data's cued limbs) add ``cue_metrics``.
+    synthetic data's cued limbs) add ``cue_metrics_with_references``, with ``reference_cov`` (D x D, the
+    training split's ``mean_residual_covariance``) as the constant reference.
     """
     from pose_toss.losses import gaussian_nll
 
@@ -373,8 +488,11 @@ def pose_metrics(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, vi
         out["w2_to_true"] = float(w2_gaussian(p_mean, p_cov, t_mean, t_cov).mean())
         out["w2_cov_to_true"] = float(w2_gaussian(t_mean, p_cov, t_mean, t_cov).mean())
         out["kl_true_to_pred"] = float(kl_gaussian(t_mean, t_cov, p_mean, p_cov).mean())
+        # How much of the predicted covariance the label noise can account for; the rest is the model's error.
+        noise_trace = (torch.diagonal(cov_true.double(), dim1=-2, dim2=-1) * m).sum()
+        out["label_noise_share"] = float(noise_trace / (torch.diagonal(cov, dim1=-2, dim2=-1) * m).sum())
     if limbs is not None and limb_cue is not None:
-        out.update(cue_metrics(cov, vis, limbs, limb_cue, cov_true))
+        out.update(cue_metrics_with_references(cov, vis, limbs, limb_cue, cov_true, reference_cov))
     out["per_joint"] = per_joint
     out["calibration"] = {"levels": list(CALIBRATION_LEVELS), "overall": overall_cov,
                           "per_joint": cov_levels.T.tolist(), "has_joint": inside_any.tolist()}

@@ -11,8 +11,12 @@ the model is around z rather than of how much the poses around z differ (which i
 vary, however sure the model is).
 
 ``tau = 1`` is the paper's softmax(-d); ``"median"`` divides by the median neighbour distance, which
-spreads the weight over nearly all k neighbours. The effective number of neighbours, ``1 / sum_j w_ij^2``,
-says which regime a bank is in.
+spreads the weight over nearly all k neighbours; ``effective_neighbours=n`` sets each sample's own tau so
+that its weights count n effective neighbours (``1 / sum_j w_ij^2``), whatever the distances' scale.
+
+Also beyond the paper, ``joint_scaled_labels`` rescales each joint of a label to what that joint's own
+neighbours say, found on a per-joint descriptor (what the image shows around the joint), so that an
+occluded wrist is compared with occluded wrists rather than with figures in a similar pose.
 """
 
 from __future__ import annotations
@@ -66,11 +70,18 @@ def knn(points: torch.Tensor, k: int, block_size: int | None = None, max_block_e
     return torch.cat(dists), torch.cat(idxs)
 
 
-def neighbour_weights(dist: torch.Tensor, temperature: float | str | None = 1.0) -> tuple[torch.Tensor, float]:
+def neighbour_weights(dist: torch.Tensor, temperature: float | str | None = 1.0,
+                      effective: float | None = None) -> tuple[torch.Tensor, float]:
     """``softmax(-dist / tau)`` over each row of N x k neighbour distances -> (weights, tau).
 
     ``temperature``: a number (tau itself; 1 is the paper's) or ``"median"`` (tau = the median neighbour
-    distance; None means the same, as in configs written before the choice existed)."""
+    distance; None means the same, as in configs written before the choice existed). ``effective``: each
+    row's own tau for that many effective neighbours instead (``temperature_for_neighbours``; the median tau
+    is returned)."""
+    if effective is not None:
+        tau = temperature_for_neighbours(dist, effective)
+        d = dist.double() - dist.double().min(1, keepdim=True).values
+        return torch.softmax(-d / tau.unsqueeze(1), dim=1).to(dist.dtype), float(tau.median())
     if temperature is None or temperature == "median":
         tau = float(dist.median().clamp_min(1e-12))
     elif isinstance(temperature, str):
@@ -82,20 +93,38 @@ def neighbour_weights(dist: torch.Tensor, temperature: float | str | None = 1.0)
     return torch.softmax(-dist / tau, dim=1), tau
 
 
+def temperature_for_neighbours(dist: torch.Tensor, target: float, iterations: int = 60) -> torch.Tensor:
+    """Each row's temperature (N) at which ``softmax(-dist / tau)`` over its k neighbours counts ``target``
+    effective neighbours (between 1 and k): bisection on log tau, the count growing with tau."""
+    n, k = dist.shape
+    if not 1 <= target <= k:
+        raise ValueError(f"effective neighbours must be between 1 and k = {k}, got {target}")
+    d = dist.double() - dist.double().min(1, keepdim=True).values  # softmax ignores a row's shift
+    scale = d.max(1).values.clamp_min(1e-12)
+    lo, hi = (scale * 1e-6).log(), (scale * 1e6).log()
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        count = effective_neighbours(torch.softmax(-d / mid.exp().unsqueeze(1), dim=1))
+        lo, hi = torch.where(count < target, mid, lo), torch.where(count < target, hi, mid)
+    return ((lo + hi) / 2).exp()
+
+
 def effective_neighbours(weights: torch.Tensor) -> torch.Tensor:
     """``1 / sum_j w_ij^2`` per row of N x k weights: k for uniform weights, 1 when one neighbour has all."""
     return 1.0 / (weights.double() ** 2).sum(1)
+
 
 
 def pseudo_covariances(embeddings: torch.Tensor, targets: torch.Tensor, k: int = 64,
                        temperature: float | str | None = 1.0, masks: torch.Tensor | None = None,
                        shrinkage: float = 0.1, floor: float = 1e-3, block_size: int | None = None,
                        with_sqrt: bool = True, stats: dict | None = None, centre: bool = True,
-                       chunk_size: int = 16384) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       chunk_size: int = 16384, effective: float | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pseudo-covariances (N x D x D) and their square roots for every sample of an embedding bank.
 
-    ``embeddings`` N x E, ``targets`` N x D, ``masks`` N x J visibility (D = 2J) or None. ``temperature``:
-    see ``neighbour_weights``. ``stats`` (a dict) receives ``temperature`` (the tau used) and
+    ``embeddings`` N x E, ``targets`` N x D, ``masks`` N x J visibility (D = 2J) or None. ``temperature``
+    and ``effective``: see ``neighbour_weights``. ``stats`` (a dict) receives ``temperature`` (the tau used) and
     ``effective_neighbours`` (the mean over samples). Missing joints: each coordinate pair is averaged over
     the neighbours where both are visible (weights renormalised), then the matrix is projected onto
     the positive definite cone. ``floor`` (relative to the mean variance) keeps every label PD.
@@ -110,7 +139,7 @@ def pseudo_covariances(embeddings: torch.Tensor, targets: torch.Tensor, k: int =
     if embeddings.shape[0] != targets.shape[0]:
         raise ValueError(f"{embeddings.shape[0]} embeddings but {targets.shape[0]} targets")
     dist, idx = knn(whiten(embeddings, shrinkage), k, block_size)
-    weights, tau = neighbour_weights(dist, temperature)  # N x k
+    weights, tau = neighbour_weights(dist, temperature, effective)  # N x k
     if stats is not None:
         stats["temperature"] = tau
         stats["effective_neighbours"] = float(effective_neighbours(weights).mean())
@@ -162,3 +191,35 @@ def _labels(weights: torch.Tensor, idx: torch.Tensor, targets: torch.Tensor, mas
     cov = (evecs * evals.unsqueeze(-2)) @ evecs.transpose(1, 2)
     root = (evecs * evals.sqrt().unsqueeze(-2)) @ evecs.transpose(1, 2) if with_sqrt else None
     return cov, root
+
+
+def joint_scaled_labels(cov: torch.Tensor, descriptors: torch.Tensor, values: torch.Tensor, k: int,
+                        masks: torch.Tensor | None = None, temperature: float | str | None = 1.0,
+                        effective: float | None = None, centre: bool = True, shrinkage: float = 0.1,
+                        floor: float = 1e-3) -> torch.Tensor:
+    """Labels (N x D x D) with each joint's rows and columns rescaled so that its 2 x 2 block's trace is that of
+    its own neighbours' second moment, found per joint on ``descriptors`` (N x J x F, what the image shows
+    around each joint): ``S cov S``, correlations kept, positive definite as ``cov`` is.
+
+    Joint j of sample i gets ``sum_n w_in |v_nj - c_ij|^2`` over its k nearest neighbours by ``descriptors[:, j]``
+    (weights as in ``neighbour_weights``; ``c`` their weighted mean when ``centre``, else 0 as for residuals),
+    over the neighbours where the joint is visible."""
+    n, j, _ = descriptors.shape
+    values = values.float().reshape(n, j, 2).to(descriptors.device)
+    visible = torch.ones(n, j, dtype=torch.bool, device=descriptors.device) if masks is None else masks.to(
+        descriptors.device) > 0
+    traces = torch.empty(n, j, dtype=torch.float64, device=descriptors.device)
+    for q in range(j):
+        dist, idx = knn(whiten(descriptors[:, q], shrinkage), k)
+        w, _ = neighbour_weights(dist, temperature, effective)
+        w = torch.where(visible[idx, q], w, 0.0)
+        w = w / w.sum(1, keepdim=True).clamp_min(1e-12)
+        y = torch.where(visible[idx, q].unsqueeze(-1), values[idx, q], 0.0)  # n x k x 2
+        mean = (w.unsqueeze(-1) * y).sum(1, keepdim=True) if centre else torch.zeros_like(y[:, :1])
+        traces[:, q] = (w * ((y - mean) ** 2).sum(-1)).sum(1).double()
+    own = torch.diagonal(cov, dim1=-2, dim2=-1).reshape(n, j, 2).sum(-1).double()
+    ratio = (traces / own.clamp_min(1e-12)).clamp(1e-4, 1e4)
+    scale = ratio.sqrt().repeat_interleave(2, dim=1).to(cov.dtype).to(cov.device)
+    scaled = cov * scale.unsqueeze(-1) * scale.unsqueeze(-2)
+    mean_var = torch.diagonal(scaled, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
+    return scaled + (floor * mean_var)[:, None, None] * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)

@@ -1,115 +1,309 @@
 """Smoothing a person's joints over video frames with each frame's full predicted covariance.
 
 A constant-velocity Kalman filter and Rauch-Tung-Striebel smoother over the D = 2J coordinates: the state
-is the D positions and their D velocities, frame t measures the positions with noise N(0, R_t), R_t the
+is the D positions and their D velocities, frame t measures the positions with noise N(0, alpha R_t), R_t the
 model's predicted covariance for that frame (off-diagonal terms included, so a joint the model ties to
 another moves with it). Coordinates a frame does not see (an invisible joint) contribute nothing: the
-update uses the inverse of the observed block of R_t, padded with zeros, in information form, which is
-exactly conditioning on the observed coordinates alone. The process noise is white acceleration of
-variance q per coordinate (px^2 / frame^3); ``fit_process_noise`` picks q by the innovations' likelihood.
+update conditions on the observed block of the innovation alone (its covariance padded with an identity,
+its residual with zeros). The process noise is white acceleration of variance q per coordinate
+(px^2 / frame^3).
 
-Pure functions on float64 tensors: ``means`` T x D, ``covs`` T x D x D, ``observed`` T x D booleans.
+Two numbers are read off each track by the innovations' likelihood (``fit_noise``): q, how fast the joints
+move, and alpha, how far the predicted covariances are from the spread the measurements actually have around
+the motion. Fitting q alone against a covariance that is too wide pushes q down and over-smooths; the scale
+is fitted with it, from the sequence itself, never from the truth.
+
+Every step is a batched function of (G, ...) tensors, G candidate (alpha, q) pairs: the fit runs all of a
+grid's candidates in one pass, and the offline filter, the online filter (``OnlineSmoother``) and the fit
+share the same two step functions, so they agree bit for bit.
+
+Shapes: ``means`` T x D, ``covs`` T x D x D, ``observed`` T x D booleans; float64 throughout.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from pose_toss.covariance import masked_covariance
+LOG_2PI = math.log(2 * math.pi)
 
 
-def constant_velocity(dim: int, q: float, dt: float = 1.0, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-    """(F, Q) of the constant-velocity model over ``dim`` coordinates: state [positions, velocities]."""
+def constant_velocity(dim: int, q: float | torch.Tensor = 1.0, dt: float = 1.0, dtype=torch.float64
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F, Q) of the constant-velocity model over ``dim`` coordinates: state [positions, velocities]. A tensor
+    ``q`` (G) gives G process-noise matrices (G x 2D x 2D)."""
     eye = torch.eye(dim, dtype=dtype)
     zero = torch.zeros(dim, dim, dtype=dtype)
     f = torch.cat([torch.cat([eye, dt * eye], 1), torch.cat([zero, eye], 1)], 0)
-    q_block = torch.tensor([[dt**3 / 3, dt**2 / 2], [dt**2 / 2, dt]], dtype=dtype)
-    return f, q * torch.kron(q_block, eye)
+    q_block = torch.kron(torch.tensor([[dt**3 / 3, dt**2 / 2], [dt**2 / 2, dt]], dtype=dtype), eye)
+    q = torch.as_tensor(q, dtype=dtype)
+    return f, q[..., None, None] * q_block
 
 
-def _observed_information(cov: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
-    """The inverse of the observed block of ``cov``, padded with zeros (D x D)."""
-    outer = observed.unsqueeze(-1) & observed.unsqueeze(-2)
-    return torch.where(outer, torch.linalg.inv(masked_covariance(cov, observed.to(cov.dtype))), 0.0)
+def predict_step(x: torch.Tensor, p: torch.Tensor, f: torch.Tensor, q_mat: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One frame of motion: (G x 2D, G x 2D x 2D) -> the predicted state and covariance."""
+    return x @ f.T, f @ p @ f.T + q_mat
 
 
-def kalman_filter(means: torch.Tensor, covs: torch.Tensor, observed: torch.Tensor | None = None, q: float = 1.0,
-                  init_var: float = 1e6) -> dict:
-    """Filtered states (T x 2D), their covariances (T x 2D x 2D), the one-step predictions and the log
-    likelihood of the measurements (the innovations'). The first state is diffuse: variance ``init_var``."""
+def update_step(x: torch.Tensor, p: torch.Tensor, measurement: torch.Tensor, noise: torch.Tensor,
+                observed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Condition the state on one frame's measured positions (D) with measurement noise ``noise`` (G x D x D),
+    over the ``observed`` coordinates only -> (x, p, the innovation's log likelihood G).
+
+    The innovation covariance S = P_pp + noise is replaced by ``M S M + (I - M)`` and the residual by ``M r``
+    (M the observed mask): its Cholesky factor, its determinant and the gain then see only the observed block,
+    which is exactly conditioning on those coordinates."""
+    d = measurement.shape[-1]
+    every = bool(observed.all())
+    m = observed.to(x.dtype)
+    s = p[..., :d, :d] + noise
+    r = measurement - x[..., :d]
+    if not every:
+        s = torch.where((m[:, None] * m[None, :]) > 0, s, 0.0) + torch.diag(1.0 - m)
+        r = torch.where(observed, r, 0.0)
+    chol = torch.linalg.cholesky(s)
+    white = torch.linalg.solve_triangular(chol, r.unsqueeze(-1), upper=False).squeeze(-1)
+    loglik = -0.5 * ((white**2).sum(-1) + 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+                     + float(m.sum()) * LOG_2PI)
+    cross = p[..., :, :d] if every else p[..., :, :d] * m  # P H^T, the unobserved columns zeroed
+    gain = torch.cholesky_solve(cross.transpose(-1, -2), chol).transpose(-1, -2)  # G x 2D x D
+    x = x + (gain @ r.unsqueeze(-1)).squeeze(-1)
+    p = p - gain @ cross.transpose(-1, -2)
+    return x, 0.5 * (p + p.transpose(-1, -2)), loglik
+
+
+def initial_state(dim: int, batch: int = 1, init_var: float = 1e6) -> tuple[torch.Tensor, torch.Tensor]:
+    """A diffuse first state: zero positions and velocities with variance ``init_var``."""
+    return (torch.zeros(batch, 2 * dim, dtype=torch.float64),
+            init_var * torch.eye(2 * dim, dtype=torch.float64).expand(batch, 2 * dim, 2 * dim).clone())
+
+
+def _checked(means: torch.Tensor, covs: torch.Tensor, observed: torch.Tensor | None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     means, covs = means.double(), covs.double()
     t_len, d = means.shape
     observed = torch.ones(t_len, d, dtype=torch.bool) if observed is None else observed.bool()
     if not bool(torch.isfinite(torch.where(observed, means, 0.0)).all()):
         raise ValueError("observed coordinates must be finite (mark missing ones unobserved)")
+    outer = observed.unsqueeze(-1) & observed.unsqueeze(-2)
+    if not bool(torch.isfinite(torch.where(outer, covs, 0.0)).all()):
+        raise ValueError("the covariance of observed coordinates must be finite (mark missing ones unobserved)")
+    return means, torch.where(outer, covs, 0.0), observed
+
+
+def kalman_filter(means: torch.Tensor, covs: torch.Tensor, observed: torch.Tensor | None = None,
+                  q: float | torch.Tensor = 1.0, alpha: float | torch.Tensor = 1.0, init_var: float = 1e6,
+                  keep_states: bool = True) -> dict:
+    """Filtered states (G x T x 2D), their covariances (G x T x 2D x 2D), the one-step predictions and each
+    candidate's log likelihood of the measurements (G, the innovations'), for G = the broadcast size of ``q``
+    and ``alpha`` (scalars: G = 1). The measurement noise of frame t is ``alpha covs[t]``. ``keep_states=False``
+    returns the likelihood alone (what a fit needs; no T x G x 2D x 2D stack is kept)."""
+    means, covs, observed = _checked(means, covs, observed)
+    d = means.shape[1]
+    q, alpha = torch.broadcast_tensors(torch.as_tensor(q, dtype=torch.float64).reshape(-1),
+                                       torch.as_tensor(alpha, dtype=torch.float64).reshape(-1))
     f, q_mat = constant_velocity(d, q)
-    h = torch.cat([torch.eye(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64)], 1)
-    x = torch.zeros(2 * d, dtype=torch.float64)
-    p = init_var * torch.eye(2 * d, dtype=torch.float64)
+    x, p = initial_state(d, len(q), init_var)
     xs, ps, x_pred, p_pred = [], [], [], []
-    loglik = 0.0
-    for t in range(t_len):
+    loglik = torch.zeros(len(q), dtype=torch.float64)
+    for t in range(len(means)):
         if t > 0:
-            x, p = f @ x, f @ p @ f.T + q_mat
-        x_pred.append(x)
-        p_pred.append(p)
-        obs = observed[t]
-        y = torch.where(obs, means[t], 0.0)
-        if obs.any():
-            # The innovation's likelihood over the observed coordinates (for fitting q).
-            k = int(obs.sum())
-            idx = obs.nonzero().flatten()
-            s = (h @ p @ h.T)[idx][:, idx] + covs[t][idx][:, idx]
-            r = (y - h @ x)[idx]
-            chol = torch.linalg.cholesky(0.5 * (s + s.T))
-            white = torch.linalg.solve_triangular(chol, r.unsqueeze(-1), upper=False).squeeze(-1)
-            loglik -= 0.5 * (float(white @ white) + 2 * float(torch.log(torch.diagonal(chol)).sum())
-                             + k * math.log(2 * math.pi))
-            info = _observed_information(covs[t], obs)
-            p_inv = torch.linalg.inv(p)
-            p = torch.linalg.inv(p_inv + h.T @ info @ h)
-            x = p @ (p_inv @ x + h.T @ info @ y)
-            p = 0.5 * (p + p.T)
-        xs.append(x)
-        ps.append(p)
-    return {"x": torch.stack(xs), "p": torch.stack(ps), "x_pred": torch.stack(x_pred), "p_pred": torch.stack(p_pred),
-            "loglik": loglik, "f": f}
+            x, p = predict_step(x, p, f, q_mat)
+        if keep_states:
+            x_pred.append(x)
+            p_pred.append(p)
+        if observed[t].any():
+            x, p, ll = update_step(x, p, means[t], alpha[:, None, None] * covs[t], observed[t])
+            loglik = loglik + ll
+        if keep_states:
+            xs.append(x)
+            ps.append(p)
+    if not keep_states:
+        return {"loglik": loglik}
+    return {"x": torch.stack(xs, 1), "p": torch.stack(ps, 1), "x_pred": torch.stack(x_pred, 1),
+            "p_pred": torch.stack(p_pred, 1), "loglik": loglik, "f": f}
+
+
+def smooth_step(x: torch.Tensor, p: torch.Tensor, x_next_pred: torch.Tensor, p_next_pred: torch.Tensor,
+                x_next: torch.Tensor, p_next: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Rauch-Tung-Striebel step back: frame t's filtered state and the next frame's prediction and smoothed
+    state -> frame t's smoothed state."""
+    gain = torch.linalg.solve(p_next_pred, f @ p).transpose(-1, -2)  # P_t F^T P_pred(t+1)^-1
+    x = x + (gain @ (x_next - x_next_pred).unsqueeze(-1)).squeeze(-1)
+    p = p + gain @ (p_next - p_next_pred) @ gain.transpose(-1, -2)
+    return x, 0.5 * (p + p.transpose(-1, -2))
 
 
 def rts_smoother(means: torch.Tensor, covs: torch.Tensor, observed: torch.Tensor | None = None, q: float = 1.0,
-                 init_var: float = 1e6) -> tuple[torch.Tensor, torch.Tensor]:
+                 alpha: float = 1.0, init_var: float = 1e6) -> tuple[torch.Tensor, torch.Tensor]:
     """Smoothed positions (T x D) and their covariances (T x D x D): every frame's estimate given the whole
-    sequence (the Kalman filter forward, Rauch-Tung-Striebel backward)."""
-    run = kalman_filter(means, covs, observed, q, init_var)
-    f, x, p = run["f"], run["x"].clone(), run["p"].clone()
-    for t in range(len(x) - 2, -1, -1):
-        gain = p[t] @ f.T @ torch.linalg.inv(run["p_pred"][t + 1])
-        x[t] = x[t] + gain @ (x[t + 1] - run["x_pred"][t + 1])
-        p[t] = p[t] + gain @ (p[t + 1] - run["p_pred"][t + 1]) @ gain.T
-        p[t] = 0.5 * (p[t] + p[t].T)
+    sequence (the Kalman filter forward, Rauch-Tung-Striebel backward), measurement noise ``alpha covs``."""
+    run = kalman_filter(means, covs, observed, q, alpha, init_var)
+    x, p = _backward(run["x"][0], run["p"][0], run["x_pred"][0], run["p_pred"][0], run["f"])
     d = means.shape[1]
     return x[:, :d], p[:, :d, :d]
 
 
-def fit_process_noise(means: torch.Tensor, covs: torch.Tensor, observed: torch.Tensor | None = None,
-                      grid: torch.Tensor | None = None) -> float:
-    """The q (on a log grid, by default 1e-4 to 1e4 times the median measured variance) that maximises the
-    filter's innovation likelihood: how fast the joints move, read off the sequence itself."""
-    if grid is None:
-        scale = float(torch.diagonal(covs.double(), dim1=-2, dim2=-1).median())
-        grid = scale * torch.logspace(-4, 4, 33, dtype=torch.float64)
-    scores = [kalman_filter(means, covs, observed, float(q))["loglik"] for q in grid]
-    return float(grid[int(torch.tensor(scores).argmax())])
+def _backward(xs: torch.Tensor, ps: torch.Tensor, x_pred: torch.Tensor, p_pred: torch.Tensor, f: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """RTS over a window of filtered states (T x 2D ...), newest last: the smoothed states."""
+    x, p = list(xs), list(ps)
+    for t in range(len(x) - 2, -1, -1):
+        x[t], p[t] = smooth_step(x[t], p[t], x_pred[t + 1], p_pred[t + 1], x[t + 1], p[t + 1], f)
+    return torch.stack(x), torch.stack(p)
 
 
-def smooth_results(results: list[dict], q: float | None = None, source: str = "predictions") -> list[dict]:
+@dataclass
+class NoiseFit:
+    """What ``fit_noise`` found for a track: the measurement-covariance scale alpha, the process noise q, and
+    the innovation log likelihood there."""
+
+    alpha: float
+    q: float
+    loglik: float
+
+
+def fit_noise(means: torch.Tensor, covs: torch.Tensor, observed: torch.Tensor | None = None,
+              alpha: float | None = None, q: float | None = None, rounds: int = 4) -> NoiseFit:
+    """alpha and q that maximise the filter's innovation likelihood, by a grid in (log alpha, log q) refined
+    ``rounds`` times around the best point, each grid one batched filter pass. A given value is kept fixed.
+
+    The first grid (7 x 9) spans alpha from 1e-3 to 10 and q from 1e-4 to 1e4 times the median measured variance;
+    each refinement (5 x 5) spans one step of the previous grid on either side of its best point."""
+    means, covs, observed = _checked(means, covs, observed)
+    diag = torch.diagonal(covs, dim1=-2, dim2=-1)[observed]
+    scale = float(diag.median()) if diag.numel() else 1.0
+    log_a = (torch.linspace(math.log(1e-3), math.log(10.0), 7, dtype=torch.float64) if alpha is None
+             else torch.tensor([math.log(alpha)], dtype=torch.float64))
+    log_q = (math.log(scale) + torch.linspace(math.log(1e-4), math.log(1e4), 9, dtype=torch.float64) if q is None
+             else torch.tensor([math.log(q)], dtype=torch.float64))
+    def loglik(grid_a: torch.Tensor, grid_q: torch.Tensor) -> torch.Tensor:
+        ll = kalman_filter(means, covs, observed, grid_q.exp().reshape(-1), grid_a.exp().reshape(-1),
+                           keep_states=False)["loglik"]
+        return torch.where(torch.isfinite(ll), ll, -math.inf)
+
+    best, grid = None, None
+    for _ in range(rounds):
+        grid = torch.meshgrid(log_a, log_q, indexing="ij")
+        ll = loglik(*grid)
+        k = int(ll.argmax())
+        best = NoiseFit(float(grid[0].reshape(-1)[k].exp()), float(grid[1].reshape(-1)[k].exp()), float(ll[k]))
+        log_a = _finer(log_a, math.log(best.alpha), 5)
+        log_q = _finer(log_q, math.log(best.q), 5)
+    # A last step: the maximum of the quadratic through the final grid's likelihoods, kept if it is better.
+    peak = _quadratic_peak(grid[0].reshape(-1), grid[1].reshape(-1), ll)
+    if peak is not None:
+        value = float(loglik(peak[0:1], peak[1:2])[0])
+        if value > best.loglik:
+            best = NoiseFit(float(peak[0].exp()), float(peak[1].exp()), value)
+    return best
+
+
+def _quadratic_peak(a: torch.Tensor, q: torch.Tensor, ll: torch.Tensor) -> torch.Tensor | None:
+    """The maximum of the least-squares quadratic in (a, q) through finite values ``ll``, clipped to the box
+    the points span; None when the surface has no maximum (or too few points)."""
+    ok = torch.isfinite(ll)
+    if int(ok.sum()) < 6 or len(torch.unique(a)) < 3 or len(torch.unique(q)) < 3:
+        return None
+    a0, q0 = a[ok], q[ok]
+    design = torch.stack([torch.ones_like(a0), a0, q0, a0 * a0, a0 * q0, q0 * q0], 1)
+    c = torch.linalg.lstsq(design, ll[ok].unsqueeze(1)).solution.squeeze(1)
+    hessian = torch.tensor([[2 * c[3], c[4]], [c[4], 2 * c[5]]], dtype=ll.dtype)
+    if not bool((torch.linalg.eigvalsh(hessian) < 0).all()):
+        return None
+    peak = torch.linalg.solve(hessian, -c[1:3])
+    return torch.stack([peak[0].clamp(a.min(), a.max()), peak[1].clamp(q.min(), q.max())])
+
+
+def _finer(axis: torch.Tensor, centre: float, points: int) -> torch.Tensor:
+    """A grid of ``points`` around ``centre`` one step of ``axis`` wide on each side (or the fixed value)."""
+    if len(axis) == 1:
+        return axis
+    step = float(axis[1] - axis[0])
+    return centre + torch.linspace(-step, step, points, dtype=torch.float64)
+
+
+def fit_process_noise(means: torch.Tensor, covs: torch.Tensor, observed: torch.Tensor | None = None) -> float:
+    """q alone, the measurement covariances taken as they are (alpha = 1)."""
+    return fit_noise(means, covs, observed, alpha=1.0).q
+
+
+class OnlineSmoother:
+    """A causal filter for one track, one frame at a time, with an optional fixed lag.
+
+    ``step(mean, cov, observed)`` takes a frame's predicted positions (D) and covariance (D x D) and returns
+    the estimates it can give now, as (frame, positions, covariance) tuples: with ``lag`` 0 the filtered
+    estimate of this frame, with ``lag`` L the estimate of frame t - L given frames up to t (empty for the
+    first L frames). ``flush()`` returns the frames still held, smoothed on everything seen. Its forward pass
+    is ``kalman_filter``'s, step for step; with a lag of at least the sequence's length, ``flush`` gives
+    ``rts_smoother``'s estimates. alpha and q are given, or fitted on a warm-up window (``from_warmup``)."""
+
+    def __init__(self, dim: int, alpha: float, q: float, lag: int = 0, init_var: float = 1e6) -> None:
+        if not (math.isfinite(alpha) and alpha > 0 and math.isfinite(q) and q > 0):
+            raise ValueError(f"alpha and q must be finite and > 0, got {alpha} and {q}")
+        if lag < 0:
+            raise ValueError(f"lag must be >= 0, got {lag}")
+        self.dim, self.alpha, self.q, self.lag = dim, float(alpha), float(q), int(lag)
+        self.f, self.q_mat = constant_velocity(dim, torch.tensor([self.q], dtype=torch.float64))
+        self.x, self.p = initial_state(dim, 1, init_var)
+        self.frame = 0
+        self.window: list[tuple] = []  # (frame, x, p, x_pred, p_pred) of the frames not yet given out
+
+    @classmethod
+    def from_warmup(cls, means: torch.Tensor, covs: torch.Tensor, observed: torch.Tensor | None = None,
+                    lag: int = 0) -> tuple[OnlineSmoother, list]:
+        """alpha and q fitted on the warm-up frames, which are then fed through; returns the smoother and what
+        it gave out for them."""
+        fit = fit_noise(means, covs, observed)
+        smoother = cls(means.shape[1], fit.alpha, fit.q, lag)
+        observed = torch.ones_like(means, dtype=torch.bool) if observed is None else observed
+        out = [e for t in range(len(means)) for e in smoother.step(means[t], covs[t], observed[t])]
+        return smoother, out
+
+    def step(self, mean: torch.Tensor, cov: torch.Tensor, observed: torch.Tensor | None = None) -> list:
+        mean, cov = mean.double().reshape(1, -1), cov.double().reshape(1, self.dim, self.dim)
+        mean, cov, observed = _checked(mean, cov, None if observed is None else observed.reshape(1, -1))
+        if self.frame > 0:
+            self.x, self.p = predict_step(self.x, self.p, self.f, self.q_mat)
+        x_pred, p_pred = self.x, self.p
+        if observed[0].any():
+            self.x, self.p, _ = update_step(self.x, self.p, mean[0], self.alpha * cov, observed[0])
+        self.window.append((self.frame, self.x, self.p, x_pred, p_pred))
+        self.frame += 1
+        if len(self.window) <= self.lag:
+            return []
+        estimate = self._smoothed(len(self.window) - 1 - self.lag)
+        self.window.pop(0)
+        return [estimate]
+
+    def flush(self) -> list:
+        """The held frames' estimates given every frame seen, oldest first; the window is emptied."""
+        if not self.window:
+            return []
+        x, p = _backward(*(torch.stack([w[k][0] for w in self.window]) for k in (1, 2, 3, 4)), self.f)
+        out = [(w[0], x[n, :self.dim], p[n, :self.dim, :self.dim]) for n, w in enumerate(self.window)]
+        self.window = []
+        return out
+
+    def _smoothed(self, index: int) -> tuple:
+        x, p = _backward(*(torch.stack([w[k][0] for w in self.window[index:]]) for k in (1, 2, 3, 4)), self.f)
+        return self.window[index][0], x[0, :self.dim], p[0, :self.dim, :self.dim]
+
+
+def smooth_results(results: list[dict], q: float | None = None, source: str = "predictions",
+                   alpha: float | None = None, sigmas=None) -> list[dict]:
     """COCO keypoint results with covariances (``pose-toss eval`` / ``visualize`` output) smoothed over
     frames: one track per ``track_id`` (all results one track when none has it), frames ordered by a
     ``frame`` field, else by ``image_id``. Each result's keypoints and covariance are replaced by the
-    smoothed ones (the keypoints' third values kept), and ``process_noise`` says the q used (fitted per
-    track unless given). A null coordinate is an unobserved one."""
+    smoothed ones, with each keypoint's score and the person's score recomputed from the smoothed covariance
+    (expected keypoint similarities, as ``eval`` scores them); ``measurement_scale`` and ``process_noise``
+    say the alpha and q used (fitted per track unless given). A null coordinate is an unobserved one.
+    ``sigmas``: the joints' OKS constants for the scores (default: the skeleton's for 14, 16 or 17 joints)."""
+    from pose_toss.export import coco_result, default_sigmas
+
     tracks: dict = {}
     for n, r in enumerate(results):
         for key in ("keypoints", "covariance"):
@@ -132,14 +326,22 @@ def smooth_results(results: list[dict], q: float | None = None, source: str = "p
         if covs.shape[1:] != (d, d):
             raise ValueError(f"{source}: track {track_id!r}: covariances of shape {tuple(covs.shape[1:])} for "
                              f"{d} coordinates")
+        if sigmas is None:
+            try:
+                sigmas = default_sigmas(d // 2)
+            except ValueError:
+                raise ValueError(f"{source}: results with {d // 2} joints have no default OKS sigmas to score the "
+                                 "smoothed keypoints with; give them (--sigmas)") from None
+        if len(sigmas) != d // 2:
+            raise ValueError(f"{source}: {len(sigmas)} OKS sigmas for results with {d // 2} joints")
         observed = torch.isfinite(means) & torch.isfinite(torch.diagonal(covs, dim1=-2, dim2=-1))
         covs = torch.where(torch.isfinite(covs), covs, 0.0)
-        q_used = fit_process_noise(means, covs, observed) if q is None else float(q)
-        smoothed, smoothed_cov = rts_smoother(means, covs, observed, q_used)
+        fit = fit_noise(means, covs, observed, alpha, q)
+        smoothed, smoothed_cov = rts_smoother(means, covs, observed, fit.q, fit.alpha)
         for row, n in enumerate(order):
-            xy = smoothed[row].reshape(-1, 2)
-            out[n]["keypoints"] = [round(float(v), 3) for v in
-                                   torch.cat([xy, triplets[row, :, 2:].nan_to_num(0.0)], 1).reshape(-1)]
-            out[n]["covariance"] = [[round(float(v), 4) for v in line] for line in smoothed_cov[row]]
-            out[n]["process_noise"] = q_used
+            rescored = coco_result(smoothed[row].reshape(-1, 2).numpy(), smoothed_cov[row].numpy(),
+                                   results[n].get("image_id"), results[n].get("category_id", 1),
+                                   results[n].get("area"), sigmas)
+            out[n].update({k: rescored[k] for k in ("keypoints", "score", "covariance")})
+            out[n]["measurement_scale"], out[n]["process_noise"] = fit.alpha, fit.q
     return out

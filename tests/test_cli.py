@@ -47,7 +47,9 @@ def test_the_figures_as_a_coco_dataset(generated):
         vis = np.asarray(s["visibility"]) > 0
         np.testing.assert_allclose(kps[vis, :2], np.asarray(s["joints"])[vis], atol=1e-3)
         assert (kps[:, 2] == np.where(vis, 2, 0)).all() and ann["num_keypoints"] == vis.sum()
-        assert ann["bbox"] == pytest.approx(s["bbox"]) and ann["area"] == pytest.approx(s["bbox"][2] * s["bbox"][3])
+        assert ann["bbox"] == pytest.approx(s["bbox"])
+        # A figure's area is the segmented area its box implies, half the box, as in COCO (its OKS scale).
+        assert ann["area"] == pytest.approx(s["area"]) and s["area"] == pytest.approx(0.5 * s["bbox"][2] * s["bbox"][3])
         assert coco.loadImgs(s["index"])[0]["file_name"] == s["file"]
     assert coco.loadCats(1)[0]["keypoints"][-1] == "head_top"
 

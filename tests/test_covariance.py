@@ -154,3 +154,56 @@ def test_unmirror_is_the_mirror_map_on_samples():
     twice = unmirror(back, cov_back, flip, 64)  # mirroring twice is the identity
     torch.testing.assert_close(twice[0], mean)
     torch.testing.assert_close(twice[1], cov)
+
+
+def test_heatmap_moments_against_numpy():
+    import numpy as np
+
+    from pose_toss.covariance import heatmap_moments
+
+    gen = torch.Generator().manual_seed(0)
+    prob = torch.softmax(torch.randn(2, 3, 5 * 7, generator=gen, dtype=torch.float64) * 2, -1).reshape(2, 3, 5, 7)
+    mean, cov = heatmap_moments(prob, stride=4)
+    ys, xs = np.mgrid[0:5, 0:7] * 4 + 1.5  # pixel centres of a stride-4 map, as the soft-argmax reads them
+    for b in range(2):
+        for j in range(3):
+            p = prob[b, j].numpy()
+            pts = np.stack([xs.ravel(), ys.ravel()], 1)
+            m = (p.ravel()[:, None] * pts).sum(0)
+            c = ((pts - m).T * p.ravel()) @ (pts - m)
+            assert np.allclose(mean[b, j].numpy(), m) and np.allclose(cov[b, j].numpy(), c)
+
+
+def test_joint_patches_sample_around_each_joint_like_map_coordinates():
+    import numpy as np
+    from scipy.ndimage import map_coordinates
+
+    from pose_toss.covariance import joint_patches
+
+    gen = torch.Generator().manual_seed(1)
+    images = torch.rand(2, 3, 40, 40, generator=gen, dtype=torch.float64)
+    joints = torch.tensor([[[12.3, 20.0], [30.0, 7.5]], [[20.0, 20.0], [38.0, 39.0]]], dtype=torch.float64)
+    patch, window = 8, 0.3
+    got = joint_patches(images, joints, patch, window).reshape(2, 2, 3, patch, patch)
+    # Patch pixel (r, c) sits at the joint + ((c, r) + 0.5) / patch * window * side - window * side / 2 (x, y).
+    offs = ((np.arange(patch) + 0.5) / patch - 0.5) * window * 40
+    for b in range(2):
+        for j in range(2):
+            x = joints[b, j, 0].item() + offs[None, :]
+            y = joints[b, j, 1].item() + offs[:, None]
+            for c in range(3):
+                want = map_coordinates(images[b, c].numpy(), [y + 0 * x, x + 0 * y], order=1, mode="constant", cval=0.0)
+                inside = (x + 0 * y >= 0) & (x + 0 * y <= 39) & (y + 0 * x >= 0) & (y + 0 * x <= 39)
+                assert np.allclose(got[b, j, c].numpy()[inside], want[inside], atol=1e-12)
+
+
+def test_scale_joints_is_s_cov_s():
+    from pose_toss.covariance import scale_joints
+
+    gen = torch.Generator().manual_seed(2)
+    a = torch.randn(3, 6, 6, generator=gen, dtype=torch.float64)
+    cov = a @ a.transpose(1, 2)
+    log_scale = torch.randn(3, 3, generator=gen, dtype=torch.float64)
+    s = torch.diag_embed(log_scale.exp().repeat_interleave(2, dim=1))
+    assert torch.allclose(scale_joints(cov, log_scale), s @ cov @ s)
+    assert scale_joints(cov, log_scale).dtype == torch.float64

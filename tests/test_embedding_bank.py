@@ -8,7 +8,7 @@ from pose_toss.config import load_config
 from pose_toss.data import PoseDataset, SyntheticPoseDataset
 from pose_toss.embedding_bank import EmbeddingBank
 from pose_toss.models import build_pose_model
-from pose_toss.pseudo_labels import pseudo_covariances
+from pose_toss.pseudo_labels import knn, pseudo_covariances, whiten
 
 
 def setup(n=40):
@@ -57,7 +57,10 @@ def test_residual_labels_use_the_models_own_errors():
 
 
 def test_label_quality_against_the_true_covariance():
+    """Every number logged at a refresh, against numpy / scipy on a small bank: W2^2 to the truth and the best
+    constant's, the Spearman of the traces, the labels' within-joint cue AUROC, the effective neighbours."""
     from scipy.linalg import sqrtm
+    from scipy.stats import mannwhitneyu, spearmanr
 
     gen = torch.Generator().manual_seed(0)
     n, j = 60, 3
@@ -66,16 +69,49 @@ def test_label_quality_against_the_true_covariance():
     masks[::4, 2] = 0
     a = torch.randn(n, 2 * j, 2 * j, generator=gen, dtype=torch.float64)
     true = a @ a.transpose(1, 2) + torch.eye(2 * j, dtype=torch.float64)
-    bank = EmbeddingBank(targets, masks, k=12, temperature="median", true_cov=true)
+    limbs = torch.tensor([[0, 1], [1, 2]])
+    limb_cue = (torch.rand(n, 2, generator=gen) < 0.4).double()
+    bank = EmbeddingBank(targets, masks, k=12, temperature="median", true_cov=true, limbs=limbs, limb_cue=limb_cue)
     bank.set_embeddings(z)
-    assert set(bank.quality) == {"temperature", "effective_neighbours", "w2_to_true"}
-    refs = []
-    for i in range(n):  # exact W2^2 between N(0, label) and N(0, truth) on the visible block, by scipy
-        keep = masks[i].repeat_interleave(2).bool().numpy()
-        p, t = bank.cov[i].double().numpy()[np.ix_(keep, keep)], true[i].numpy()[np.ix_(keep, keep)]
+    assert set(bank.quality) == {"temperature", "effective_neighbours", "w2_to_true", "w2_constant_to_true",
+                                 "trace_spearman", "cue_auroc_spread", "mean_trace", "true_mean_trace"}
+
+    def w2(p, t):
         rt = np.real(sqrtm(t))
-        refs.append(np.trace(p + t - 2 * np.real(sqrtm(rt @ p @ rt))))
-    assert bank.quality["w2_to_true"] == pytest.approx(float(np.mean(refs)), rel=1e-6)
+        return np.trace(p + t - 2 * np.real(sqrtm(rt @ p @ rt)))
+
+    keep = [masks[i].repeat_interleave(2).bool().numpy() for i in range(n)]
+    labels = [bank.cov[i].double().numpy()[np.ix_(keep[i], keep[i])] for i in range(n)]
+    truths = [true[i].numpy()[np.ix_(keep[i], keep[i])] for i in range(n)]
+    assert bank.quality["w2_to_true"] == pytest.approx(np.mean([w2(p, t) for p, t in zip(labels, truths, strict=True)]),
+                                                        rel=1e-6)
+    # The best constant: the truths' barycenter (here over the 60 masked truths), evaluated on each visible block.
+    constant = bank._best_constant[1].numpy()
+    want = np.mean([w2(constant[np.ix_(k, k)], t) for k, t in zip(keep, truths, strict=True)])
+    assert bank.quality["w2_constant_to_true"] == pytest.approx(want, rel=1e-6)
+    full = np.stack([np.where(np.outer(k, k), true[i].numpy(), np.eye(2 * j)) for i, k in enumerate(keep)])
+
+    def mean_w2_to(c):
+        return np.mean([w2(c, t) for t in full])
+
+    best = mean_w2_to(constant)  # no other constant is closer: not the mean, not a nudged barycenter
+    assert best < mean_w2_to(full.mean(0)) and best < mean_w2_to(constant * 1.05) and best < mean_w2_to(constant * 0.95)
+    rho = spearmanr([np.trace(p) for p in labels], [np.trace(t) for t in truths]).statistic
+    assert bank.quality["trace_spearman"] == pytest.approx(rho, rel=1e-9)
+    on = np.zeros((n, j), dtype=bool)  # a joint is cued when a limb it belongs to is
+    for limb, (pa, pb) in enumerate(limbs.tolist()):
+        on[:, pa] |= limb_cue[:, limb].numpy() > 0
+        on[:, pb] |= limb_cue[:, limb].numpy() > 0
+    spread = np.sqrt(np.stack([[np.trace(bank.cov[i, 2 * q:2 * q + 2, 2 * q:2 * q + 2].double().numpy())
+                                for q in range(j)] for i in range(n)]))
+    per_joint = []
+    for q in range(j):
+        ok = masks[:, q].numpy() > 0
+        pos, neg = spread[ok & on[:, q], q], spread[ok & ~on[:, q], q]
+        per_joint.append(mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg)))
+    assert bank.quality["cue_auroc_spread"] == pytest.approx(np.mean(per_joint), rel=1e-9)
+    w = torch.softmax(-knn(whiten(z), 12)[0] / bank.quality["temperature"], dim=1).double().numpy()
+    assert bank.quality["effective_neighbours"] == pytest.approx(np.mean(1 / (w**2).sum(1)), rel=1e-6)
     with pytest.raises(ValueError, match=r"true_cov has shape \(60, 6, 5\), expected \(60, 6, 6\)"):
         EmbeddingBank(targets, masks, true_cov=true[:, :, :5])
 

@@ -15,6 +15,7 @@ from pose_toss.metrics import (
     canonical_correlation,
     coverage,
     cue_metrics,
+    cue_metrics_with_references,
     joint_mahalanobis2,
     major_axis_angle,
     pck,
@@ -319,15 +320,16 @@ def test_cue_metrics_hand_case():
     pred[0, 1, 3] = pred[0, 3, 1] = 2.0  # limb (0, 1) of sample 0 correlated along y: rho 0.5
     got = cue_metrics(pred, vis, limbs, limb_cue, true)
     # Spreads sqrt(tr): s0 = [sqrt5, sqrt5, sqrt2], s1 = [sqrt6, 2, sqrt2]; cued = [1,1,0], [0,1,1].
-    # Positives {sqrt5, sqrt5, 2, sqrt2} vs negatives {sqrt2, sqrt6}: each beats sqrt2 only (sqrt2 ties it):
-    # pairs won 1 + 1 + 1 + 0.5 = 3.5 of 8.
-    assert got["cue_auroc_spread"] == pytest.approx(3.5 / 8)
+    # Within joints: joint 0 has positive sqrt5 against negative sqrt6 (0); joint 1 has no negative (left out);
+    # joint 2 has positive sqrt2 against negative sqrt2 (a tie, 0.5). Mean over joints 0 and 2: 0.25.
+    # (Pooled, 3.5 / 8: the joints' identity would count.)
+    assert got["cue_auroc_spread"] == pytest.approx(0.25)
     # Strong (>= 0.5): joints 0 and 1 of sample 0; predicted axes y against true x: |cos| = 0.
     assert got["cue_axis_cos"] == pytest.approx(0.0, abs=1e-12)
     # Correlations: pred [[0.5, 0], [0, 0]], cued (0, 0) and (1, 1): positives {0.5, 0}, negatives {0, 0}:
     # 0.5 beats both (2), 0 ties both (0.5 + 0.5) -> 3 of 4.
     assert got["cue_corr_auroc"] == pytest.approx(3 / 4)
-    assert got["cue_corr_auroc_true"] == pytest.approx(1.0)
+    assert cue_metrics(true, vis, limbs, limb_cue)["cue_corr_auroc"] == pytest.approx(1.0)
     # An invisible joint drops its joint and both of its limbs.
     vis[1, 2] = 0
     assert cue_metrics(pred, vis, limbs, limb_cue, true)["cue_corr_auroc"] == pytest.approx(
@@ -358,3 +360,76 @@ def test_expected_keypoint_similarity_is_the_monte_carlo_mean():
     c0 = 900.0 * (2 * 0.026) ** 2
     assert float(expected_keypoint_similarity(iso * 0, area[:1], sigmas)[0, 0]) == pytest.approx(1.0)
     assert float(expected_keypoint_similarity(iso, area[:1], sigmas)[0, 0]) == pytest.approx(1 / (1 + 7.0 / c0))
+
+
+def test_within_joint_auroc_is_the_mean_of_per_joint_mann_whitney():
+    from pose_toss.metrics import within_joint_auroc
+
+    gen = torch.Generator().manual_seed(3)
+    scores = torch.randn(60, 4, generator=gen, dtype=torch.float64)
+    positives = torch.rand(60, 4, generator=gen) < 0.3
+    scores = scores + positives.double()  # informative, differently per joint
+    valid = torch.rand(60, 4, generator=gen) < 0.9
+    positives[:, 3] = True  # joint 3 has no negative: left out
+    want = []
+    for j in range(3):
+        ok = valid[:, j].numpy()
+        pos, neg = scores[ok, j][positives[ok, j]].numpy(), scores[ok, j][~positives[ok, j]].numpy()
+        want.append(scipy.stats.mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg)))
+    assert within_joint_auroc(scores, positives, valid) == pytest.approx(np.mean(want), rel=1e-12)
+    # A score that is a joint's identity: 0.5 within joints, though pooled it separates the joints.
+    identity = torch.arange(4, dtype=torch.float64).expand(60, 4)
+    on = torch.zeros(60, 4, dtype=torch.bool)
+    on[:30, 2:] = True
+    assert within_joint_auroc(identity, on, torch.ones(60, 4, dtype=torch.bool)) == pytest.approx(0.5)
+    assert auroc(identity.reshape(-1), on.reshape(-1)) > 0.8
+
+
+def test_cue_references_constant_identity_and_truth_on_a_hand_case():
+    """The constant and the identity carry no per-image information: 0.5 on both AUROCs whatever the cues;
+    the truth separates perfectly; the identity's axis |cos| is that of the x axis against the true axes."""
+    limbs = torch.tensor([[0, 1], [1, 2]])
+    limb_cue = torch.tensor([[0.8, 0.0], [0.0, 0.9], [0.0, 0.0], [0.7, 0.0]])
+    vis = torch.ones(4, 3)
+    theta = torch.tensor(0.6, dtype=torch.float64)
+    r = torch.tensor([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]], dtype=torch.float64)
+    long, small = r @ torch.diag(torch.tensor([9.0, 1.0], dtype=torch.float64)) @ r.T, torch.eye(2, dtype=torch.float64)
+    true = block_diag_cov([[long, long, small], [small, long, long], [small, small, small],
+                           [long, long, small]])
+    for n, (a, b) in ((0, (0, 1)), (1, (1, 2)), (3, (0, 1))):
+        true[n, 2 * a, 2 * b] = true[n, 2 * b, 2 * a] = 3.0
+    constant = torch.diag(torch.arange(1.0, 7.0, dtype=torch.float64))
+    pred = true.clone()
+    got = cue_metrics_with_references(pred, vis, limbs, limb_cue, true, constant)
+    for name in ("constant", "identity"):
+        assert got[f"cue_auroc_spread_{name}"] == pytest.approx(0.5)
+        assert got[f"cue_corr_auroc_{name}"] == pytest.approx(0.5)
+    assert got["cue_auroc_spread_true"] == pytest.approx(1.0) and got["cue_corr_auroc_true"] == pytest.approx(1.0)
+    assert got["cue_auroc_spread"] == got["cue_auroc_spread_true"] and got["cue_axis_cos"] == pytest.approx(1.0)
+    # The identity's major axis is x (angle 0); the constant's is y for every joint (its y variances are larger).
+    assert got["cue_axis_cos_identity"] == pytest.approx(abs(math.cos(0.6)))
+    assert got["cue_axis_cos_constant"] == pytest.approx(abs(math.sin(0.6)))
+    assert "cue_axis_cos_true" not in got
+
+
+def test_mean_residual_covariance_against_numpy_with_masks():
+    from pose_toss.metrics import mean_residual_covariance
+
+    rng = np.random.default_rng(0)
+    n, j = 200, 3
+    a = rng.normal(size=(2 * j, 2 * j))
+    residual = rng.normal(size=(n, 2 * j)) @ a.T
+    mean = rng.normal(size=(n, 2 * j)) * 10
+    target = mean + residual
+    vis = (rng.random((n, j)) < 0.8).astype(np.float64)
+    target[vis.repeat(2, axis=1) == 0] = np.nan  # invisible targets hold anything
+    got = mean_residual_covariance(torch.from_numpy(mean), torch.from_numpy(target), torch.from_numpy(vis)).numpy()
+    m = vis.repeat(2, axis=1)
+    want = np.zeros((2 * j, 2 * j))
+    for p in range(2 * j):
+        for q in range(2 * j):
+            both = (m[:, p] > 0) & (m[:, q] > 0)
+            want[p, q] = np.mean(residual[both, p] * residual[both, q])
+    evals, evecs = np.linalg.eigh(want)  # pairwise means need not be PSD: the function projects them
+    want = (evecs * np.maximum(evals, 1e-6 * np.maximum(evals, 0).mean())) @ evecs.T
+    assert np.allclose(got, want, rtol=1e-9, atol=1e-9)

@@ -383,3 +383,41 @@ def test_closed_form_jacobian_on_cuda_under_bf16_autocast():
     reference = jacobian(model.decode, z.float(), ctx.float())
     # (cuDNN may run the 1 x 1 convolution in TF32: agreement to its ~1e-3, far below a wrong formula's O(1).)
     torch.testing.assert_close(closed, reference, rtol=1e-2, atol=5e-3 * float(reference.abs().max()))
+
+
+def test_local_scale_starts_as_no_change_reads_the_image_and_trains_no_backbone(tmp_path):
+    """The per-joint local scale multiplies each joint's rows and columns of the covariance by exp(log-scale):
+    zero at initialisation (the covariance is the plain model's), a function of the pixels around the joint
+    afterwards, trained by covariance losses without any gradient reaching the backbone; it survives a
+    save and load."""
+    from pose_toss.covariance import scale_joints
+
+    plain, local = tiny("tic").eval(), tiny("tic", local_covariance=True).eval()
+    local.load_state_dict(plain.state_dict(), strict=False)
+    images = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(local(images).cov, plain(images).cov)
+    with torch.no_grad():
+        local.local_scale.mlp[-1].weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
+    out = local(images)
+    with torch.no_grad():
+        normalised = local.normalise(images)
+        feats = local.backbone(normalised)
+        z, context = local.embed(feats), local.decoder_input(feats)
+        log_scale = local.local_log_scale(z, context, normalised)
+    torch.testing.assert_close(out.cov, scale_joints(plain(images).cov, log_scale))
+    joints = out.mean.reshape(2, 14, 2)
+    far = images.clone()  # repaint a square around joint 0 of the first image only
+    x, y = joints[0, 0].round().long().clamp(4, 59).tolist()
+    far[0, :, y - 4:y + 4, x - 4:x + 4] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]
+    with torch.no_grad():
+        changed = local.local_log_scale(z, context, local.normalise(far)) - log_scale
+    assert changed[0, 0].abs() > 1e-4 and changed[1].abs().max() == 0
+    local.train()
+    local(images).cov.diagonal(dim1=1, dim2=2).sum().backward()
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in local.backbone.parameters())
+    assert any(p.grad is not None and p.grad.abs().max() > 0 for p in local.local_scale.parameters())
+    path = save_model(local.eval(), tmp_path / "local.safetensors")
+    again = load_model(path).eval()
+    torch.testing.assert_close(again(images).cov, local(images).cov)
+    with pytest.raises(ValueError, match="local_covariance reads each joint's heatmap"):
+        tiny("tic", head="regression", local_covariance=True)

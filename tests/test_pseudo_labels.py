@@ -159,3 +159,52 @@ def test_a_bank_of_100000_runs_on_cuda():
     rows = torch.arange(0, 100_000, 9973)
     cpu_cov, _ = pseudo_covariances(emb, targets, k=32, with_sqrt=False)
     torch.testing.assert_close(cov[rows].cpu(), cpu_cov[rows], rtol=1e-3, atol=1e-3)
+
+
+def test_each_row_gets_the_temperature_for_its_effective_neighbours():
+    from pose_toss.pseudo_labels import temperature_for_neighbours
+
+    gen = torch.Generator().manual_seed(0)
+    dist = torch.rand(50, 20, generator=gen, dtype=torch.float64).cumsum(1) * torch.rand(50, 1, generator=gen) * 30
+    for target in (1.5, 6.0, 19.0):
+        weights, _ = neighbour_weights(dist, effective=target)
+        assert torch.allclose(effective_neighbours(weights), torch.full((50,), target, dtype=torch.float64), rtol=1e-6)
+    tau = temperature_for_neighbours(dist, 6.0)
+    # The weights are the plain softmax at each row's own temperature.
+    want = torch.softmax(-dist / tau[:, None], dim=1)
+    torch.testing.assert_close(neighbour_weights(dist, effective=6.0)[0], want)
+    with pytest.raises(ValueError, match="between 1 and k = 20"):
+        temperature_for_neighbours(dist, 25.0)
+
+
+def test_joint_scaled_labels_against_numpy():
+    """Each joint's block is rescaled to its own neighbours' weighted second moment, found on that joint's
+    descriptor alone; correlations stay as they were."""
+    from pose_toss.pseudo_labels import joint_scaled_labels
+
+    rng = np.random.default_rng(0)
+    n, j, k = 40, 3, 6
+    descriptors = torch.from_numpy(rng.normal(size=(n, j, 4)))
+    values = torch.from_numpy(rng.normal(size=(n, 2 * j)) * 3)
+    a = rng.normal(size=(n, 2 * j, 2 * j))
+    cov = torch.from_numpy(a @ a.transpose(0, 2, 1) + np.eye(2 * j))
+    got = joint_scaled_labels(cov, descriptors.float(), values, k, temperature="median", centre=False,
+                              floor=0.0).numpy()
+    scale, seconds = np.zeros((n, j)), np.zeros((n, j))
+    for q in range(j):
+        dist, idx = knn(whiten(descriptors[:, q].float()), k)
+        w = neighbour_weights(dist, "median")[0].double().numpy()
+        v = values.numpy().reshape(n, j, 2)[idx.numpy(), q]  # n x k x 2
+        second = seconds[:, q] = (w * (v**2).sum(-1)).sum(1)
+        scale[:, q] = np.sqrt(second / np.trace(cov.numpy()[:, 2 * q:2 * q + 2, 2 * q:2 * q + 2], axis1=1, axis2=2))
+    s = np.repeat(scale, 2, axis=1)
+    want = cov.numpy() * s[:, :, None] * s[:, None, :]
+    assert np.allclose(got, want, rtol=1e-5)
+    traces = np.stack([np.trace(got[:, 2 * q:2 * q + 2, 2 * q:2 * q + 2], axis1=1, axis2=2) for q in range(j)], 1)
+    assert np.allclose(traces, seconds, rtol=1e-5)  # each joint's trace is its neighbours' second moment
+
+    def correlation(c):
+        d = np.sqrt(np.einsum("nii->ni", c))
+        return c / d[:, :, None] / d[:, None, :]
+
+    assert np.allclose(correlation(got), correlation(cov.numpy()), atol=1e-6)

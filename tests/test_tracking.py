@@ -7,21 +7,31 @@ import math
 import pytest
 import torch
 
-from pose_toss.tracking import constant_velocity, fit_process_noise, kalman_filter, rts_smoother
+from pose_toss.tracking import (
+    OnlineSmoother,
+    constant_velocity,
+    fit_noise,
+    fit_process_noise,
+    kalman_filter,
+    rts_smoother,
+)
 
 
 def test_one_coordinate_by_hand():
     """Prior N(0, 4 I) on [position, velocity], y0 = 2 with variance 1: the update gives position 0.8 x 2 =
     1.6 with variance 0.8, velocity untouched; the prediction to frame 1 with q = 0.5 is F P F^T + Q."""
     run = kalman_filter(torch.tensor([[2.0], [5.0]]), torch.ones(2, 1, 1), q=0.5, init_var=4.0)
-    torch.testing.assert_close(run["x"][0], torch.tensor([1.6, 0.0], dtype=torch.float64))
-    torch.testing.assert_close(run["p"][0], torch.tensor([[0.8, 0.0], [0.0, 4.0]], dtype=torch.float64))
+    torch.testing.assert_close(run["x"][0, 0], torch.tensor([1.6, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(run["p"][0, 0], torch.tensor([[0.8, 0.0], [0.0, 4.0]], dtype=torch.float64))
     expected = torch.tensor([[4.8 + 1 / 6, 4.0 + 0.25], [4.0 + 0.25, 4.0 + 0.5]], dtype=torch.float64)
-    torch.testing.assert_close(run["p_pred"][1], expected)
+    torch.testing.assert_close(run["p_pred"][0, 1], expected)
     first = -0.5 * (4 / 5 + math.log(5) + math.log(2 * math.pi))  # innovation 2, variance 4 + 1
     p1 = expected[0, 0].item() + 1.0
     second = -0.5 * ((5.0 - 1.6) ** 2 / p1 + math.log(p1) + math.log(2 * math.pi))
-    assert run["loglik"] == pytest.approx(first + second)
+    assert float(run["loglik"][0]) == pytest.approx(first + second)
+    # The measurement covariance's scale alpha: the same case with R = 2 x 0.5.
+    scaled = kalman_filter(torch.tensor([[2.0], [5.0]]), 0.5 * torch.ones(2, 1, 1), q=0.5, alpha=2.0, init_var=4.0)
+    torch.testing.assert_close(scaled["x"], run["x"]) and torch.testing.assert_close(scaled["loglik"], run["loglik"])
 
 
 def test_rts_smoother_equals_the_batch_least_squares_solution():
@@ -35,7 +45,7 @@ def test_rts_smoother_equals_the_batch_least_squares_solution():
     observed = torch.rand(t_len, d, generator=g) > 0.3
     observed[2] = False  # a frame that sees nothing
     means = torch.where(observed, means, float("nan"))  # what an unobserved coordinate holds must not matter
-    smoothed, smoothed_cov = rts_smoother(means, covs, observed, q, init_var)
+    smoothed, smoothed_cov = rts_smoother(means, covs, observed, q, init_var=init_var)
     # Normal equations of the posterior over all states x_0 .. x_{T-1} (2D each).
     f, q_mat = constant_velocity(d, q)
     h = torch.cat([torch.eye(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64)], 1)
@@ -97,13 +107,15 @@ def test_smooth_command_over_tracks(tmp_path, capsys):
                             "keypoints": kps, "score": 0.8, "covariance": (torch.eye(4) * 1.0).tolist()})
     src, out = tmp_path / "preds.json", tmp_path / "smooth.json"
     src.write_text(json.dumps(results[::-1]))  # any order: frames are sorted per track
-    assert main(["smooth", "--predictions", str(src), "--out", str(out)]) == 0
+    assert main(["smooth", "--predictions", str(src), "--out", str(out)]) == 2
+    assert "results with 2 joints have no default OKS sigmas" in capsys.readouterr().err
+    assert main(["smooth", "--predictions", str(src), "--out", str(out), "--sigmas", "0.05,0.07"]) == 0
     assert "smoothed 24 people over 2 tracks" in capsys.readouterr().out
     smoothed = json.loads(out.read_text())
-    assert len(smoothed) == 24 and all(r["process_noise"] > 0 for r in smoothed)
+    assert len(smoothed) == 24 and all(r["process_noise"] > 0 and r["measurement_scale"] > 0 for r in smoothed)
     gap = next(r for r in smoothed if r["track_id"] == 8 and r["frame"] == 5)
     assert 50 + 5 + 5 - 3 < gap["keypoints"][3] < 50 + 5 + 5 + 3  # the unobserved joint, filled from its track
-    assert gap["keypoints"][2] == 0.9  # confidences kept
+    assert 0 < gap["keypoints"][2] <= 1 and gap["keypoints"][2] != 0.9  # rescored from the smoothed covariance
     assert main(["smooth", "--predictions", str(src), "--out", str(src), "--overwrite"]) == 2
     assert "is the input" in capsys.readouterr().err
     bad = [dict(results[0]), dict(results[1], frame=0)]
@@ -152,3 +164,97 @@ def test_visualize_smooths_a_folder_of_frames(tmp_path, capsys):
     assert main(["visualize", "--checkpoint", str(ckpt), "--images", str(folder), "--boxes", str(boxes), "--smooth",
                  "--out", str(tmp_path / "two")]) == 2
     assert "give at most one box per image" in capsys.readouterr().err
+
+
+def simulate(t_len: int, d: int, q: float, alpha: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Constant-velocity motion with white acceleration of variance q, measured with noise alpha R_t for full,
+    correlated, frame-varying R_t: (truth, measurements, R)."""
+    g = torch.Generator().manual_seed(seed)
+    f, q_mat = constant_velocity(d, q)
+    chol = torch.linalg.cholesky(q_mat)
+    x = torch.zeros(2 * d, dtype=torch.float64)
+    truth = []
+    for _ in range(t_len):
+        x = f @ x + chol @ torch.randn(2 * d, generator=g, dtype=torch.float64)
+        truth.append(x[:d].clone())
+    a = torch.randn(t_len, d, d, generator=g, dtype=torch.float64) * 0.5
+    covs = a @ a.transpose(1, 2) + torch.eye(d, dtype=torch.float64)
+    noise = torch.linalg.cholesky(alpha * covs) @ torch.randn(t_len, d, 1, generator=g, dtype=torch.float64)
+    truth = torch.stack(truth)
+    return truth, truth + noise.squeeze(-1), covs
+
+
+@pytest.mark.parametrize("alpha, q", [(0.1, 0.05), (1.0, 2.0), (4.0, 0.5)])
+def test_alpha_and_q_are_recovered_within_2x(alpha, q):
+    """Sequences simulated with a known scale of the measurement covariance and a known process noise: the
+    innovation likelihood finds both, within a factor of 2, from the measurements alone."""
+    for seed in range(3):
+        _, means, covs = simulate(120, 6, q, alpha, seed)
+        fit = fit_noise(means, covs)
+        assert alpha / 2 < fit.alpha < alpha * 2, (seed, fit)
+        assert q / 2 < fit.q < q * 2, (seed, fit)
+        # The grid's best is the likelihood's maximum: no nearby point is better.
+        for da, dq in ((1.1, 1.0), (0.9, 1.0), (1.0, 1.1), (1.0, 0.9)):
+            other = kalman_filter(means, covs, q=fit.q * dq, alpha=fit.alpha * da, keep_states=False)["loglik"]
+            assert float(other[0]) <= fit.loglik + 1e-6
+
+
+def test_the_online_filter_is_the_offline_forward_pass_bit_for_bit():
+    _, means, covs = simulate(40, 4, 0.3, 0.5, seed=4)
+    observed = torch.rand(40, 4, generator=torch.Generator().manual_seed(1)) > 0.2
+    observed[7] = False  # a frame that sees nothing
+    means = torch.where(observed, means, float("nan"))
+    offline = kalman_filter(means, covs, observed, q=0.3, alpha=0.5)
+    online = OnlineSmoother(4, alpha=0.5, q=0.3)
+    for t in range(40):
+        (frame, x, p), = online.step(means[t], covs[t], observed[t])
+        assert frame == t
+        assert torch.equal(x, offline["x"][0, t, :4]) and torch.equal(p, offline["p"][0, t, :4, :4])
+
+
+def test_a_long_lag_is_the_rts_smoother_and_a_short_one_sits_between():
+    truth, means, covs = simulate(30, 4, 0.3, 0.5, seed=5)
+    smoothed, smoothed_cov = rts_smoother(means, covs, q=0.3, alpha=0.5)
+    long = OnlineSmoother(4, alpha=0.5, q=0.3, lag=30)
+    assert all(long.step(means[t], covs[t]) == [] for t in range(30))
+    held = long.flush()
+    assert [f for f, _, _ in held] == list(range(30))
+    assert torch.equal(torch.stack([x for _, x, _ in held]), smoothed)
+    assert torch.equal(torch.stack([p for _, _, p in held]), smoothed_cov)
+    # Lag 3: every frame given out three frames later, then the last three at the flush; each estimate is the
+    # RTS smoother's over the frames up to t.
+    short = OnlineSmoother(4, alpha=0.5, q=0.3, lag=3)
+    out = [e for t in range(30) for e in short.step(means[t], covs[t])] + short.flush()
+    assert [f for f, _, _ in out] == list(range(30))
+    upto = rts_smoother(means[:13], covs[:13], q=0.3, alpha=0.5)[0]
+    torch.testing.assert_close(out[9][1], upto[9], rtol=1e-12, atol=1e-12)
+    filtered = kalman_filter(means, covs, q=0.3, alpha=0.5)["x"][0, :, :4]
+
+    def error(x):
+        return float((x - truth).norm(dim=1).mean())
+
+    lagged = torch.stack([x for _, x, _ in out])
+    assert error(smoothed) <= error(lagged) <= error(filtered)
+
+
+def test_smoothed_scores_are_the_expected_keypoint_similarity_of_the_smoothed_covariance():
+    import numpy as np
+
+    from pose_toss.metrics import expected_keypoint_similarity
+    from pose_toss.skeletons import LSP14
+    from pose_toss.tracking import smooth_results
+
+    truth, means, covs = simulate(20, 28, 0.5, 0.3, seed=6)
+    results = [{"image_id": t, "frame": t, "category_id": 1, "area": 2500.0, "score": 0.5,
+                "keypoints": [v for xy in means[t].reshape(-1, 2).tolist() for v in (*xy, 0.5)],
+                "covariance": covs[t].tolist()} for t in range(20)]
+    out = smooth_results(results)
+    for r in out:
+        cov = torch.tensor(r["covariance"], dtype=torch.float64)
+        eks = expected_keypoint_similarity(cov[None], torch.tensor([2500.0], dtype=torch.float64),
+                                           torch.from_numpy(LSP14.oks_sigmas))[0]
+        scores = torch.tensor(r["keypoints"], dtype=torch.float64).reshape(-1, 3)[:, 2]
+        torch.testing.assert_close(scores, eks, atol=1e-4, rtol=0)
+        assert r["score"] == pytest.approx(float(eks.mean()), abs=1e-5)
+    assert np.mean([r["score"] for r in out]) > 0.5  # a smoothed covariance is tighter: the scores rise
+    assert all(r["measurement_scale"] == out[0]["measurement_scale"] for r in out)

@@ -3,14 +3,24 @@
 Each sample is a stick-and-block figure in LSP joint order, rendered with OpenCV over a cluttered
 background. Visible cues on a limb -- an occluding patch, local blur, or a faded limb -- make that
 limb's label noise large, elongated along the limb and correlated between the two joints it joins;
-joints without a cue get small isotropic noise. The noise is drawn from a factor model
+joints without a cue get isotropic noise the size real annotators disagree by. The noise is drawn from
+a factor model
 
-    noise = sigma0 * xi0 + F @ xi1,    xi ~ N(0, I),    so   cov_true = sigma0^2 I + F F^T
+    noise = s0 * xi0 + F @ xi1,    xi ~ N(0, I),    so   cov_true = diag(s0)^2 + F F^T
 
 exactly, which is what makes covariance quality measurable on this data.
 
+The clean noise (``label_noise="annotators"``, the default) is COCO's: each joint's per-axis std is
+sigma_j s / sqrt(2), sigma_j its OKS sigma (the std of redundant annotations around their consensus, in
+units of the object scale s) and s^2 the person's segmented area, about half its box's area as in COCO.
+A cue raises the std along its limb: at severity 1 an occluder makes the distal joint's along-limb std
+``cue_gain`` (4) times its clean std, blur and fading less. ``label_noise="height"`` is the earlier model:
+``clean_noise`` and ``cue_noise`` as fractions of the figure's height for every joint.
+
 Determinism: sample ``i`` depends only on ``(seed, i)``. Its annotation (pose, cues, noise) and its
 rendering use separate random streams, so ``annotation(i)`` is cheap and equals ``record(i)``'s labels.
+The scene, each cue's drawing and the sensor noise have streams of their own too, so ``with_cues(i, ...)``
+renders the same figure in the same scene with other cues: an intervention that changes nothing else.
 """
 
 from __future__ import annotations
@@ -40,6 +50,16 @@ CUE_KINDS = ("occluder", "blur", "fade")
 CUE_STRENGTH = {"occluder": 1.0, "blur": 0.6, "fade": 0.5}
 # Figure height in body units: head top to ankles of a standing canonical figure.
 BODY_HEIGHT = 1.0
+LABEL_NOISE_MODELS = ("annotators", "height")
+# A COCO person's segmented area is about half its box's area: the object scale s of OKS is the square root.
+SEGMENT_AREA_PER_BOX_AREA = 0.5
+# Annotators' per-joint std in units of s: COCO's OKS sigmas (head top and neck: CrowdPose's 0.079).
+ANNOTATOR_SIGMAS = LSP14.oks_sigmas
+
+
+def object_scale(bbox: np.ndarray) -> float:
+    """OKS's object scale s of a person box [x, y, w, h]: sqrt of the segmented area it implies."""
+    return math.sqrt(SEGMENT_AREA_PER_BOX_AREA * float(bbox[2]) * float(bbox[3]))
 
 
 @dataclass(frozen=True)
@@ -59,6 +79,13 @@ def limb_cue_strengths(cue_lists: Sequence[Sequence[Cue]]) -> np.ndarray:
             n = column[tuple(cue.limb)]
             out[i, n] = max(out[i, n], cue.severity * CUE_STRENGTH[cue.kind])
     return out
+
+
+def record_cue_strengths(records: Sequence[dict]) -> np.ndarray | None:
+    """``limb_cue_strengths`` of records that all know their cues (synthetic data), else None."""
+    if not records or not all("cues" in r for r in records):
+        return None
+    return limb_cue_strengths([r["cues"] for r in records])
 
 
 def _rot(theta: float) -> np.ndarray:
@@ -150,16 +177,23 @@ class SyntheticPoseDataset(Sequence):
 
     def __init__(self, num_samples: int, image_size: int = 128, seed: int = 0, *,
                  poses_from: str | None = None, cue_prob: float = 0.6, max_cues: int = 2,
-                 clean_noise: float = 0.006, cue_noise: float = 0.05, offset: int = 0) -> None:
+                 label_noise: str = "annotators", cue_gain: float = 4.0, clean_noise: float = 0.006,
+                 cue_noise: float = 0.05, offset: int = 0) -> None:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if image_size < 32:
             raise ValueError(f"image_size must be >= 32 px, got {image_size}")
+        if label_noise not in LABEL_NOISE_MODELS:
+            raise ValueError(f"label_noise must be one of {LABEL_NOISE_MODELS}, got {label_noise!r}")
+        if not cue_gain >= 1:
+            raise ValueError(f"cue_gain must be >= 1 (a cue never lowers the noise), got {cue_gain}")
         self.num_samples = int(num_samples)
         self.image_size = int(image_size)
         self.seed = int(seed)
         self.cue_prob = float(cue_prob)
         self.max_cues = int(max_cues)
+        self.label_noise = label_noise
+        self.cue_gain = float(cue_gain)
         self.clean_noise = float(clean_noise)
         self.cue_noise = float(cue_noise)
         self.poses_from = poses_from
@@ -173,8 +207,15 @@ class SyntheticPoseDataset(Sequence):
             raise ValueError(f"split must be one of {list(SPLIT_OFFSETS)}, got {split!r}")
         num = {"train": cfg.num_samples, "val": cfg.val_samples, "test": cfg.test_samples}[split]
         return cls(num, cfg.image_size, cfg.seed, poses_from=cfg.poses_from, cue_prob=cfg.cue_prob,
-                   max_cues=cfg.max_cues, clean_noise=cfg.clean_noise, cue_noise=cfg.cue_noise,
-                   offset=SPLIT_OFFSETS[split])
+                   max_cues=cfg.max_cues, label_noise=cfg.label_noise, cue_gain=cfg.cue_gain,
+                   clean_noise=cfg.clean_noise, cue_noise=cfg.cue_noise, offset=SPLIT_OFFSETS[split])
+
+    @property
+    def generator_settings(self) -> dict:
+        """What decides the labels besides the seed (written beside generated data)."""
+        return {"cue_prob": self.cue_prob, "max_cues": self.max_cues, "label_noise": self.label_noise,
+                "cue_gain": self.cue_gain, "clean_noise": self.clean_noise, "cue_noise": self.cue_noise,
+                "poses_from": self.poses_from}
 
     def __len__(self) -> int:
         return self.num_samples
@@ -229,31 +270,44 @@ class SyntheticPoseDataset(Sequence):
                ) -> dict:
         """A figure's annotation: its labels drawn from the noise model around ``joints_true`` (and the label
         noise's covariance), visibility inside the image, person box, cues and size."""
-        sigma0, factors = self.noise_model(joints_true, height_px, cues)
-        noise = sigma0 * rng.standard_normal(D) + factors @ rng.standard_normal(factors.shape[1])
-        cov = sigma0**2 * np.eye(D) + factors @ factors.T
+        bbox = _person_box(joints_true, height_px)
+        clean_std, factors = self.noise_model(joints_true, height_px, cues, bbox)
+        noise = clean_std * rng.standard_normal(D) + factors @ rng.standard_normal(factors.shape[1])
+        cov = np.diag(clean_std**2) + factors @ factors.T
         inside = ((joints_true >= 0) & (joints_true <= self.image_size - 1)).all(axis=1)
         return {
             "joints": joints_true + noise.reshape(J, 2),
             "joints_true": joints_true,
             "visibility": inside.astype(np.float32),
             "cov_true": 0.5 * (cov + cov.T),
-            "bbox": _person_box(joints_true, height_px),
-            "cues": cues,
+            "bbox": bbox,
+            "area": SEGMENT_AREA_PER_BOX_AREA * float(bbox[2] * bbox[3]),
+            "cues": list(cues),
             "person_height": height_px,
             "skeleton": LSP14.name,
         }
 
-    def noise_model(self, joints: np.ndarray, height_px: float, cues: Sequence[Cue]) -> tuple[float, np.ndarray]:
-        """Isotropic std for every joint and the D x K factor matrix contributed by the cues."""
-        sigma0 = self.clean_noise * height_px
+    def clean_std(self, height_px: float, bbox: np.ndarray) -> np.ndarray:
+        """Per-joint std (J) of a clean joint's label noise on each axis, pixels."""
+        if self.label_noise == "height":
+            return np.full(J, self.clean_noise * height_px)
+        return ANNOTATOR_SIGMAS * object_scale(bbox) / math.sqrt(2.0)
+
+    def noise_model(self, joints: np.ndarray, height_px: float, cues: Sequence[Cue], bbox: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-coordinate clean std (D) and the D x K factor matrix contributed by the cues."""
+        per_joint = self.clean_std(height_px, _person_box(joints, height_px) if bbox is None else bbox)
         cols = []
         for cue in cues:
             a, b = cue.limb
             along = joints[b] - joints[a]
             along = along / max(np.linalg.norm(along), 1e-6)
             across = np.array([-along[1], along[0]])
-            sc = self.cue_noise * height_px * cue.severity * CUE_STRENGTH[cue.kind]
+            if self.label_noise == "height":
+                unit = self.cue_noise * height_px
+            else:  # the distal joint's along-limb std is cue_gain x its clean std for an occluder at severity 1
+                unit = math.sqrt(self.cue_gain**2 - 1.0) * per_joint[b]
+            sc = unit * cue.severity * CUE_STRENGTH[cue.kind]
             # Shared along-limb shift (correlates a and b), the distal end's own slide (largest),
             # the proximal end's, and a small shared sideways shift.
             for weight_a, weight_b, direction, mag in (
@@ -264,7 +318,7 @@ class SyntheticPoseDataset(Sequence):
                 col[2 * b: 2 * b + 2] = weight_b * direction * mag * sc
                 cols.append(col)
         factors = np.stack(cols, axis=1) if cols else np.zeros((D, 0))
-        return sigma0, factors
+        return np.repeat(per_joint, 2), factors
 
     # ---------------------------------------------------------------------------------------------
     # Rendering
@@ -273,6 +327,20 @@ class SyntheticPoseDataset(Sequence):
     def record(self, i: int) -> dict:
         label_rng, render_rng = self._rngs(i)
         rec = self._annotate(label_rng)
+        rec["image"] = render_figure(self.image_size, rec["joints_true"], rec["person_height"], rec["cues"],
+                                     render_rng)
+        rec["index"] = i
+        return rec
+
+    def with_cues(self, i: int, cues: Sequence[Cue]) -> dict:
+        """Sample ``i`` with ``cues`` in place of its own: the same pose, scene, colours and sensor noise,
+        labels drawn from the noise model under the new cues (an intervention: nothing else changes)."""
+        for cue in cues:
+            if cue.kind not in CUE_KINDS or tuple(cue.limb) not in CUE_LIMBS:
+                raise ValueError(f"cue {cue}: expected a kind of {CUE_KINDS} on a limb of {CUE_LIMBS}")
+        label_rng, render_rng = self._rngs(i)
+        own = self._annotate(label_rng)
+        rec = self.labels(own["joints_true"], own["person_height"], cues, label_rng)
         rec["image"] = render_figure(self.image_size, rec["joints_true"], rec["person_height"], rec["cues"],
                                      render_rng)
         rec["index"] = i
@@ -296,8 +364,12 @@ def _pt(p: np.ndarray, shift: int = 4) -> tuple[int, int]:
 
 def render_figure(size: int, joints: np.ndarray, height_px: float, cues: Sequence[Cue],
                   rng: np.random.Generator) -> np.ndarray:
-    """Render the figure (true joints) with its cues over clutter; H x W x 3 uint8 RGB."""
+    """Render the figure (true joints) with its cues over clutter; H x W x 3 uint8 RGB.
+
+    The scene, each cue (by its limb and kind) and the sensor noise draw from streams of their own seeded
+    by ``rng``: the same ``rng`` with other cues gives the same picture but for the cues themselves."""
     sh = 4  # sub-pixel bits for OpenCV drawing
+    cue_seed, sensor_seed = (int(v) for v in rng.integers(0, 2**62, 2))
     # Background: a bilinear blend of random corner colours, a smooth gradient at any angle.
     corners = rng.integers(0, 256, (2, 2, 3)).astype(np.uint8)
     img = cv2.resize(corners, (size, size), interpolation=cv2.INTER_LINEAR)
@@ -348,15 +420,16 @@ def render_figure(size: int, joints: np.ndarray, height_px: float, cues: Sequenc
 
     for cue in cues:
         a, b = cue.limb
+        cue_rng = np.random.default_rng([cue_seed, CUE_LIMBS.index(tuple(cue.limb)), CUE_KINDS.index(cue.kind)])
         if cue.kind == "occluder":  # a patch over the distal part of the limb, sized by severity
-            centre = joints[a] + rng.uniform(0.65, 1.0) * (joints[b] - joints[a])
-            half = (0.05 + 0.09 * cue.severity) * height_px * rng.uniform(0.8, 1.2, 2)
-            col = _colour(rng)
-            if rng.random() < 0.5:
+            centre = joints[a] + cue_rng.uniform(0.65, 1.0) * (joints[b] - joints[a])
+            half = (0.05 + 0.09 * cue.severity) * height_px * cue_rng.uniform(0.8, 1.2, 2)
+            col = _colour(cue_rng)
+            if cue_rng.random() < 0.5:
                 cv2.rectangle(img, _pt(centre - half), _pt(centre + half), col, -1, cv2.LINE_AA, sh)
             else:
                 axes = (int(half[0] * 16), int(half[1] * 16))
-                cv2.ellipse(img, _pt(centre), axes, float(rng.uniform(0, 180)), 0, 360, col, -1, cv2.LINE_AA, sh)
+                cv2.ellipse(img, _pt(centre), axes, float(cue_rng.uniform(0, 180)), 0, 360, col, -1, cv2.LINE_AA, sh)
         elif cue.kind == "blur":  # smear the region around the limb, more for higher severity
             pad = 0.08 * height_px
             x0, y0 = np.floor(np.minimum(joints[a], joints[b]) - pad).astype(int)
@@ -367,9 +440,10 @@ def render_figure(size: int, joints: np.ndarray, height_px: float, cues: Sequenc
                 img[y0:y1, x0:x1] = cv2.GaussianBlur(img[y0:y1, x0:x1], (0, 0), sigma)
 
     # Sensor noise: a window of a fixed standard-normal field (cheap, and still a pure function of rng).
+    sensor = np.random.default_rng(sensor_seed)
     field = _noise_field(size)
-    ox, oy = rng.integers(0, size, 2)
-    noisy = cv2.scaleAdd(field[oy:oy + size, ox:ox + size], float(rng.uniform(2.0, 10.0)), img.astype(np.float32))
+    ox, oy = sensor.integers(0, size, 2)
+    noisy = cv2.scaleAdd(field[oy:oy + size, ox:ox + size], float(sensor.uniform(2.0, 10.0)), img.astype(np.float32))
     return np.clip(noisy, 0, 255).astype(np.uint8)
 
 

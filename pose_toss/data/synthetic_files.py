@@ -41,22 +41,20 @@ def write_synthetic(dataset: SyntheticPoseDataset, out_dir: str | Path, sheet_co
         "format": FORMAT, "skeleton": LSP14.name, "joint_names": list(LSP14.joint_names),
         "image_size": dataset.image_size, "seed": dataset.seed, "num_samples": len(dataset),
         "units": "pixels; cov_true in pixels^2, order [x0, y0, x1, y1, ...]",
-        "generator": {"cue_prob": dataset.cue_prob, "max_cues": dataset.max_cues,
-                      "clean_noise": dataset.clean_noise, "cue_noise": dataset.cue_noise,
-                      "poses_from": dataset.poses_from},
+        "generator": dataset.generator_settings,
     }
     samples, tiles, coco_people = [], [], []
     for i in tqdm(range(len(dataset)), desc="rendering", unit="img", disable=not progress):
         rec = dataset.record(i)
         name = f"images/{i:06d}.png"
         write_png(out / name, rec["image"])
-        coco_people.append({**{k: rec[k] for k in ("joints", "visibility", "bbox", "image")}, "image_id": i,
+        coco_people.append({**{k: rec[k] for k in ("joints", "visibility", "bbox", "area", "image")}, "image_id": i,
                             "image_path": name})
         cues = [{"kind": c.kind, "limb": list(c.limb), "severity": round(c.severity, 4)} for c in rec["cues"]]
         samples.append(
             "{" + f'"index":{i},"file":"{name}","joints":{_num(rec["joints"])},'
             f'"joints_true":{_num(rec["joints_true"])},"visibility":{_num(rec["visibility"])},'
-            f'"bbox":{_num(rec["bbox"])},"person_height":{_num(rec["person_height"])},'
+            f'"bbox":{_num(rec["bbox"])},"area":{_num(rec["area"])},"person_height":{_num(rec["person_height"])},'
             f'"cues":{json.dumps(cues)},"cov_true":{_num(rec["cov_true"])}' + "}"
         )
         if len(tiles) < sheet_count:
@@ -106,6 +104,7 @@ def read_synthetic(root: str | Path) -> list[dict]:
             "visibility": np.asarray(s["visibility"], dtype=np.float32),
             "cov_true": np.asarray(s["cov_true"], dtype=np.float64),
             "bbox": np.asarray(s["bbox"], dtype=np.float64),
+            "area": float(s["area"]) if s.get("area") is not None else None,
             "index": s.get("index", n),
             "skeleton": LSP14.name,
             "cues": [_read_cue(c, f"{path}: samples[{n}].cues[{m}]") for m, c in enumerate(s.get("cues", []))],

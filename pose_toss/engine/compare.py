@@ -23,6 +23,7 @@ class Method:
     covariance: str  # model.covariance
     losses: tuple[str, ...]  # one loss per stage
     labels_from: str = "targets"  # pseudo-labels of a W2 stage (see EmbeddingBank)
+    pseudo_labels: tuple[tuple[str, object], ...] = ()  # other pseudo_labels keys the W2 stage sets
 
 
 # Two-stage methods split the budget as the config's own stages do when it is a two-stage recipe,
@@ -39,6 +40,8 @@ METHODS = {
     "w2_then_nll_tic": Method("tic", ("w2_bound", "nll")),
     # Beyond the paper: W2 to the second moment of the neighbours' errors, not of their poses' spread.
     "w2_residual_then_nll_tic": Method("tic", ("w2_bound", "nll"), "residuals"),
+    # Beyond the paper: each sample's temperature set for 16 effective neighbours (the paper's tau = 1 leaves 2-5).
+    "w2_eff16_then_nll_tic": Method("tic", ("w2_bound", "nll"), pseudo_labels=(("effective_neighbours", 16.0),)),
     "loss_pred": Method("isotropic", ("loss_pred",)),
 }
 DEFAULT_METHODS = ("mse", "diagonal", "nll", "beta_nll", "faithful", "nll_tic", "w2", "w2_then_nll_tic", "loss_pred")
@@ -87,8 +90,12 @@ def method_config(base: Config, method: str, lr: float | None = None, seed: int 
         st.loss, st.epochs = loss, n
         if loss == "w2_bound":
             st.pseudo_labels.labels_from = spec.labels_from
+            for key, value in spec.pseudo_labels:
+                setattr(st.pseudo_labels, key, value)
         stages.append(st)
     cfg.model.covariance = spec.covariance
+    if spec.covariance in ("identity", "isotropic"):  # nothing fitted for a local term to add to
+        cfg.model.local_covariance = False
     cfg.stages = stages
     if lr is not None:
         cfg.train.lr = lr

@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 from pose_toss.covariance import equal_mixture, taylor_diagnostics, unmirror
-from pose_toss.metrics import joint_errors, pose_metrics, tic_summary
+from pose_toss.metrics import joint_errors, mean_residual_covariance, pose_metrics, tic_summary
 
 OPTIONAL_KEYS = ("target_true", "cov_true", "head_size")
 
@@ -87,6 +87,29 @@ def predict_dataset(model, loader, device: torch.device, amp: bool = False, prog
     return preds
 
 
+@torch.no_grad()
+def residual_reference(model, loader, device: torch.device, amp: bool = False) -> torch.Tensor:
+    """The cue metrics' constant reference: ``metrics.mean_residual_covariance`` of the model's means over the
+    loader's samples (the training split, unaugmented), D x D. Only the means are computed."""
+    was_training = model.training
+    model.eval()
+    means, targets, vis = [], [], []
+    try:
+        for batch in loader:
+            if "image" not in batch:
+                continue
+            with autocast_context(device, amp):
+                out = model(batch["image"].to(device, non_blocking=True), with_covariance=False)
+            means.append(out.mean.float().cpu())
+            targets.append(batch["target"])
+            vis.append(batch["visibility"])
+    finally:
+        model.train(was_training)
+    if not means:
+        raise ValueError("no readable sample to fit the constant reference covariance on")
+    return mean_residual_covariance(torch.cat(means), torch.cat(targets), torch.cat(vis))
+
+
 def non_finite_predictions(preds: dict[str, torch.Tensor]) -> torch.Tensor:
     """Dataset indices of the samples whose predicted mean or covariance holds NaN or Inf."""
     if "mean" not in preds:
@@ -97,22 +120,25 @@ def non_finite_predictions(preds: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def attach_cues(preds: dict[str, torch.Tensor], records: list[dict]) -> dict[str, torch.Tensor]:
     """Add ``limb_cue`` (B x limbs, the synthetic cues' strengths) when every predicted record knows its cues."""
-    from pose_toss.data.synthetic import limb_cue_strengths
+    from pose_toss.data.synthetic import record_cue_strengths
 
-    picked = [records[int(i)] for i in preds["index"]]
-    if picked and all("cues" in r for r in picked):
-        preds["limb_cue"] = torch.from_numpy(limb_cue_strengths([r["cues"] for r in picked]))
+    strengths = record_cue_strengths([records[int(i)] for i in preds["index"]])
+    if strengths is not None:
+        preds["limb_cue"] = torch.from_numpy(strengths)
     return preds
 
 
-def metrics_from_predictions(preds: dict[str, torch.Tensor], skeleton) -> dict:
+def metrics_from_predictions(preds: dict[str, torch.Tensor], skeleton, reference_cov: torch.Tensor | None = None
+                             ) -> dict:
+    """``pose_metrics`` of a prediction set; ``reference_cov`` (``residual_reference``) is the constant the cue
+    metrics are read against."""
     from pose_toss.data.synthetic import CUE_LIMBS
 
     cued = "limb_cue" in preds
     metrics = pose_metrics(preds["mean"], preds["cov"], preds["target"], preds["visibility"], skeleton,
                            head_sizes=preds.get("head_size"), target_true=preds.get("target_true"),
                            cov_true=preds.get("cov_true"), limbs=torch.tensor(CUE_LIMBS) if cued else None,
-                           limb_cue=preds.get("limb_cue"))
+                           limb_cue=preds.get("limb_cue"), reference_cov=reference_cov)
     if "tic_share" in preds:
         metrics.update(tic_summary(preds["tic_share"], preds["jacobian_singular_values"]))
     return metrics
@@ -179,6 +205,29 @@ def resolve_eval_data(data: str, input_size: int, run_dir=None, split: str = "te
     return data_cfg, records, skeleton, source
 
 
+def is_synthetic_generator(data: str, data_cfg) -> bool:
+    """Whether ``--data`` is the synthetic generator itself (not files written by make-synthetic)."""
+    return data_cfg.dataset == "synthetic" and (data == "synthetic" or Path(data).suffix in (".yaml", ".yml"))
+
+
+# Training figures the cue metrics' constant reference is fitted on (a mean of residual outer products).
+REFERENCE_SAMPLES = 1000
+
+
+def reference_records(data: str, data_cfg, evaluated, records) -> tuple:
+    """(dataset, description) the constant reference covariance is fitted on: up to ``REFERENCE_SAMPLES``
+    figures of the generator's training split, or the evaluated set itself for files on disk."""
+    from pose_toss.data.dataset import PoseDataset
+    from pose_toss.data.synthetic import SyntheticPoseDataset
+
+    if not is_synthetic_generator(data, data_cfg):
+        return evaluated, f"the evaluated set ({len(records)} samples)"
+    generator = SyntheticPoseDataset.from_config(data_cfg.synthetic, "train")
+    train = [generator.record(i) for i in range(min(len(generator), REFERENCE_SAMPLES))]
+    return (PoseDataset.from_config(train, data_cfg, train=False, skeleton=generator.skeleton),
+            f"{len(train)} figures of the training split")
+
+
 def mean_pose_baseline(preds: dict, data_cfg) -> tuple[float, str]:
     """Mean joint error of predicting one fixed pose for everybody: the training set's mean pose (crop
     frame, per joint over its visible labels) when the training split can be read, else the evaluated
@@ -219,25 +268,27 @@ def prediction_pictures(dataset, preds: dict, skeleton, count: int = 16, tile: i
 def evaluate_checkpoint(checkpoint, data: str, out, *, split: str = "test", overwrite: bool = False,
                         device: str = "auto", batch_size: int | None = None, num_workers: int = 0,
                         pictures: int = 16, progress: bool = True, flip_test: bool = False,
-                        simulated_detections: tuple[float, float] | None = None) -> dict:
+                        simulated_detections: tuple[float, float] | None = None, occlusions: int = 200) -> dict:
     """Evaluate a model on a dataset; writes ``metrics.json``, ``report.md``, ``predictions.json``
     (COCO keypoint results with covariances) and ``pictures.png`` into ``out`` (staged, then renamed).
 
     ``flip_test``: predict each crop and its mirror image and merge the two (see ``predict_dataset``);
     the single-pass error is then reported too, as ``mean_joint_error_no_flip``. ``simulated_detections``
     (jitter, share of people with a false positive): also predict from detector-like boxes (``coco_eval.
-    simulated_detections``) and report COCO AP by each way of scoring people there."""
+    simulated_detections``) and report COCO AP by each way of scoring people there. ``occlusions``: on the
+    synthetic generator, this many test figures are also predicted with and without an added occluder
+    (``occlusion.occlusion_check``; 0 skips it)."""
     from pose_toss.io import check_output_dir, run_lock
 
     inputs = [checkpoint, data if data != "synthetic" else None]
     check_output_dir(out, overwrite, inputs)
     with run_lock(out):
         return _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_workers, pictures, progress,
-                         flip_test, inputs, simulated_detections=simulated_detections)
+                         flip_test, inputs, simulated_detections=simulated_detections, occlusions=occlusions)
 
 
 def _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_workers, pictures, progress,
-              flip_test, inputs, log=print, simulated_detections=None) -> dict:
+              flip_test, inputs, log=print, simulated_detections=None, occlusions=0) -> dict:
     import json
 
     from pose_toss.data.coco_format import coco_ground_truth, record_area, record_image_id
@@ -282,7 +333,23 @@ def _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_w
         raise ValueError(f"{model_file}: the model predicts NaN or Inf for {len(bad)} of {len(preds['index'])} samples "
                          f"(first: {first}); its weights are finite, so its training diverged or these inputs are "
                          "far outside what it saw")
-    metrics = metrics_from_predictions(attach_cues(preds, records), skeleton)
+    preds = attach_cues(preds, records)
+    reference = None
+    if "limb_cue" in preds:  # synthetic: the constant the cue metrics are read against
+        reference_set, reference_from = reference_records(data, data_cfg, dataset, records)
+        reference = residual_reference(model, make_loader(reference_set, batch_size or data_cfg.batch_size,
+                                                          Runtime(dev), shuffle=False, num_workers=num_workers), dev)
+    metrics = metrics_from_predictions(preds, skeleton, reference)
+    if reference is not None:
+        metrics["cue_reference_from"] = reference_from
+    if occlusions > 0 and is_synthetic_generator(data, data_cfg):
+        from pose_toss.data.synthetic import SyntheticPoseDataset
+        from pose_toss.engine.occlusion import occlusion_check
+
+        generator = SyntheticPoseDataset.from_config(data_cfg.synthetic, split)
+        metrics["occlusion"] = occlusion_check(model, generator, data_cfg, dev, pairs=min(occlusions, len(generator)),
+                                               batch_size=batch_size or data_cfg.batch_size)
+        metrics.update({f"occlusion_{k}": v for k, v in metrics["occlusion"].items() if k != "pairs"})
     metrics["samples_given"] = len(records)
     metrics["unreadable_images"] = unreadable
     metrics["damaged_images"] = damaged

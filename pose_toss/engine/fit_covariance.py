@@ -72,6 +72,10 @@ def fit_covariance(pose_fn: Callable, covariance_fn: Callable, parameters: Itera
     return history
 
 
+# The modules that make the covariance (state-dict prefixes): what fit-covariance replaces and trains.
+COVARIANCE_MODULES = ("cov_head.", "local_scale.")
+
+
 def with_fresh_covariance(model, covariance: str):
     """A copy of ``model`` whose covariance network is a new, untrained ``covariance`` ("tic", "full" or
     "diagonal"); every other weight (and so every mean) is the model's own."""
@@ -80,9 +84,9 @@ def with_fresh_covariance(model, covariance: str):
     if covariance not in ("tic", "full", "diagonal"):
         raise ValueError(f"covariance must be 'tic', 'full' or 'diagonal', got {covariance!r}")
     fresh = PoseModel(**{**model.config, "covariance": covariance}, pretrained=False)
-    kept = {k: v for k, v in model.state_dict().items() if not k.startswith("cov_head.")}
+    kept = {k: v for k, v in model.state_dict().items() if not k.startswith(COVARIANCE_MODULES)}
     missing, unexpected = fresh.load_state_dict(kept, strict=False)
-    if unexpected or any(not k.startswith("cov_head.") for k in missing):
+    if unexpected or any(not k.startswith(COVARIANCE_MODULES) for k in missing):
         raise ValueError(f"the model's weights do not fit a {covariance} copy of it (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})")
     return fresh.to(next(model.parameters()).device)
@@ -90,24 +94,27 @@ def with_fresh_covariance(model, covariance: str):
 
 def fit_model_covariance(model, loader, *, epochs: int = 3, lr: float = 1e-3, device="cpu",
                          validate: Callable[[], dict] | None = None, log=print) -> list[dict]:
-    """``fit_covariance`` on a pose-toss model: everything but ``model.cov_head`` frozen and in eval mode
-    (batch norm's statistics fixed), the covariance network trained (its running J scale too)."""
+    """``fit_covariance`` on a pose-toss model: everything but its covariance networks (``model.cov_head`` and
+    the local scale, if any) frozen and in eval mode (batch norm's statistics fixed), those trained (the
+    running J scale too)."""
     model.to(device).eval()
+    trained = [p for name, p in model.named_parameters() if name.startswith(COVARIANCE_MODULES)]
     for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith("cov_head."))
+        p.requires_grad_(name.startswith(COVARIANCE_MODULES))
     model.cov_head.train()
 
     def pose_fn(images):
-        feats = model.features(images)
+        normalised = model.normalise(images)
+        feats = model.backbone(normalised)
         z, context = model.embed(feats), model.decoder_input(feats)
-        return model.decode(z, context), (z, feats, context)
+        return model.decode(z, context), (z, feats, context, normalised)
 
     def covariance_fn(state):
-        z, feats, context = state
-        return model.covariance(z, feats, context)[0]
+        z, feats, context, normalised = state
+        return model.covariance(z, feats, context, images=normalised)[0]
 
     try:
-        return fit_covariance(pose_fn, covariance_fn, model.cov_head.parameters(), loader, epochs=epochs, lr=lr,
+        return fit_covariance(pose_fn, covariance_fn, trained, loader, epochs=epochs, lr=lr,
                               device=device, validate=validate, log=log)
     finally:
         model.eval()

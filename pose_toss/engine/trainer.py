@@ -18,16 +18,19 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from pose_toss.config import PSEUDO_LABEL_LOSSES, Config, ConfigError, config_to_dict, save_config
 from pose_toss.data.dataset import PoseDataset, crop_labels
+from pose_toss.data.synthetic import CUE_LIMBS, record_cue_strengths
 from pose_toss.embedding_bank import EmbeddingBank
 from pose_toss.engine.evaluation import (
     attach_cues,
     metrics_from_predictions,
     non_finite_predictions,
     predict_dataset,
+    residual_reference,
     scalar_metrics,
 )
 from pose_toss.engine.objectives import labels_in_batch_frame, training_loss
@@ -56,6 +59,8 @@ from pose_toss.models.checkpoint import ModelFileError, load_state_checked, non_
 from pose_toss.models.pose_model import PoseModel, build_pose_model
 
 CHECKPOINTS = "checkpoints"
+# Training figures (unaugmented) the cue metrics' constant reference is fitted on at each validation.
+VALIDATION_REFERENCE_SAMPLES = 256
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
 
@@ -73,6 +78,7 @@ class Progress:
     best_epoch: int = -1
     bank_embeddings: torch.Tensor | None = None
     bank_predictions: torch.Tensor | None = None  # residual pseudo-labels: the means the bank was built from
+    bank_joint_descriptors: torch.Tensor | None = None  # per-joint neighbours: the descriptors it was built from
     bank_stage: int = -1
     history: list = field(default_factory=list)
 
@@ -84,7 +90,8 @@ def build_model_from_config(cfg: Config, num_joints: int) -> PoseModel:
                              deconv_channels=m.deconv_channels, cov_hidden=m.cov_hidden, use_hessian=m.use_hessian,
                              cov_floor=m.cov_floor, jacobian_chunk=m.jacobian_chunk, feature_stride=m.feature_stride,
                              heatmap_stride=cfg.data.heatmap_stride, bottleneck_at=m.bottleneck_at,
-                             bottleneck_grid=m.bottleneck_grid, covariance_trains_backbone=m.covariance_trains_backbone)
+                             bottleneck_grid=m.bottleneck_grid, covariance_trains_backbone=m.covariance_trains_backbone,
+                             local_covariance=m.local_covariance)
     if cfg.train.channels_last:  # convolutions then run channels-last whatever the input's layout
         model.to(memory_format=torch.channels_last)
     return model
@@ -166,10 +173,17 @@ class Trainer:
         self.train_loader, self.val_loader = data.train_loader, data.val_loader
         self.bank_set = PoseDataset.from_config(train_records, d, train=False, skeleton=self.skeleton)
         self.bank_loader = make_loader(self.bank_set, d.batch_size, self.rt, shuffle=False, num_workers=d.num_workers)
+        # Synthetic data: the cue metrics' constant reference is refitted at each validation on these figures.
+        self.reference_loader = None
+        if record_cue_strengths(self.val_records) is not None:
+            subset = Subset(self.bank_set, range(min(len(self.bank_set), VALIDATION_REFERENCE_SAMPLES)))
+            self.reference_loader = make_loader(subset, d.batch_size, Runtime(self.rt.device), shuffle=False)
         labels = crop_labels(train_records, d.input_size, d.padding)
         self.bank_affines = torch.from_numpy(labels["affines"]).float()
         self.bank_targets, self.bank_masks = labels["targets"], labels["visibility"]
         self.bank_true_cov = labels.get("cov_true")  # synthetic data: the labels' quality is measured
+        strengths = record_cue_strengths(train_records)  # synthetic data: the labels' cue AUROC is measured
+        self.bank_cues = None if strengths is None else {"limbs": torch.tensor(CUE_LIMBS), "limb_cue": strengths}
         self.bank: EmbeddingBank | None = None
         self._bank_built_for = -1
         self.flip_coords = torch.from_numpy(self.skeleton.flip_coordinate_index.copy())
@@ -269,12 +283,14 @@ class Trainer:
         if self.bank is None or self._bank_built_for != stage_idx:
             self.bank = EmbeddingBank(self.bank_targets, self.bank_masks, k=pl.k, temperature=pl.temperature,
                                       shrinkage=pl.shrinkage, floor=pl.floor, true_cov=self.bank_true_cov,
-                                      labels_from=pl.labels_from)
+                                      labels_from=pl.labels_from, effective=pl.effective_neighbours,
+                                      neighbours=pl.neighbours, **(self.bank_cues or {}))
             self._bank_built_for = stage_idx
         due = s.bank_stage != stage_idx or (pl.source == "bottleneck" and (epoch - stage_start) % pl.refresh_every == 0)
         if not due:
             if self.bank.cov is None:
-                self.bank.set_embeddings(s.bank_embeddings.to(self.rt.device), s.bank_predictions)
+                self.bank.set_embeddings(s.bank_embeddings.to(self.rt.device), s.bank_predictions,
+                                         s.bank_joint_descriptors)
             return 0.0
         if pl.source == "file":
             seconds = self.bank.refresh_from_file(pl.file)
@@ -285,10 +301,15 @@ class Trainer:
             seconds = self.bank.refresh_from_model(self.model, self.bank_loader, self.rt.device, self.progress_bars)
         s.bank_embeddings, s.bank_stage = self.bank.embeddings.detach().cpu(), stage_idx
         s.bank_predictions = None if self.bank.predictions is None else self.bank.predictions.detach().cpu()
+        s.bank_joint_descriptors = (None if self.bank.joint_descriptors is None
+                                    else self.bank.joint_descriptors.detach().cpu())
         q = self.bank.quality
         self.log(f"pseudo-labels ({pl.labels_from}): {len(self.bank)} refreshed from {pl.source} in {seconds:.1f} s "
-                 f"(tau {q['temperature']:.3g}, {q['effective_neighbours']:.1f} effective neighbours of {pl.k}"
-                 + (f", W2² to the true covariance {q['w2_to_true']:.1f}" if "w2_to_true" in q else "") + ")")
+                 f"(tau {q['temperature']:.3g}, {q['effective_neighbours']:.1f} effective neighbours of {pl.k})"
+                 + (f"; against the true label noise: W2² {q['w2_to_true']:.1f} (best constant label "
+                    f"{q['w2_constant_to_true']:.1f}), trace Spearman {q['trace_spearman']:.2f}"
+                    + (f", cue AUROC {q['cue_auroc_spread']:.2f}" if "cue_auroc_spread" in q else "")
+                    if "w2_to_true" in q else ""))
         return seconds
 
     # -- one step ---------------------------------------------------------------------------------
@@ -386,7 +407,10 @@ class Trainer:
         if len(bad):
             raise self._diverged(where, f"the model predicts NaN or Inf for {len(bad)} of {len(preds['index'])} "
                                         "validation samples")
-        return metrics_from_predictions(attach_cues(preds, self.val_records), self.skeleton)
+        reference = None
+        if self.reference_loader is not None:
+            reference = residual_reference(self.model, self.reference_loader, self.rt.device, self.amp)
+        return metrics_from_predictions(attach_cues(preds, self.val_records), self.skeleton, reference)
 
     def _diverged(self, where: str, what: str) -> TrainingDiverged:
         """The error that stops a diverged run: where, what, what to do, and the last good checkpoint."""
@@ -436,6 +460,7 @@ class Trainer:
             self.rt.barrier()
             self.log(f"epoch {s.epoch}/{cfg.total_epochs} [{st.loss}] loss {train['train_loss']:.4g} | val error "
                      f"{val['mean_joint_error']:.2f} px, NLL {val['nll']:.2f}, cov@0.9 {val['coverage@0.9']:.2f}"
+                     + (f", cue AUROC {val['cue_auroc_spread']:.2f}" if "cue_auroc_spread" in val else "")
                      + (f", skipped {train['skipped_steps']}" if train["skipped_steps"] else "")
                      + (f", {train['missing_images']} unreadable images" if train["missing_images"] else "")
                      + (f" | pseudo-labels {pl_seconds:.1f} s" if pl_seconds else "") + f" | {train_seconds:.0f} s")

@@ -1,10 +1,11 @@
 """`pose-toss video-bench`: what smoothing with the predicted covariance does on synthetic video.
 
 Each sequence (``data.video.synthetic_sequence``) is predicted frame by frame from its true boxes, then
-smoothed (``tracking.rts_smoother``, q fitted per sequence) with each frame's full predicted covariance,
-with only its diagonal, or with one constant isotropic variance; against the noise-free truth it reports
-the mean joint error (all visible joints, and the joints of a cued limb while the cue lasts) and the
-jitter, the mean frame-to-frame acceleration |x(t+1) - 2 x(t) + x(t-1)|.
+smoothed (``tracking.rts_smoother``) with each frame's full predicted covariance, with only its diagonal, or
+with one constant isotropic variance; each variant is the same smoother with its own measurement scale alpha
+and process noise q, fitted per sequence by the innovations' likelihood (``tracking.fit_noise``). Against the
+noise-free truth it reports the mean joint error (all visible joints, and the joints of a cued limb while the
+cue lasts), the jitter (the mean frame-to-frame acceleration |x(t+1) - 2 x(t) + x(t-1)|) and the alpha and q.
 """
 
 from __future__ import annotations
@@ -36,20 +37,23 @@ def sequence_scores(means: torch.Tensor, covs: torch.Tensor, truth: torch.Tensor
                     cued: torch.Tensor) -> dict:
     """Per variant: mean joint error over visible joints, over cued ones, and jitter (T x D means and truth,
     T x J masks)."""
-    from pose_toss.tracking import fit_process_noise, rts_smoother
+    from pose_toss.tracking import fit_noise, rts_smoother
 
     observed = visible.repeat_interleave(2, dim=1)
     out = {}
     for variant in VARIANTS:
+        fitted = {}
         if variant == "raw":
             est = means
         else:
             r = measurement_covariances(covs, variant)
-            est, _ = rts_smoother(means, r, observed, fit_process_noise(means, r, observed))
+            fit = fit_noise(means, r, observed)
+            est, _ = rts_smoother(means, r, observed, fit.q, fit.alpha)
+            fitted = {"alpha": fit.alpha, "q": fit.q}
         err = (est - truth).reshape(len(est), -1, 2).norm(dim=-1)
         out[variant] = {"error": float(err[visible].mean()),
                         "error_cued": float(err[cued & visible].mean()) if bool((cued & visible).any()) else None,
-                        "jitter": jitter(est)}
+                        "jitter": jitter(est), **fitted}
     return out
 
 
@@ -93,15 +97,25 @@ def video_benchmark(model, data_cfg, sequences: int = 8, length: int = 60, seed:
         for key in ("error", "error_cued", "jitter"):
             vals = [p[variant][key] for p in per_sequence if p[variant][key] is not None]
             summary[variant][key] = mean_std(vals)
-    return {"sequences": sequences, "length": length, "seed": seed, "summary": summary, "per_sequence": per_sequence}
+    full_wins = sum(p["full covariance"]["error"] < p["diagonal only"]["error"] for p in per_sequence)
+    return {"sequences": sequences, "length": length, "seed": seed, "summary": summary, "per_sequence": per_sequence,
+            "full_beats_diagonal": full_wins}
 
 
 def video_markdown(result: dict) -> str:
     out = [f"{result['sequences']} sequences of {result['length']} frames (seeds {result['seed']} ...); mean ± std "
-           "over sequences; px in the image.", "",
-           "| estimate | mean joint error px | error on cued limbs px | jitter px/frame² |",
-           "| --- | --- | --- | --- |"]
+           "over sequences; px in the image. alpha and q: the measurement covariance's scale and the process noise "
+           "fitted per sequence (medians).", "",
+           "| estimate | mean joint error px | error on cued limbs px | jitter px/frame² | alpha | q |",
+           "| --- | --- | --- | --- | --- | --- |"]
     for variant, row in result["summary"].items():
+        fitted = [p[variant].get(k) for p in result["per_sequence"] for k in ("alpha",)]
+        qs = [p[variant].get("q") for p in result["per_sequence"]]
+        alpha = f"{float(np.median(fitted)):.3g}" if all(v is not None for v in fitted) else "–"
+        q = f"{float(np.median(qs)):.3g}" if all(v is not None for v in qs) else "–"
         out.append(f"| {variant} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in
-                                                   (row["error"], row["error_cued"], row["jitter"])) + " |")
+                                                   (row["error"], row["error_cued"], row["jitter"]))
+                   + f" | {alpha} | {q} |")
+    out += ["", f"The full covariance beats its diagonal on mean joint error in {result['full_beats_diagonal']} of "
+                f"{result['sequences']} sequences."]
     return "\n".join(out) + "\n"

@@ -10,6 +10,7 @@ covariance network and never reaches the backbone through z (``trains_backbone=T
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -20,8 +21,10 @@ from pose_toss.covariance import (
     cholesky_from_vector,
     diagonal_covariance,
     full_covariance,
+    heatmap_moments,
     hessian_gram,
     jacobian,
+    joint_patches,
     rms_scale,
     tic_covariance,
     trace_scale,
@@ -244,3 +247,61 @@ class TICCovarianceHead(nn.Module):
     def forward(self, z: torch.Tensor, decode_fn: Callable[..., torch.Tensor], *decode_args: torch.Tensor,
                 eval_modules: Iterable[nn.Module] = ()) -> torch.Tensor:
         return self.assemble(self.parts(z, decode_fn, *decode_args, eval_modules=eval_modules))
+
+
+class JointLocalScale(nn.Module):
+    """Each joint's scale of the covariance, from what the image shows around that joint.
+
+    The pooled embedding z summarises the whole figure: an occluder, blur or a faded limb on one limb
+    barely moves it, while it is exactly what makes that joint's labels and the model's error spread. This
+    module looks at a square of the input image (``window`` of its side) around each predicted joint,
+    resampled to ``patch`` x ``patch`` pixels, through a small CNN shared by all joints, together with the
+    joint's heatmap spread and a learnt embedding of which joint it is, and gives a log-scale per joint,
+    bounded by ``bound``. The covariance becomes ``S cov S`` with ``S = diag(exp(log_scale))`` per
+    coordinate: at initialisation (zero output) S = I. Its inputs are detached like z: its loss trains only
+    this module, never the backbone.
+    """
+
+    def __init__(self, num_joints: int, patch: int = 16, window: float = 0.25, channels: int = 32,
+                 hidden: int = 64, joint_dims: int = 8, bound: float = 3.0) -> None:
+        super().__init__()
+        self.patch, self.window, self.bound = patch, window, bound
+        self.cnn = nn.Sequential(
+            nn.Conv2d(3, channels // 2, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(channels // 2, channels, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.joint_embedding = nn.Parameter(0.1 * torch.randn(num_joints, joint_dims))
+        self.mlp = _mlp(channels + len(HEATMAP_STATS) + joint_dims, hidden, 1)
+
+    def forward(self, images: torch.Tensor, joints: torch.Tensor, heat_prob: torch.Tensor, stride: int
+                ) -> torch.Tensor:
+        """``images`` B x 3 x S x S (normalised), ``joints`` B x J x 2 (input pixels), ``heat_prob`` B x J x H x W
+        (each joint's heatmap distribution) -> log-scales B x J."""
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            dtype = _precision(self.mlp)
+            b, j = joints.shape[:2]
+            patches = joint_patches(images.detach().to(dtype), joints.detach().to(dtype), self.patch, self.window)
+            look = self.cnn(patches).reshape(b, j, -1)
+            stats = heatmap_stats(heat_prob.detach().to(dtype), stride)
+            x = torch.cat([look, stats, self.joint_embedding.to(dtype).expand(b, -1, -1)], -1)
+            raw = self.mlp(torch.nan_to_num(x).clamp(-1e4, 1e4)).squeeze(-1)
+            return self.bound * torch.tanh(raw / self.bound)  # bounded without a dead zone
+
+
+# What ``heatmap_stats`` gives per joint.
+HEATMAP_STATS = ("log var x", "log var y", "correlation", "log peak", "entropy")
+
+
+def heatmap_stats(prob: torch.Tensor, stride: int) -> torch.Tensor:
+    """B x J x H x W heatmap distributions -> B x J x 5: how widely each spreads (log variances in input px^2,
+    the correlation), how peaked it is (log of its largest probability) and its entropy over log(H W)."""
+    b, j, h, w = prob.shape
+    _, cov = heatmap_moments(prob, stride)
+    vxx, vyy, vxy = cov[..., 0, 0], cov[..., 1, 1], cov[..., 0, 1]
+    flat = prob.reshape(b, j, h * w)
+    entropy = -(flat * flat.clamp_min(1e-30).log()).sum(-1) / math.log(h * w)
+    stats = torch.stack([(vxx + 1e-3).log(), (vyy + 1e-3).log(), vxy / (vxx * vyy + 1e-6).sqrt(),
+                         flat.amax(-1).clamp_min(1e-30).log(), entropy], -1)
+    return torch.nan_to_num(stats).clamp(-_CLAMP, _CLAMP)

@@ -83,12 +83,14 @@ class HeatmapHead(nn.Module):
     def trunk(self, features: torch.Tensor) -> torch.Tensor:
         return self.up(features)
 
-    def tail(self, x: torch.Tensor, offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def tail_activation(self, x: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+        """What the 1x1 convolution turns into heatmaps: ReLU(x + offset) (the trunk ends on a batch norm)."""
         if len(self.up):  # the trunk ends on a batch norm: its ReLU lives here
-            x = torch.relu(x if offset is None else x + offset)
-        elif offset is not None:
-            x = x + offset
-        heat = self.final(x)
+            return torch.relu(x if offset is None else x + offset)
+        return x if offset is None else x + offset
+
+    def tail(self, x: torch.Tensor, offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        heat = self.final(self.tail_activation(x, offset))
         coords = soft_argmax(heat, self.out_stride, beta=self.log_beta.exp())
         return coords.flatten(1), heat
 

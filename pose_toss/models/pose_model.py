@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pose_toss.covariance import heatmap_tail_jacobian, regression_tail_jacobian
+from pose_toss.covariance import heatmap_tail_jacobian, regression_tail_jacobian, scale_joints
 from pose_toss.data.transforms import (
     affine_covariance,
     affine_points,
@@ -24,15 +24,18 @@ from pose_toss.models.covariance_heads import (
     FullCovariance,
     IdentityCovariance,
     IsotropicCovariance,
+    JointLocalScale,
     TICCovarianceHead,
     TICParts,
     eval_mode,
+    heatmap_stats,
 )
 from pose_toss.models.heads import Bottleneck, HeatmapHead, RegressionHead
 
 HEADS = ("heatmap", "regression")
 BOTTLENECK_AT = ("head", "features")
 COVARIANCES = ("tic", "full", "diagonal", "identity", "isotropic")
+LOCAL_COVARIANCES = ("tic", "full", "diagonal")  # what a per-joint local term may be added to
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -55,7 +58,7 @@ class PoseModel(nn.Module):
                  cov_floor: float = 1e-2, jacobian_chunk: int | None = None,
                  feature_stride: int | None = None, heatmap_stride: int = 4, bottleneck_at: str = "head",
                  bottleneck_grid: int = 4, covariance_trains_backbone: bool = False,
-                 tic_eps_relative: bool = True) -> None:
+                 tic_eps_relative: bool = True, local_covariance: bool = False) -> None:
         super().__init__()
         if bottleneck_at not in BOTTLENECK_AT:
             raise ValueError(f"bottleneck_at must be one of {BOTTLENECK_AT}, got {bottleneck_at!r}")
@@ -67,6 +70,12 @@ class PoseModel(nn.Module):
             raise ValueError(f"embed_dim must be an integer >= 1, got {embed_dim!r}")
         if num_joints < 1:
             raise ValueError(f"num_joints must be >= 1, got {num_joints}")
+        if local_covariance and (head != "heatmap" or bottleneck_at != "head"):
+            raise ValueError("local_covariance reads each joint's heatmap: it needs head 'heatmap' with bottleneck_at "
+                             f"'head', got head {head!r}, bottleneck_at {bottleneck_at!r}")
+        if local_covariance and covariance not in LOCAL_COVARIANCES:
+            raise ValueError(f"local_covariance adds to a fitted covariance ({', '.join(LOCAL_COVARIANCES)}), not "
+                             f"{covariance!r}")
         if head == "regression" and bottleneck_at == "head":
             # z enters the MLP's hidden layer, a vector: a per-unit offset there is not lost to a softmax.
             bottleneck_grid = 1
@@ -77,6 +86,7 @@ class PoseModel(nn.Module):
             "jacobian_chunk": jacobian_chunk, "feature_stride": feature_stride,
             "heatmap_stride": heatmap_stride, "bottleneck_at": bottleneck_at, "bottleneck_grid": bottleneck_grid,
             "covariance_trains_backbone": covariance_trains_backbone, "tic_eps_relative": tic_eps_relative,
+            "local_covariance": local_covariance,
         }
         self.bottleneck_at = bottleneck_at
         self.num_joints = num_joints
@@ -102,6 +112,7 @@ class PoseModel(nn.Module):
             self.cov_head = IsotropicCovariance(embed_dim, num_joints, cov_hidden, init_std, cov_floor)
         else:
             self.cov_head = IdentityCovariance(num_joints)
+        self.local_scale = JointLocalScale(num_joints, hidden=cov_hidden) if local_covariance else None
         # TIC's J with z at the heatmap head's last layer: closed form (False: torch.func reverse passes,
         # the reference the closed form is tested against).
         self.closed_form_jacobian = True
@@ -116,9 +127,13 @@ class PoseModel(nn.Module):
             shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
             raise ValueError(f"expected images as a B x 3 x {s} x {s} float tensor in [0, 1], got {shape}")
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] -> what the backbone (and the local scale) read: ImageNet-normalised."""
         self.check_images(images)
-        return self.backbone((images - self.pixel_mean) / self.pixel_std)
+        return (images - self.pixel_mean) / self.pixel_std
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.normalise(images))
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
         return self.bottleneck.embed(features)
@@ -138,22 +153,53 @@ class PoseModel(nn.Module):
         """The mean (B x 2J) as a function of the embedding: what TIC's Jacobian differentiates."""
         return self.decode_all(z, context)[0].float()
 
-    def covariance(self, z: torch.Tensor, features: torch.Tensor, context: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, TICParts | None]:
-        """(B x D x D covariance, TIC's parts or None)."""
-        if not isinstance(self.cov_head, TICCovarianceHead):
-            return self.cov_head(z), None
-        if self.bottleneck_at == "features":
-            parts = self.cov_head.parts(z, self.decode, features, eval_modules=(self.bottleneck, self.head))
-            return self.cov_head.assemble(parts), parts
-        # J passes only through the head's tail (no batch norm there). Batch statistics in the trunk
-        # must not couple samples in J either: in training the trunk is re-run in eval mode for it.
-        if self.training or context is None:
+    def covariance(self, z: torch.Tensor, features: torch.Tensor, context: torch.Tensor | None = None,
+                   images: torch.Tensor | None = None) -> tuple[torch.Tensor, TICParts | None]:
+        """(B x D x D covariance, TIC's parts or None). ``images`` (normalised) feed the local scale."""
+        if self.bottleneck_at == "head" and (self.training or context is None) and (
+                self.local_scale is not None or isinstance(self.cov_head, TICCovarianceHead)):
+            # Batch statistics in the trunk must not couple samples in J or the local scale: in training the
+            # trunk is re-run in eval mode for them.
             with torch.no_grad(), eval_mode((self.head,)):
                 context = self.head.trunk(features)
-        parts = self.cov_head.parts(z, self.decode, context,
-                                    jacobian_fn=self.tail_jacobian if self.uses_closed_form_jacobian else None)
-        return self.cov_head.assemble(parts), parts
+        if not isinstance(self.cov_head, TICCovarianceHead):
+            cov, parts = self.cov_head(z), None
+        elif self.bottleneck_at == "features":
+            parts = self.cov_head.parts(z, self.decode, features, eval_modules=(self.bottleneck, self.head))
+            cov = self.cov_head.assemble(parts)
+        else:  # J passes only through the head's tail (no batch norm there)
+            parts = self.cov_head.parts(z, self.decode, context,
+                                        jacobian_fn=self.tail_jacobian if self.uses_closed_form_jacobian else None)
+            cov = self.cov_head.assemble(parts)
+        if self.local_scale is not None:
+            if images is None:
+                raise ValueError("a model with local_covariance needs the images for its covariance")
+            cov = scale_joints(cov, self.local_log_scale(z, context, images))
+        return cov, parts
+
+    def local_log_scale(self, z: torch.Tensor, context: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Each joint's log-scale of the covariance (``JointLocalScale``, B x J), from the normalised images
+        around the joints the tail predicts from ``context`` and from their heatmaps (all detached)."""
+        with torch.no_grad():
+            joints, heat = self.head.tail(context, self.bottleneck.offset(z, context))
+            b, j, h, w = heat.shape
+            prob = torch.softmax(self.head.log_beta.exp() * heat.float().reshape(b, j, h * w), -1).reshape(b, j, h, w)
+        return self.local_scale(images, joints.float().reshape(b, j, 2), prob, self.head.out_stride)
+
+    def joint_descriptors(self, z: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """What the head sees at each joint (B x J x (C + 5), detached): its last activation pooled under the
+        joint's own heatmap, and the heatmap's spread (``heatmap_stats``). Pseudo-labels find per-joint
+        neighbours on it (``pseudo_labels.joint_scaled_labels``)."""
+        if not isinstance(self.head, HeatmapHead) or self.bottleneck_at != "head":
+            raise ValueError("joint descriptors read each joint's heatmap: they need head 'heatmap' with "
+                             "bottleneck_at 'head'")
+        with torch.no_grad():
+            activation = self.head.tail_activation(context, self.bottleneck.offset(z, context)).float()
+            heat = self.head.final(activation).float()
+            b, j, h, w = heat.shape
+            prob = torch.softmax(self.head.log_beta.exp() * heat.reshape(b, j, h * w), -1)
+            pooled = torch.einsum("bjp,bcp->bjc", prob, activation.reshape(b, activation.shape[1], h * w))
+            return torch.cat([pooled, heatmap_stats(prob.reshape(b, j, h, w), self.head.out_stride)], -1)
 
     @property
     def uses_closed_form_jacobian(self) -> bool:
@@ -174,18 +220,19 @@ class PoseModel(nn.Module):
 
     def forward(self, images: torch.Tensor, with_covariance: bool = True) -> PoseOutput:
         """``with_covariance=False`` skips the covariance (``cov`` is None): mean-only objectives."""
-        feats = self.features(images)
+        normalised = self.normalise(images)
+        feats = self.backbone(normalised)
         z = self.embed(feats)
         cov, parts = None, None
         if self.training:
             # J first: it runs the decoder in eval mode, before this batch updates the running statistics.
             if with_covariance:
-                cov, parts = self.covariance(z, feats)
+                cov, parts = self.covariance(z, feats, images=normalised)
             context = self.decoder_input(feats)
         else:
             context = self.decoder_input(feats)
             if with_covariance:
-                cov, parts = self.covariance(z, feats, context)
+                cov, parts = self.covariance(z, feats, context, images=normalised)
         mean, heat = self.decode_all(z, context)
         return PoseOutput(mean.float(), cov, z, heat, parts)
 

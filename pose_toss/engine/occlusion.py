@@ -1,0 +1,105 @@
+"""An intervention check on synthetic data: does the covariance grow where an occluder hides a limb?
+
+Each pair is one test figure rendered twice, the same pose, scene and sensor noise, once without and once
+with an occluder on one limb (``SyntheticPoseDataset.with_cues``). Both are predicted, and at the limb's
+distal joint we compare the predicted spread sqrt(tr S_bb), the error of the mean, and the coverage of the
+90 % ellipse: the share of labels, drawn from the generator's noise model for that condition, that fall
+inside it. A covariance that sees the occluder widens where the labels and its own error do.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from pose_toss.data.dataset import PoseDataset
+from pose_toss.data.synthetic import CUE_LIMBS, Cue, SyntheticPoseDataset
+from pose_toss.engine.evaluation import predict_dataset
+from pose_toss.engine.runtime import Runtime, make_loader
+from pose_toss.metrics import joint_blocks
+
+CHI2_2D_90 = -2.0 * math.log(0.1)  # squared Mahalanobis radius of the 90 % ellipse in two dimensions
+
+
+def occlusion_pairs(generator: SyntheticPoseDataset, pairs: int, seed: int = 0,
+                    severity: tuple[float, float] = (0.35, 1.0)) -> tuple[list[dict], list[int]]:
+    """``2 * pairs`` records, (plain, occluded) in turn, and each pair's occluded (distal) joint.
+
+    Figure i keeps its own cues except any on the chosen limb; the limb is drawn among the cue limbs
+    whose joints are both in the image and that carry no cue, the severity uniformly from ``severity``."""
+    rng = np.random.default_rng([seed, 4242])
+    records, joints = [], []
+    for i in range(len(generator)):
+        if len(joints) == pairs:
+            break
+        own = generator.annotation(i)
+        cued = {tuple(c.limb) for c in own["cues"]}
+        limbs = [limb for limb in CUE_LIMBS if limb not in cued and own["visibility"][list(limb)].all()]
+        if not limbs:
+            continue
+        limb = limbs[int(rng.integers(len(limbs)))]
+        others = [c for c in own["cues"] if tuple(c.limb) != limb]
+        occluder = Cue("occluder", limb, float(rng.uniform(*severity)))
+        for cues in (others, [*others, occluder]):
+            rec = generator.with_cues(i, cues)
+            rec["index"] = len(records)
+            records.append(rec)
+        joints.append(limb[1])
+    if len(joints) < pairs:
+        raise ValueError(f"only {len(joints)} of the {len(generator)} figures have a limb to occlude; asked for "
+                         f"{pairs} pairs")
+    return records, joints
+
+
+def occlusion_check(model, generator: SyntheticPoseDataset, data_cfg, device: torch.device, pairs: int = 200,
+                    seed: int = 0, draws: int = 64, batch_size: int = 32, amp: bool = False) -> dict:
+    """Predict ``pairs`` figures without and with an occluder on one limb (``occlusion_pairs``) and compare
+    the distal joint's prediction (``occlusion_summary``)."""
+    records, joints = occlusion_pairs(generator, pairs, seed)
+    dataset = PoseDataset.from_config(records, data_cfg, train=False, skeleton=generator.skeleton)
+    preds = predict_dataset(model, make_loader(dataset, batch_size, Runtime(device), shuffle=False), device, amp)
+    if len(preds.get("index", ())) != len(records):
+        raise RuntimeError("the occlusion check lost samples while predicting")
+    joint = torch.tensor(joints).repeat_interleave(2)
+    rows = torch.arange(len(records))
+
+    def at_joint(coords: torch.Tensor) -> torch.Tensor:
+        return coords.double().reshape(len(records), -1, 2)[rows, joint]
+
+    return {"pairs": pairs, **occlusion_summary(
+        at_joint(preds["mean"]), joint_blocks(preds["cov"].double())[rows, joint], at_joint(preds["target_true"]),
+        joint_blocks(preds["cov_true"].double())[rows, joint], draws, seed)}
+
+
+def occlusion_summary(mean: torch.Tensor, cov: torch.Tensor, truth: torch.Tensor, true_cov: torch.Tensor,
+                      draws: int = 64, seed: int = 0) -> dict:
+    """One joint per figure, figures in (plain, occluded) pairs: predicted ``mean`` (2P x 2) and 2 x 2 ``cov``,
+    the noise-free ``truth`` and the labels' covariance ``true_cov``. Returns:
+
+    - ``spread_rise``: share of pairs whose predicted spread sqrt(tr cov) grew with the occluder;
+    - ``spread_ratio`` / ``error_ratio`` / ``true_spread_ratio``: medians over pairs of occluded / plain for
+      the predicted spread, the label error |label - mean| and the labels' own spread sqrt(tr true_cov);
+    - ``coverage@0.9_plain`` / ``coverage@0.9_occluded``: share of ``draws`` labels per figure, drawn from
+      N(truth, true_cov), inside the predicted 90 % ellipse;
+    - ``error_plain`` / ``error_occluded``: mean label error."""
+    n = mean.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(n, draws, 2, generator=gen, dtype=torch.float64)
+    labels = truth[:, None] + noise @ torch.linalg.cholesky(true_cov).transpose(-1, -2)
+    residual = labels - mean[:, None]
+    maha = (residual @ torch.linalg.inv(cov) * residual).sum(-1)  # n x draws
+    inside = (maha <= CHI2_2D_90).double().mean(1)
+    error = residual.norm(dim=-1).mean(1)
+    spread = torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1).sqrt()
+    true_spread = torch.diagonal(true_cov, dim1=-2, dim2=-1).sum(-1).sqrt()
+    plain, occluded = slice(0, None, 2), slice(1, None, 2)
+
+    def ratio(x: torch.Tensor) -> float:
+        return float((x[occluded] / x[plain]).median())
+
+    return {"spread_rise": float((spread[occluded] > spread[plain]).double().mean()),
+            "spread_ratio": ratio(spread), "error_ratio": ratio(error), "true_spread_ratio": ratio(true_spread),
+            "coverage@0.9_plain": float(inside[plain].mean()), "coverage@0.9_occluded": float(inside[occluded].mean()),
+            "error_plain": float(error[plain].mean()), "error_occluded": float(error[occluded].mean())}
