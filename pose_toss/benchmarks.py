@@ -392,7 +392,7 @@ def onnx_throughput(cfg: Config, batches=(1, 32), repeats: int = 5, warmup: int 
     except ImportError:
         return None
     from pose_toss.engine.trainer import build_model_from_config
-    from pose_toss.onnx_export import export_onnx, export_problem
+    from pose_toss.models.onnx import export_onnx, export_problem
 
     torch.manual_seed(0)
     model = build_model_from_config(cfg, 14)

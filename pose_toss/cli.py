@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pose_toss.config import ConfigError, load_config, save_config
-from pose_toss.io import (
+from pose_toss.outputs import (
     LockedError,
     OutputExistsError,
     check_output_dir,
@@ -174,7 +174,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         import onnx  # noqa: F401
     except ImportError:
         raise ValueError('export needs the onnx package: pip install -e ".[export]" (onnx and onnxruntime)') from None
-    from pose_toss.onnx_export import export_onnx
+    from pose_toss.models.onnx import export_onnx
 
     model_file, _ = resolve_checkpoint(args.checkpoint)
     target = Path(args.onnx)
@@ -194,7 +194,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_smooth(args: argparse.Namespace) -> int:
     import json
 
-    from pose_toss.io import atomic_write_text
+    from pose_toss.outputs import atomic_write_text
     from pose_toss.tracking import smooth_results
 
     src, out = Path(args.predictions), Path(args.out)
@@ -236,8 +236,8 @@ def cmd_video_bench(args: argparse.Namespace) -> int:
     from pose_toss.engine.evaluation import resolve_checkpoint
     from pose_toss.engine.runtime import resolve_device
     from pose_toss.engine.video_bench import video_benchmark, video_markdown
-    from pose_toss.io import atomic_write_text, jsonable
     from pose_toss.models.checkpoint import load_model
+    from pose_toss.outputs import atomic_write_text, jsonable
 
     if args.sequences < 1 or args.length < 3:
         raise ValueError(f"--sequences must be >= 1 and --length >= 3, got {args.sequences} and {args.length}")
@@ -294,7 +294,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import shlex
 
     from pose_toss.benchmarks import benchmark_markdown, run_benchmarks
-    from pose_toss.io import atomic_write_text, jsonable
+    from pose_toss.outputs import atomic_write_text, jsonable
 
     cfg = load_config(args.config, args.overrides)
     inputs = [args.config, args.checkpoint, *cfg.input_paths()]

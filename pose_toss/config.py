@@ -506,6 +506,6 @@ def dump_config(cfg: Any) -> str:
 
 def save_config(cfg: Any, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (atomically) so every output says how it was made."""
-    from pose_toss.io import atomic_write_text
+    from pose_toss.outputs import atomic_write_text
 
     atomic_write_text(path, dump_config(cfg))

@@ -306,7 +306,8 @@ def joint_patches(images: torch.Tensor, joints: torch.Tensor, patch: int, window
 def scale_joints(cov: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     """``S cov S`` with ``S = diag(exp(log_scale))`` repeated over each joint's two coordinates: every joint's
     spread times its scale, correlations kept (B x D x D, log_scale B x J)."""
-    s = torch.exp(log_scale.to(cov.dtype)).repeat_interleave(2, dim=-1)
+    s = torch.exp(log_scale.to(cov.dtype))
+    s = torch.stack([s, s], dim=-1).flatten(-2)  # each joint's scale on its x and y (repeat_interleave, in ONNX)
     return cov * s.unsqueeze(-1) * s.unsqueeze(-2)
 
 

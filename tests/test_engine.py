@@ -12,6 +12,7 @@ from _gloo import run_on_gloo_ranks
 from scipy.linalg import sqrtm
 
 from pose_toss.cli import main
+from pose_toss.coco_results import coco_results
 from pose_toss.config import Config, ConfigError, StageConfig, config_to_dict, load_config
 from pose_toss.data.synthetic import SyntheticPoseDataset
 from pose_toss.data.transforms import TopDownTransform, affine_covariance, box_to_center_size, crop_affine
@@ -20,7 +21,6 @@ from pose_toss.engine.compare import method_config, parse_lrs, parse_methods
 from pose_toss.engine.objectives import labels_in_batch_frame
 from pose_toss.engine.schedule import LRSchedule
 from pose_toss.engine.trainer import Trainer, TrainingDiverged, stage_at
-from pose_toss.export import coco_results
 from pose_toss.losses import sqrtm_eigh
 from pose_toss.models.checkpoint import load_model
 from pose_toss.skeletons import LSP14

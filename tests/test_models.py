@@ -397,7 +397,7 @@ def test_local_scale_starts_as_no_change_reads_the_image_and_trains_no_backbone(
     images = torch.rand(2, 3, 64, 64)
     torch.testing.assert_close(local(images).cov, plain(images).cov)
     with torch.no_grad():
-        local.local_scale.mlp[-1].weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
+        local.local_scale.out.weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
     out = local(images)
     with torch.no_grad():
         normalised = local.normalise(images)

@@ -18,24 +18,26 @@ pytest.importorskip("onnx")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _model(head: str, covariance: str):
+def _model(head: str, covariance: str, **kw):
     torch.manual_seed(0)
     model = build_pose_model("resnet10t", num_joints=14, embed_dim=8, input_size=64, deconv_channels=16,
-                             cov_hidden=16, head=head, covariance=covariance)
+                             cov_hidden=16, head=head, covariance=covariance, **kw)
     model.train()
     model(torch.rand(4, 3, 64, 64))  # a training batch sets TIC's running J scale
-    with torch.no_grad():  # away from the zero-initialised last layer: covariances that vary by sample
-        for p in model.cov_head.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
+    with torch.no_grad():  # away from the zero-initialised last layers: covariances that vary by sample
+        for module in (model.cov_head, model.local_scale):
+            for p in module.parameters() if module is not None else ():
+                p.add_(torch.randn_like(p) * 0.1)
     return model.eval()
 
 
-@pytest.mark.parametrize("head", ["heatmap", "regression"])
-@pytest.mark.parametrize("covariance", ["tic", "full", "diagonal", "identity", "isotropic"])
-def test_onnx_runtime_equals_pytorch(head, covariance, tmp_path):
-    from pose_toss.onnx_export import export_onnx
+@pytest.mark.parametrize("head, covariance, local", [
+    *((h, c, False) for h in ("heatmap", "regression") for c in ("tic", "full", "diagonal", "identity", "isotropic")),
+    ("heatmap", "tic", True), ("heatmap", "diagonal", True)])
+def test_onnx_runtime_equals_pytorch(head, covariance, local, tmp_path):
+    from pose_toss.models.onnx import export_onnx
 
-    model = _model(head, covariance)
+    model = _model(head, covariance, local_covariance=local)
     names = export_onnx(model, tmp_path / "m.onnx")
     assert not model.training  # the export hands the model back in the mode it had
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])

@@ -19,8 +19,8 @@ from pose_toss import build_pose_model, save_model
 from pose_toss.cli import main
 from pose_toss.config import ConfigError, load_config
 from pose_toss.engine.trainer import Trainer
-from pose_toss.io import lock_path, run_lock
 from pose_toss.models.checkpoint import ModelFileError, load_model
+from pose_toss.outputs import lock_path, run_lock
 
 QUICK = Path(__file__).resolve().parents[1] / "configs" / "quick.yaml"
 TINY = ["data.input_size=64", "data.batch_size=8", "data.synthetic.num_samples=32", "data.synthetic.val_samples=8",
@@ -119,7 +119,7 @@ def test_outputs_that_would_delete_inputs_or_the_working_directory_are_refused(r
 
 
 def _hold_locks(paths: list[Path]) -> subprocess.Popen:
-    code = ("import sys, time, contextlib\nfrom pose_toss.io import run_lock\nwith contextlib.ExitStack() as s:\n"
+    code = ("import sys, time, contextlib\nfrom pose_toss.outputs import run_lock\nwith contextlib.ExitStack() as s:\n"
             "    for p in sys.argv[1:]:\n        s.enter_context(run_lock(p))\n    print('held', flush=True)\n"
             "    time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, *map(str, paths)], stdout=subprocess.PIPE, text=True,
@@ -319,12 +319,12 @@ def test_resume_falls_back_past_damaged_checkpoints(run_dir, tmp_path):
 
 
 def test_os_errors_name_the_path_and_the_cause(tmp_path, capsys, monkeypatch):
-    import pose_toss.io
+    import pose_toss.outputs
 
     def full_disk(path, data):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(pose_toss.io, "atomic_write_bytes", full_disk)
+    monkeypatch.setattr(pose_toss.outputs, "atomic_write_bytes", full_disk)
     out = tmp_path / "syn"
     assert main(["make-synthetic", "--num", "2", "--size", "64", "--out", str(out), "--quiet"]) == 1
     err = capsys.readouterr().err

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pose_toss.data.dataset import PoseDataset, crop_labels, image_file_problem, sample_image_rgb
-from pose_toss.io import atomic_write_text, check_output_dir, jsonable, staged_output_dir
+from pose_toss.outputs import atomic_write_text, check_output_dir, jsonable, staged_output_dir
 from pose_toss.skeletons import Skeleton
 
 # A person with fewer usable joints than this teaches little and often means a bad annotation.

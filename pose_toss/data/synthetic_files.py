@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from pose_toss.data.coco_format import coco_ground_truth
 from pose_toss.data.synthetic import CUE_KINDS, CUE_LIMBS, Cue, SyntheticPoseDataset
-from pose_toss.io import atomic_write_text
+from pose_toss.outputs import atomic_write_text
 from pose_toss.skeletons import LSP14
 from pose_toss.viz.draw import contact_sheet, draw_pose_scaled, write_png
 

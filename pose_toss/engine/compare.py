@@ -15,7 +15,7 @@ from pathlib import Path
 from pose_toss.config import Config, StageConfig, dump_config
 from pose_toss.engine.evaluation import evaluate_checkpoint, scalar_metrics
 from pose_toss.engine.report import comparison_table
-from pose_toss.io import atomic_write_text, check_output_dir, jsonable, run_lock
+from pose_toss.outputs import atomic_write_text, check_output_dir, jsonable, run_lock
 
 
 @dataclass(frozen=True)

@@ -278,7 +278,7 @@ def evaluate_checkpoint(checkpoint, data: str, out, *, split: str = "test", over
     simulated_detections``) and report COCO AP by each way of scoring people there. ``occlusions``: on the
     synthetic generator, this many test figures are also predicted with and without an added occluder
     (``occlusion.occlusion_check``; 0 skips it)."""
-    from pose_toss.io import check_output_dir, run_lock
+    from pose_toss.outputs import check_output_dir, run_lock
 
     inputs = [checkpoint, data if data != "synthetic" else None]
     check_output_dir(out, overwrite, inputs)
@@ -291,15 +291,15 @@ def _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_w
               flip_test, inputs, log=print, simulated_detections=None, occlusions=0) -> dict:
     import json
 
+    from pose_toss.coco_results import coco_results, write_coco_results
     from pose_toss.data.coco_format import coco_ground_truth, record_area, record_image_id
     from pose_toss.data.dataset import PoseDataset, image_file_problem
     from pose_toss.engine.coco_eval import ap_by_score
     from pose_toss.engine.coco_eval import simulated_detections as simulate
     from pose_toss.engine.report import evaluation_report
     from pose_toss.engine.runtime import Runtime, make_loader, resolve_device
-    from pose_toss.export import coco_results, write_coco_results
-    from pose_toss.io import atomic_write_text, jsonable, staged_output_dir
     from pose_toss.models.checkpoint import load_model
+    from pose_toss.outputs import atomic_write_text, jsonable, staged_output_dir
     from pose_toss.viz.draw import write_png
 
     model_file, run_dir = resolve_checkpoint(checkpoint)

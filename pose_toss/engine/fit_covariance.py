@@ -152,8 +152,8 @@ def fit_covariance_run(checkpoint, out, cfg, *, covariance: str = "tic", epochs:
         scalar_metrics,
     )
     from pose_toss.engine.runtime import Runtime, resolve_device, run_data, seed_everything
-    from pose_toss.io import atomic_write_text, check_output_dir, jsonable, run_lock, staged_output_dir
     from pose_toss.models.checkpoint import load_model, save_model
+    from pose_toss.outputs import atomic_write_text, check_output_dir, jsonable, run_lock, staged_output_dir
 
     model_file, _ = resolve_checkpoint(checkpoint)
     inputs = [checkpoint, config_file, *cfg.input_paths()]

@@ -44,7 +44,9 @@ from pose_toss.engine.runtime import (
     setup_runtime,
 )
 from pose_toss.engine.schedule import LRSchedule
-from pose_toss.io import (
+from pose_toss.models.checkpoint import ModelFileError, load_state_checked, non_finite_tensors, save_model
+from pose_toss.models.pose_model import PoseModel, build_pose_model
+from pose_toss.outputs import (
     atomic_write_bytes,
     atomic_write_text,
     check_output_dir,
@@ -55,8 +57,6 @@ from pose_toss.io import (
     run_lock,
     staged_output_dir,
 )
-from pose_toss.models.checkpoint import ModelFileError, load_state_checked, non_finite_tensors, save_model
-from pose_toss.models.pose_model import PoseModel, build_pose_model
 
 CHECKPOINTS = "checkpoints"
 # Training figures (unaugmented) the cue metrics' constant reference is fitted on at each validation.
@@ -506,7 +506,7 @@ class Trainer:
 def train(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool = False, log=print) -> dict:
     """Run (or resume) the configured stages into ``out``; returns a summary with the epoch history.
 
-    The run directory is locked for the duration (``pose_toss.io.run_lock``, by the main process)."""
+    The run directory is locked for the duration (``pose_toss.outputs.run_lock``, by the main process)."""
     import torch.distributed as dist
 
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", "0"))

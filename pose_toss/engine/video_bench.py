@@ -59,11 +59,11 @@ def sequence_scores(means: torch.Tensor, covs: torch.Tensor, truth: torch.Tensor
 
 def video_benchmark(model, data_cfg, sequences: int = 8, length: int = 60, seed: int = 0, device="cpu",
                     log=print) -> dict:
+    from pose_toss.coco_results import coco_results
     from pose_toss.data.dataset import PoseDataset
     from pose_toss.data.video import synthetic_sequence
     from pose_toss.engine.evaluation import predict_dataset
     from pose_toss.engine.runtime import Runtime, make_loader
-    from pose_toss.export import coco_results
     from pose_toss.skeletons import LSP14
 
     device = torch.device(device)

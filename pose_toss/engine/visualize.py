@@ -160,12 +160,12 @@ def visualize(checkpoint, images, out, *, boxes=None, score_threshold: float = 0
     contact sheet and ``predictions.json`` (COCO keypoint results with covariances) into ``out``. ``smooth``:
     the images are a video's frames in file-name order with one person each, smoothed with their full
     covariances (``tracking.smooth_results``) before drawing."""
+    from pose_toss.coco_results import coco_result, write_coco_results
     from pose_toss.data.dataset import image_file_problem, load_image_rgb
     from pose_toss.engine.evaluation import resolve_checkpoint
     from pose_toss.engine.runtime import resolve_device
-    from pose_toss.export import coco_result, write_coco_results
-    from pose_toss.io import check_output_dir, staged_output_dir
     from pose_toss.models.checkpoint import load_model
+    from pose_toss.outputs import check_output_dir, staged_output_dir
     from pose_toss.viz.draw import contact_sheet, write_png
 
     inputs = [checkpoint, *images, boxes]

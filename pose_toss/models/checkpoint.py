@@ -11,9 +11,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as save_bytes
 
-from pose_toss.io import atomic_write_bytes
 from pose_toss.models.covariance_heads import UNSET_IS_NAN
 from pose_toss.models.pose_model import PoseModel
+from pose_toss.outputs import atomic_write_bytes
 
 META_KEY = "pose_toss_model"
 CHECKSUM_KEY = "pose_toss_sha256"

@@ -256,14 +256,14 @@ class JointLocalScale(nn.Module):
     barely moves it, while it is exactly what makes that joint's labels and the model's error spread. This
     module looks at a square of the input image (``window`` of its side) around each predicted joint,
     resampled to ``patch`` x ``patch`` pixels, through a small CNN shared by all joints, together with the
-    joint's heatmap spread and a learnt embedding of which joint it is, and gives a log-scale per joint,
-    bounded by ``bound``. The covariance becomes ``S cov S`` with ``S = diag(exp(log_scale))`` per
-    coordinate: at initialisation (zero output) S = I. Its inputs are detached like z: its loss trains only
-    this module, never the backbone.
+    joint's heatmap spread, and gives a log-scale per joint through a small MLP whose hidden layer has a
+    learnt bias per joint (it knows which joint it looks at), bounded by ``bound``. The covariance becomes
+    ``S cov S`` with ``S = diag(exp(log_scale))`` per coordinate: at initialisation (zero output) S = I. Its
+    inputs are detached like z: its loss trains only this module, never the backbone.
     """
 
     def __init__(self, num_joints: int, patch: int = 16, window: float = 0.25, channels: int = 32,
-                 hidden: int = 64, joint_dims: int = 8, bound: float = 3.0) -> None:
+                 hidden: int = 64, bound: float = 3.0) -> None:
         super().__init__()
         self.patch, self.window, self.bound = patch, window, bound
         self.cnn = nn.Sequential(
@@ -272,21 +272,24 @@ class JointLocalScale(nn.Module):
             nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
-        self.joint_embedding = nn.Parameter(0.1 * torch.randn(num_joints, joint_dims))
-        self.mlp = _mlp(channels + len(HEATMAP_STATS) + joint_dims, hidden, 1)
+        self.hidden = nn.Linear(channels + len(HEATMAP_STATS), hidden)
+        self.joint_bias = nn.Parameter(0.1 * torch.randn(num_joints, hidden))
+        self.out = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.out.weight)  # start from no change: S = I
+        nn.init.zeros_(self.out.bias)
 
     def forward(self, images: torch.Tensor, joints: torch.Tensor, heat_prob: torch.Tensor, stride: int
                 ) -> torch.Tensor:
         """``images`` B x 3 x S x S (normalised), ``joints`` B x J x 2 (input pixels), ``heat_prob`` B x J x H x W
         (each joint's heatmap distribution) -> log-scales B x J."""
         with torch.autocast(device_type=images.device.type, enabled=False):
-            dtype = _precision(self.mlp)
+            dtype = _precision(self.out)
             b, j = joints.shape[:2]
             patches = joint_patches(images.detach().to(dtype), joints.detach().to(dtype), self.patch, self.window)
             look = self.cnn(patches).reshape(b, j, -1)
             stats = heatmap_stats(heat_prob.detach().to(dtype), stride)
-            x = torch.cat([look, stats, self.joint_embedding.to(dtype).expand(b, -1, -1)], -1)
-            raw = self.mlp(torch.nan_to_num(x).clamp(-1e4, 1e4)).squeeze(-1)
+            x = torch.nan_to_num(torch.cat([look, stats], -1)).clamp(-1e4, 1e4)
+            raw = self.out(torch.nn.functional.gelu(self.hidden(x) + self.joint_bias.to(dtype))).squeeze(-1)
             return self.bound * torch.tanh(raw / self.bound)  # bounded without a dead zone
 
 

@@ -121,7 +121,7 @@ def contact_sheet(tiles: Sequence[np.ndarray], cols: int = 4, tile_size: int = 2
 
 def write_png(path, image_rgb: np.ndarray) -> None:
     """Write an RGB image as PNG atomically."""
-    from pose_toss.io import atomic_write_bytes
+    from pose_toss.outputs import atomic_write_bytes
 
     ok, buf = cv2.imencode(".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
     if not ok:

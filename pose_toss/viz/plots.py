@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never opens a window
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pose_toss.io import atomic_write_bytes  # noqa: E402
+from pose_toss.outputs import atomic_write_bytes  # noqa: E402
 
 
 def _save(fig, path) -> None:

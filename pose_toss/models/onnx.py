@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pose_toss.covariance import interpolation_matrix, tic_covariance
+from pose_toss.covariance import interpolation_matrix, scale_joints, tic_covariance
 from pose_toss.models.covariance_heads import TICCovarianceHead
 from pose_toss.models.heads import HeatmapHead
 
@@ -89,6 +89,11 @@ class ExportablePoseModel(nn.Module):
             cov = tic_covariance(jac, eps1, low, floor=head.floor)
         else:
             cov = m.cov_head(z)
+        if m.local_scale is not None:
+            j = m.num_joints
+            prob = torch.softmax(m.head.log_beta.exp() * heat.float().flatten(2), -1).reshape(heat.shape)
+            log_scale = m.local_scale(m.normalise(images), mean.reshape(b, j, 2), prob, m.head.out_stride)
+            cov = scale_joints(cov, log_scale)
         outputs = (mean, cov.float())
         return outputs + ((heat.float(),) if heat is not None else ())
 
@@ -107,7 +112,7 @@ def export_onnx(model, path: str | Path, opset: int = 17) -> list[str]:
         torch.onnx.export(wrapper, (example,), blob, input_names=["images"], output_names=names,
                           dynamic_axes=axes, opset_version=opset, dynamo=False)
     model.train(was_training)
-    from pose_toss.io import atomic_write_bytes
+    from pose_toss.outputs import atomic_write_bytes
 
     atomic_write_bytes(path, blob.getvalue())
     return names

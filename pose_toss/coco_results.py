@@ -71,6 +71,6 @@ def _person_size(joints: np.ndarray) -> float:
 
 
 def write_coco_results(path, results: list[dict]) -> None:
-    from pose_toss.io import atomic_write_text
+    from pose_toss.outputs import atomic_write_text
 
     atomic_write_text(path, json.dumps(results))
