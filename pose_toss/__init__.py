@@ -1,14 +1,45 @@
-"""pose-toss: calibrated full joint covariances for 2D human pose estimators."""
+"""pose-toss: calibrated full joint covariances for 2D human pose estimators.
 
-from pose_toss.config import Config, ConfigError, load_config
-from pose_toss.covariance import condition
-from pose_toss.models import PoseModel, PoseOutput, TICCovarianceHead, build_pose_model, load_model, save_model
-from pose_toss.skeletons import COCO17, COMMON14, LSP14, MPII16, Skeleton, get_skeleton, to_common14
+The names below are imported on first use (PEP 562), so ``import pose_toss`` and ``pose-toss --help`` stay
+quick and load torch only when a model, a loss or the trainer is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "PoseModel", "PoseOutput", "TICCovarianceHead", "build_pose_model", "load_model", "save_model",
-    "COCO17", "COMMON14", "Config", "ConfigError", "LSP14", "MPII16", "Skeleton", "get_skeleton",
-    "condition", "load_config", "to_common14",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "PoseModel": "pose_toss.models.pose_model",
+    "PoseOutput": "pose_toss.models.pose_model",
+    "build_pose_model": "pose_toss.models.pose_model",
+    "TICCovarianceHead": "pose_toss.models.covariance_heads",
+    "IsotropicCovariance": "pose_toss.models.covariance_heads",
+    "load_model": "pose_toss.models.checkpoint",
+    "save_model": "pose_toss.models.checkpoint",
+    "Config": "pose_toss.config",
+    "ConfigError": "pose_toss.config",
+    "load_config": "pose_toss.config",
+    "condition": "pose_toss.covariance",
+    "Skeleton": "pose_toss.skeletons",
+    "LSP14": "pose_toss.skeletons",
+    "MPII16": "pose_toss.skeletons",
+    "COCO17": "pose_toss.skeletons",
+    "COMMON14": "pose_toss.skeletons",
+    "get_skeleton": "pose_toss.skeletons",
+    "to_common14": "pose_toss.skeletons",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'pose_toss' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

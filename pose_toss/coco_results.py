@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 
 from pose_toss.data.transforms import affine_covariance, affine_points, invert_affine
+from pose_toss.metrics import expected_keypoint_similarity
+from pose_toss.outputs import atomic_write_text
+from pose_toss.skeletons import get_skeleton
 
 
 def coco_results(means: np.ndarray, covs: np.ndarray, affines: np.ndarray, image_ids, category_id: int = 1,
@@ -35,9 +39,7 @@ def coco_result(joints: np.ndarray, cov: np.ndarray, image_id, category_id: int 
     Gaussian), so a threshold on it reads "how right this joint should be"; ``score`` is their mean, the
     person's expected OKS, which ranks people for COCO AP. ``area`` (OKS's s^2; default: the joints' box
     area) and ``sigmas`` (default: the skeleton's for 14, 16 or 17 joints) set the scale."""
-    import torch
 
-    from pose_toss.metrics import expected_keypoint_similarity
 
     cov = 0.5 * (cov + cov.T)
     area = _person_size(joints) ** 2 if area is None else float(area)
@@ -56,7 +58,6 @@ def coco_result(joints: np.ndarray, cov: np.ndarray, image_id, category_id: int 
 
 
 def default_sigmas(num_joints: int) -> np.ndarray:
-    from pose_toss.skeletons import get_skeleton
 
     by_count = {14: "lsp14", 16: "mpii16", 17: "coco17"}
     if num_joints not in by_count:
@@ -71,6 +72,5 @@ def _person_size(joints: np.ndarray) -> float:
 
 
 def write_coco_results(path, results: list[dict]) -> None:
-    from pose_toss.outputs import atomic_write_text
 
     atomic_write_text(path, json.dumps(results))

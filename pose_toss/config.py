@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from pose_toss.outputs import atomic_write_text
+
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
@@ -108,19 +110,27 @@ LOSSES = ("mse", "nll", "beta_nll", "faithful", "kl_calibrated", "w2_bound", "lo
 PSEUDO_LABEL_LOSSES = ("w2_bound", "kl_calibrated")
 # Where a W2 stage's pseudo-labels come from (EmbeddingBank): the neighbours' targets or their errors.
 LABELS_FROM = ("targets", "residuals")
+HEADS = ("heatmap", "regression")
+BOTTLENECK_AT = ("head", "features")
+COVARIANCES = ("tic", "full", "diagonal", "identity", "isotropic")
+# The covariances a likelihood fits: what fit-covariance learns and the local scale acts on.
+FITTED_COVARIANCES = ("tic", "full", "diagonal")
 
 
 @dataclass
 class ModelConfig:
     backbone: str = opt("resnet18", help="any timm name with features_only, or a ViT")
-    head: str = opt("heatmap", choices=("heatmap", "regression"))
+    head: str = opt("heatmap", choices=HEADS, help="heatmap: SimpleBaseline deconvolutions and a soft-argmax; "
+                                                   "regression: pooled features to coordinates")
     embed_dim: int = opt(64, min=1, max=4096, help="bottleneck size E")
-    covariance: str = opt("tic", choices=("tic", "full", "diagonal", "identity", "isotropic"),
-                          help="isotropic: per-joint variance from the detached embedding (loss_pred)")
+    covariance: str = opt("tic", choices=COVARIANCES,
+                          help="tic: eps1^2 J J^T + L L^T (J = d mean / d z); full: a Cholesky factor from z; "
+                               "diagonal: per-coordinate variances; identity: plain MSE; isotropic: a variance per "
+                               "joint from the detached embedding (loss_pred)")
     pretrained: bool | str = opt(False, help="false, true (timm hub: needs internet) or a local weights file")
-    deconv_channels: int = opt(128, min=8)
-    cov_hidden: int = opt(128, min=4)
-    bottleneck_at: str = opt("head", choices=("head", "features"),
+    deconv_channels: int = opt(128, min=8, help="channels of the heatmap head's deconvolutions")
+    cov_hidden: int = opt(128, min=4, help="hidden units of the covariance networks")
+    bottleneck_at: str = opt("head", choices=BOTTLENECK_AT,
                              help="where up(z) re-enters: the head's last layer (TIC's Jacobian skips the "
                                   "deconvolutions) or the backbone features (J through the whole head)")
     bottleneck_grid: int = opt(4, min=2, max=64,
@@ -129,14 +139,17 @@ class ModelConfig:
                                     "(files written with the earlier per-channel offset load as grid 1)")
     covariance_trains_backbone: bool = opt(False, help="false: the covariance network reads z detached (TIC-TAC), "
                                                        "so covariance losses never train the backbone")
-    local_covariance: bool = opt(False, help="add each joint's 2 x 2 covariance read from the head's activation under "
-                                              "that joint's heatmap and the heatmap's spread (detached), to a tic, "
-                                              "full or diagonal covariance (heatmap head, bottleneck_at head)")
+    local_covariance: bool = opt(False, help="scale each joint's rows and columns of a tic, full or diagonal "
+                                              "covariance by what the image shows around the joint (a small CNN on a "
+                                              "patch there, and its heatmap's spread; detached); heatmap head, "
+                                              "bottleneck_at head")
     use_hessian: bool = opt(False, help="add TIC's Hessian term (costly)")
     cov_floor: float = opt(1e-2, min=0.0, help="added to every variance, px^2")
     jacobian_chunk: int | None = opt(None, min=1, help="cotangents vmapped at once for TIC's Jacobian")
     feature_stride: int | None = opt(None, choices=(None, 4, 8, 16, 32),
                                      help="use the backbone's feature map at this stride (null: its last)")
+    tic_eps_relative: bool = opt(True, help="TIC's eps1 measured against J's running scale (false: the earlier "
+                                            "absolute eps1 that model files written before it load with)")
 
 
 @dataclass
@@ -248,8 +261,7 @@ class Config:
                                   f"current predictions, so source must be 'bottleneck', got "
                                   f"{st.pseudo_labels.source!r}")
         m = self.model
-        if m.local_covariance and (m.head != "heatmap" or m.bottleneck_at != "head" or cov not in ("tic", "full",
-                                                                                                   "diagonal")):
+        if m.local_covariance and (m.head != "heatmap" or m.bottleneck_at != "head" or cov not in FITTED_COVARIANCES):
             raise ConfigError(f"{source}: key 'model.local_covariance': the local term reads each joint's heatmap and "
                               "adds to a fitted covariance; expected head heatmap, bottleneck_at head and covariance "
                               f"tic, full or diagonal, got {m.head}, {m.bottleneck_at}, {cov}")
@@ -506,6 +518,4 @@ def dump_config(cfg: Any) -> str:
 
 def save_config(cfg: Any, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (atomically) so every output says how it was made."""
-    from pose_toss.outputs import atomic_write_text
-
     atomic_write_text(path, dump_config(cfg))

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from pose_toss.config import LABELS_FROM
 from pose_toss.covariance import masked_covariance
@@ -132,7 +133,6 @@ class EmbeddingBank:
 
         Samples whose image could not be read get the mean embedding and no say in any label (their
         joints are masked until a later refresh reads them)."""
-        from tqdm import tqdm
 
         bank, counts = None, torch.zeros(len(self), device=device)
         reported = torch.zeros(1, device=device)

@@ -6,8 +6,14 @@ import math
 
 import torch
 
-from pose_toss.covariance import CovarianceInputError, joint_correlations, masked_covariance, require_finite
-from pose_toss.losses import sqrtm_eigh
+from pose_toss.covariance import (
+    CovarianceInputError,
+    condition_gaussian,
+    joint_correlations,
+    masked_covariance,
+    require_finite,
+)
+from pose_toss.losses import gaussian_nll, sqrtm_eigh
 
 
 def w2_gaussian(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tensor, cov2: torch.Tensor) -> torch.Tensor:
@@ -156,7 +162,6 @@ def tac(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, visibility:
     """Task-agnostic correlations (TIC-TAC): each visible joint's error after conditioning the
     predicted Gaussian on the ground truth of all the other visible joints. B x J, NaN where the
     joint is invisible or no other joint is visible."""
-    from pose_toss.covariance import condition_gaussian
 
     b, d = mean.shape
     vis = visibility.bool()
@@ -407,6 +412,17 @@ def pseudo_label_quality(labels: torch.Tensor, true_cov: torch.Tensor, visibilit
     return out
 
 
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1) of the finite numbers among ``values`` (NaN, NaN when none; a
+    std of 0 for one)."""
+    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not vals:
+        return float("nan"), float("nan")
+    mean = sum(vals) / len(vals)
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return mean, std
+
+
 def _nanmean(x: torch.Tensor) -> float:
     x = x[torch.isfinite(x)]
     return float(x.mean()) if x.numel() else float("nan")
@@ -425,7 +441,6 @@ def pose_metrics(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, vi
     synthetic data's cued limbs) add ``cue_metrics_with_references``, with ``reference_cov`` (D x D, the
     training split's ``mean_residual_covariance``) as the constant reference.
     """
-    from pose_toss.losses import gaussian_nll
 
     mean, cov, target = mean.double(), cov.double(), target.double()
     vis = visibility.bool()

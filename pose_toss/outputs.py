@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import math
 import os
@@ -229,3 +230,13 @@ def staged_output_dir(out: str | os.PathLike, overwrite: bool = False, inputs: I
             shutil.rmtree(stage, ignore_errors=True)
             raise
         replace_dir(stage, out)
+
+
+def describe_os_error(e: OSError) -> str:
+    path = e.filename if e.filename is not None else None
+    cause = e.strerror or str(e)
+    hint = {errno.ENOSPC: " (the disk is full: free space or write elsewhere)",
+            errno.EACCES: " (no permission: pick a folder you can write to)",
+            errno.EROFS: " (read-only file system: pick a writable folder)",
+            errno.EDQUOT: " (disk quota exceeded)"}.get(e.errno, "")
+    return f"{path}: {cause}{hint}" if path else f"{cause}{hint}"

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pose_toss.coco_results import coco_result, default_sigmas
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -302,7 +304,6 @@ def smooth_results(results: list[dict], q: float | None = None, source: str = "p
     (expected keypoint similarities, as ``eval`` scores them); ``measurement_scale`` and ``process_noise``
     say the alpha and q used (fitted per track unless given). A null coordinate is an unobserved one.
     ``sigmas``: the joints' OKS constants for the scores (default: the skeleton's for 14, 16 or 17 joints)."""
-    from pose_toss.coco_results import coco_result, default_sigmas
 
     tracks: dict = {}
     for n, r in enumerate(results):

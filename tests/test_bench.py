@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import math
 
-from pose_toss.benchmarks import STEP_METHODS, pseudo_label_scaling
 from pose_toss.cli import main
+from pose_toss.commands.bench import STEP_METHODS, pseudo_label_scaling
 from pose_toss.config import load_config
 from pose_toss.engine.trainer import build_model_from_config
 from pose_toss.models.checkpoint import save_model
@@ -55,7 +55,10 @@ def test_bench_writes_every_section(tmp_path, capsys):
     assert onnx is None or (set(onnx) == {"1", "32"} and min(onnx.values()) > 0)
     assert r["memory"]["cpu_peak_rss_mib"] > 0 and r["machine"]["cores"] >= 1
     md = (out / "bench.md").read_text()
-    assert "| w2_bound_full | full | w2_bound |" in md and "Command: `pose-toss bench --out" in md
+    assert "| w2_full | full | w2_bound |" in md and "Command: `pose-toss bench --out" in md
+    tracking = r["tracking"]  # smoothing: the fit of alpha and q, and one online step per lag
+    assert tracking["fit_seconds"] > 0 and set(tracking["online_step_seconds_by_lag"]) == {"0", "5"}
+    assert "| fit alpha and q, 60 frames x 14 joints |" in md
     assert "| bench model at initialisation, random images |" in md and "trained model, validation images" in md
     assert "| closed form (`heatmap_tail_jacobian`, used) |" in md and "| NLL-TIC step, operator" in md
     assert "| inference, batch | images/s with covariance | images/s, mean only |" in md

@@ -13,12 +13,12 @@ from scipy.linalg import sqrtm
 
 from pose_toss.cli import main
 from pose_toss.coco_results import coco_results
+from pose_toss.commands.compare import parse_lrs, parse_methods
 from pose_toss.config import Config, ConfigError, StageConfig, config_to_dict, load_config
 from pose_toss.data.synthetic import SyntheticPoseDataset
 from pose_toss.data.transforms import TopDownTransform, affine_covariance, box_to_center_size, crop_affine
 from pose_toss.engine import objectives
-from pose_toss.engine.compare import method_config, parse_lrs, parse_methods
-from pose_toss.engine.objectives import labels_in_batch_frame
+from pose_toss.engine.objectives import labels_in_batch_frame, method_config
 from pose_toss.engine.schedule import LRSchedule
 from pose_toss.engine.trainer import Trainer, TrainingDiverged, stage_at
 from pose_toss.losses import sqrtm_eigh
@@ -185,7 +185,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert json.loads(lines[1])["pseudo_label_seconds"] == 0  # refresh_every=2: the saved bank was reused
     assert json.loads(lines[2])["loss"] == "nll"
     assert (tmp_path / "b" / "best" / "model.safetensors").is_file()
-    assert load_model(tmp_path / "b" / "model.safetensors").config["covariance"] == "tic"
+    assert load_model(tmp_path / "b" / "model.safetensors").config.covariance == "tic"
     # A run whose checkpoints another model design wrote is refused by name, not by a shape mismatch.
     other = tiny_config("stages.0.epochs=2", "stages.0.pseudo_labels.refresh_every=2", "stages.1.epochs=2",
                         "model.bottleneck_grid=2")
@@ -195,15 +195,15 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
-    real = objectives.stage_loss
+    real = objectives.Loss.__call__
     calls = {"n": 0}
 
-    def flaky(*args, **kwargs):
+    def flaky(self, inputs):
         calls["n"] += 1
-        out = real(*args, **kwargs)
+        out = real(self, inputs)
         return out * float("nan") if calls["n"] >= 2 else out
 
-    monkeypatch.setattr(objectives, "stage_loss", flaky)
+    monkeypatch.setattr(objectives.Loss, "__call__", flaky)
     cfg = tiny_config("stages.0.epochs=1", "stages.1.epochs=1", "train.max_bad_steps=3", "stages.0.loss=mse")
     with pytest.raises(TrainingDiverged, match=r"stage 2 \(nll\), epoch 2, step 2: 3 non-finite steps in a row"):
         Trainer(cfg, tmp_path / "run", log=quiet).fit()
@@ -314,7 +314,7 @@ def test_sqrt_helper_used_for_labels_is_a_root():
 def test_compare_sweeps_seeds_and_lrs_and_resumes(tmp_path):
     import statistics
 
-    from pose_toss.engine.compare import compare
+    from pose_toss.commands.compare import compare
 
     base = tiny_config("stages.0.epochs=1", "stages.1.epochs=1")
     said = []
@@ -359,7 +359,7 @@ def test_compare_sweeps_seeds_and_lrs_and_resumes(tmp_path):
 
 
 def test_compare_runs_cells_side_by_side_in_workers(tmp_path):
-    from pose_toss.engine.compare import compare
+    from pose_toss.commands.compare import compare
 
     base = tiny_config("stages.0.epochs=1", "stages.1.epochs=1")
     said = []

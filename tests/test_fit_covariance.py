@@ -23,7 +23,7 @@ def test_a_frozen_models_noise_is_learnt_by_the_covariance_alone():
         targets = decoder(z) + torch.randn(4096, 4) @ chol.T
     batches = [{"image": z[i:i + 256], "target": targets[i:i + 256], "visibility": torch.ones(256, 2)}
                for i in range(0, 4096, 256)]
-    head = FullCovariance(3, 2, hidden=16, init_std=1.0, floor=1e-3)
+    head = FullCovariance(3, 2, cov_hidden=16, init_std=1.0, cov_floor=1e-3)
     before = {k: v.clone() for k, v in decoder.state_dict().items()}
     history = fit_covariance(lambda x: (decoder(x), x), head, head.parameters(), batches, epochs=40, lr=1e-2,
                              log=lambda *_: None)
@@ -39,7 +39,7 @@ def test_an_epoch_with_no_step_is_refused_not_reported_as_fitted():
     epoch with a training NLL of 0."""
     from pose_toss.engine.trainer import TrainingDiverged
 
-    decoder, head = torch.nn.Linear(3, 4), FullCovariance(3, 2, hidden=8, init_std=1.0, floor=1e-3)
+    decoder, head = torch.nn.Linear(3, 4), FullCovariance(3, 2, cov_hidden=8, init_std=1.0, cov_floor=1e-3)
     batch = {"image": torch.randn(8, 3), "target": torch.randn(8, 4), "visibility": torch.ones(8, 2)}
     with pytest.raises(TrainingDiverged, match="epoch 1: no step trained \\(0 batches skipped"):
         fit_covariance(lambda x: (decoder(x), x), head, head.parameters(), [], log=lambda *_: None)
@@ -52,8 +52,9 @@ def test_fit_model_covariance_keeps_every_mean(tmp_path):
     from pose_toss import build_pose_model
     from pose_toss.config import load_config
     from pose_toss.data.dataset import PoseDataset
+    from pose_toss.data.loading import make_loader
     from pose_toss.data.synthetic import SyntheticPoseDataset
-    from pose_toss.engine.runtime import Runtime, make_loader
+    from pose_toss.engine.runtime import Runtime
 
     torch.manual_seed(0)
     cfg = load_config(overrides=["data.input_size=64", "data.batch_size=8", "data.augment.enabled=false"])
@@ -66,7 +67,7 @@ def test_fit_model_covariance_keeps_every_mean(tmp_path):
     with torch.no_grad():
         before = base(images)
     model = with_fresh_covariance(base, "tic")
-    assert model.config["covariance"] == "tic"
+    assert model.config.covariance == "tic"
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     fit_model_covariance(model, loader, epochs=2, lr=1e-2, log=lambda *_: None)
     with torch.no_grad():
@@ -75,7 +76,7 @@ def test_fit_model_covariance_keeps_every_mean(tmp_path):
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, weights[k])}
     assert changed and all(k.startswith("cov_head.") for k in changed)
     assert all(p.requires_grad for p in model.parameters())  # handed back trainable
-    with pytest.raises(ValueError, match="covariance must be 'tic', 'full' or 'diagonal'"):
+    with pytest.raises(ValueError, match=r"covariance must be one of \('tic', 'full', 'diagonal'\), got 'identity'"):
         with_fresh_covariance(base, "identity")
 
 
@@ -93,7 +94,7 @@ def test_fit_covariance_command(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "fit-covariance epoch 1/1: train NLL" in printed and "covariance (tic) fitted in" in printed
     fitted = load_model(tmp_path / "fit" / "model.safetensors")
-    assert fitted.config["covariance"] == "tic"
+    assert fitted.config.covariance == "tic"
     plain = json.loads((tmp_path / "e0" / "metrics.json").read_text())
     refit = json.loads((tmp_path / "fit" / "eval" / "metrics.json").read_text())
     assert refit["mean_joint_error"] == pytest.approx(plain["mean_joint_error"], abs=1e-9)

@@ -246,10 +246,10 @@ def test_calibrated_gaussian_covers_at_its_nominal_levels():
 
 
 def test_mean_pose_baseline_uses_the_training_mean_pose():
+    from pose_toss.commands.eval import mean_pose_baseline
     from pose_toss.config import load_config
     from pose_toss.data.dataset import crop_labels
     from pose_toss.data.synthetic import SyntheticPoseDataset
-    from pose_toss.engine.evaluation import mean_pose_baseline
 
     cfg = load_config(overrides=["data.synthetic.num_samples=40", "data.input_size=64"])
     train = SyntheticPoseDataset.from_config(cfg.data.synthetic, "train")

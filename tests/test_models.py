@@ -58,7 +58,7 @@ def test_tic_equals_formula_by_hand(bottleneck_at):
         assert jac.abs().max() > 1e-3  # z moves the mean wherever it enters
         # eps1 = s / r: s from the MLP in pixels, r the running scale of J
         eps1 = torch.nn.functional.softplus(raw[i, 0]) / math.log(2) * head.init_std / 0.37
-        expected = eps1**2 * jac @ jac.T + low[i] @ low[i].T + head.floor * torch.eye(28)
+        expected = eps1**2 * jac @ jac.T + low[i] @ low[i].T + head.cov_floor * torch.eye(28)
         assert torch.allclose(out.cov[i], expected, rtol=1e-4, atol=1e-4)
 
 
@@ -247,15 +247,35 @@ def test_save_and_load_round_trip(tmp_path):
         load_model(tmp_path / "junk.safetensors")
 
 
+def _flat_metadata(model) -> dict:
+    """The metadata earlier versions wrote: the model's options beside num_joints, input_size and heatmap_stride in
+    one flat dict (``pretrained`` left out)."""
+    from dataclasses import asdict
+
+    flat = {k: v for k, v in asdict(model.config).items() if k != "pretrained"}
+    return {**flat, "num_joints": model.num_joints, "input_size": model.input_size,
+            "heatmap_stride": model.heatmap_stride}
+
+
 def test_model_files_from_earlier_versions_load_as_what_they_were(tmp_path):
-    # Files written before the grid bottleneck, the detached covariance input and the relative eps1 have
-    # none of those keys: they must rebuild the per-channel offset, the absolute eps1 and the old input.
+    # The flat metadata of the files written before the model section was stored whole; and the files written
+    # before the grid bottleneck, the detached covariance input and the relative eps1, which have none of those
+    # keys: they must rebuild the per-channel offset, the absolute eps1 and the old input.
     from safetensors.torch import load_file, save_file
+
+    recent = tiny("diagonal", deconv_channels=8).eval()
+    weights = load_file(str(save_model(recent, tmp_path / "recent.safetensors")))
+    flat = {k: v for k, v in _flat_metadata(recent).items() if k != "local_covariance"}
+    save_file(weights, str(tmp_path / "flat.safetensors"), metadata={"pose_toss_model": json.dumps(flat)})
+    again = load_model(tmp_path / "flat.safetensors").eval()
+    assert again.config == recent.config and again.num_joints == 14 and again.input_size == 64
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.equal(recent(x).cov, again(x).cov)
 
     old = tiny("tic", bottleneck_grid=1, covariance_trains_backbone=True, tic_eps_relative=False).eval()
     path = save_model(old, tmp_path / "new.safetensors")
-    config = dict(old.config)
-    for key in ("bottleneck_grid", "covariance_trains_backbone", "tic_eps_relative"):
+    config = _flat_metadata(old)
+    for key in ("bottleneck_grid", "covariance_trains_backbone", "tic_eps_relative", "local_covariance"):
         del config[key]
     save_file(load_file(str(path)), str(tmp_path / "old.safetensors"), metadata={"pose_toss_model": json.dumps(config)})
     again = load_model(tmp_path / "old.safetensors").eval()

@@ -223,7 +223,7 @@ def test_metadata_that_disagrees_with_the_weights_is_named(tmp_path):
                            cov_hidden=16)
     path = tmp_path / "m.safetensors"
     save_file({k: v.contiguous() for k, v in big.state_dict().items()}, str(path),
-              metadata={"pose_toss_model": json.dumps(small.config)})
+              metadata={"pose_toss_model": json.dumps(small.file_metadata())})
     with pytest.raises(ValueError, match=r"m\.safetensors: the weights do not match the model its metadata describes"):
         load_model(path)
 
@@ -369,7 +369,7 @@ def test_float64_covariance_heads_compute_in_float64():
 
     torch.manual_seed(0)
     decoder = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 6))
-    head = TICCovarianceHead(4, 3, hidden=8)
+    head = TICCovarianceHead(4, 3, cov_hidden=8)
     with torch.no_grad():
         for p in head.mlp.parameters():
             p.normal_(0, 0.3)
@@ -439,7 +439,7 @@ def test_metrics_ignore_invisible_targets_and_refuse_non_finite_predictions():
 
 
 def test_a_diverged_cell_is_a_result_of_the_sweep_not_its_end(tmp_path):
-    from pose_toss.engine.compare import compare
+    from pose_toss.commands.compare import compare
 
     base = load_config(QUICK, [*TINY, "train.warmup_steps=0", "train.max_steps_per_epoch=4"])
     said: list[str] = []

@@ -12,7 +12,7 @@ import pytest
 
 from pose_toss import build_pose_model, save_model
 from pose_toss.cli import main
-from pose_toss.engine.visualize import read_detections
+from pose_toss.commands.visualize import read_detections
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from pose_toss.engine.compare import mean_std
+from pose_toss.metrics import mean_std
 
 
 def fmt(values: list[float]) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from pose_toss.data.codec import HeatmapCodec
 from pose_toss.data.transforms import (
@@ -156,7 +156,6 @@ def sample_image_rgb(sample: dict) -> np.ndarray:
 def collate_samples(samples: list[dict]) -> dict:
     """``default_collate`` over the samples whose image loaded; the others' messages go in
     ``missing_images`` (a batch may then hold no ``image`` at all: consumers skip it)."""
-    from torch.utils.data import default_collate
 
     missing = [s["missing_image"] for s in samples if "missing_image" in s]
     good = [s for s in samples if "missing_image" not in s]

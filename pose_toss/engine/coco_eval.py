@@ -13,6 +13,8 @@ import copy
 import os
 
 import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from pose_toss.data.coco_format import record_image_size
 
@@ -23,8 +25,6 @@ def keypoint_ap(ground_truth: dict, results: list[dict], sigmas) -> dict:
     """AP, AP50, AP75, AP(M), AP(L), AR, ... of ``results`` (COCO keypoint results: image_id, category_id,
     keypoints, score) against ``ground_truth``, by pycocotools with these OKS ``sigmas``. None where COCO
     leaves a number undefined (no person in an area range)."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
     sigmas = np.asarray(sigmas, dtype=np.float64)
     cats = ground_truth["categories"]

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
+from dataclasses import replace
 
 import torch
 from torch import nn
 
+from pose_toss.config import FITTED_COVARIANCES
+from pose_toss.engine.trainer import TrainingDiverged
 from pose_toss.losses import gaussian_nll
+from pose_toss.models.pose_model import PoseModel
 
 
 def fit_covariance(pose_fn: Callable, covariance_fn: Callable, parameters: Iterable[nn.Parameter], loader, *,
@@ -58,8 +61,6 @@ def fit_covariance(pose_fn: Callable, covariance_fn: Callable, parameters: Itera
             optimizer.step()
             total, count = total + float(nll.detach()), count + 1
         if count == 0:  # nothing was learnt: an empty loader, or a covariance non-finite on every batch
-            from pose_toss.engine.trainer import TrainingDiverged
-
             raise TrainingDiverged(f"fit-covariance epoch {epoch + 1}: no step trained ({skipped} batches skipped "
                                    f"for a non-finite covariance; an empty loader skips none)")
         line = {"epoch": epoch + 1, "train_nll": total / count, "skipped_steps": skipped,
@@ -79,11 +80,10 @@ COVARIANCE_MODULES = ("cov_head.", "local_scale.")
 def with_fresh_covariance(model, covariance: str):
     """A copy of ``model`` whose covariance network is a new, untrained ``covariance`` ("tic", "full" or
     "diagonal"); every other weight (and so every mean) is the model's own."""
-    from pose_toss.models.pose_model import PoseModel
-
-    if covariance not in ("tic", "full", "diagonal"):
-        raise ValueError(f"covariance must be 'tic', 'full' or 'diagonal', got {covariance!r}")
-    fresh = PoseModel(**{**model.config, "covariance": covariance}, pretrained=False)
+    if covariance not in FITTED_COVARIANCES:
+        raise ValueError(f"covariance must be one of {FITTED_COVARIANCES}, got {covariance!r}")
+    fresh = PoseModel(replace(model.config, covariance=covariance, pretrained=False), model.num_joints,
+                      model.input_size, model.heatmap_stride)
     kept = {k: v for k, v in model.state_dict().items() if not k.startswith(COVARIANCE_MODULES)}
     missing, unexpected = fresh.load_state_dict(kept, strict=False)
     if unexpected or any(not k.startswith(COVARIANCE_MODULES) for k in missing):
@@ -133,56 +133,3 @@ class EpochDraws:
         self.loader.sampler.set_epoch(self.epoch)
         self.epoch += 1
         return iter(self.loader)
-
-
-def fit_covariance_run(checkpoint, out, cfg, *, covariance: str = "tic", epochs: int = 3, lr: float | None = None,
-                       device: str = "auto", overwrite: bool = False, config_file=None, log=print) -> dict:
-    """`pose-toss fit-covariance`: ``checkpoint``'s model with a new ``covariance`` network trained on ``cfg``'s
-    training split (augmented, a new draw each epoch, validated on its val split), written to ``out``
-    (model, config, per-epoch log, a summary; staged, locked) and evaluated into ``out/eval``; returns the
-    evaluation's metrics."""
-    import json
-
-    from pose_toss.config import config_to_dict, save_config
-    from pose_toss.engine.evaluation import (
-        evaluate_checkpoint,
-        metrics_from_predictions,
-        predict_dataset,
-        resolve_checkpoint,
-        scalar_metrics,
-    )
-    from pose_toss.engine.runtime import Runtime, resolve_device, run_data, seed_everything
-    from pose_toss.models.checkpoint import load_model, save_model
-    from pose_toss.outputs import atomic_write_text, check_output_dir, jsonable, run_lock, staged_output_dir
-
-    model_file, _ = resolve_checkpoint(checkpoint)
-    inputs = [checkpoint, config_file, *cfg.input_paths()]
-    check_output_dir(out, overwrite, inputs)
-    dev = resolve_device(device)
-    with run_lock(out):
-        start = time.perf_counter()
-        model = with_fresh_covariance(load_model(model_file, map_location=dev), covariance)
-        cfg.model.covariance = covariance
-        seed_everything(cfg.train.seed)
-        data = run_data(cfg.data, cfg.train.seed, Runtime(dev))
-
-        def validate():
-            keep = ("nll", "mean_joint_error", "coverage@0.9", "tac")
-            preds = predict_dataset(model, data.val_loader, dev)
-            metrics = scalar_metrics(metrics_from_predictions(preds, data.skeleton))
-            return {k: v for k, v in metrics.items() if k in keep}
-
-        history = fit_model_covariance(model, EpochDraws(data.train_loader), epochs=epochs, lr=lr or cfg.train.lr,
-                                       device=dev, validate=validate, log=log)
-        seconds = time.perf_counter() - start
-        with staged_output_dir(out, overwrite=overwrite, inputs=inputs) as stage:
-            save_model(model, stage / "model.safetensors")
-            save_config(cfg, stage / "config.yaml")
-            atomic_write_text(stage / "fit_covariance.jsonl", "".join(json.dumps(jsonable(h)) + "\n" for h in history))
-            atomic_write_text(stage / "fit_covariance.json", json.dumps(jsonable(
-                {"from": str(model_file), "covariance": covariance, "epochs": epochs, "seconds": seconds,
-                 "config": config_to_dict(cfg)}), indent=1))
-    out = Path(out)
-    log(f"covariance ({covariance}) fitted in {seconds:.0f} s; model: {out / 'model.safetensors'}")
-    data = "synthetic" if cfg.data.dataset == "synthetic" else str(out / "config.yaml")
-    return evaluate_checkpoint(out / "model.safetensors", data, out / "eval", device=device, progress=False, pictures=0)

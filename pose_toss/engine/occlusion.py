@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from pose_toss.data.dataset import PoseDataset
+from pose_toss.data.loading import make_loader
 from pose_toss.data.synthetic import CUE_LIMBS, Cue, SyntheticPoseDataset
-from pose_toss.engine.evaluation import predict_dataset
-from pose_toss.engine.runtime import Runtime, make_loader
+from pose_toss.engine.prediction import predict_dataset
+from pose_toss.engine.runtime import Runtime
 from pose_toss.metrics import joint_blocks
 
 CHI2_2D_90 = -2.0 * math.log(0.1)  # squared Mahalanobis radius of the 90 % ellipse in two dimensions

@@ -1,7 +1,7 @@
-"""The training loop: stages from the config, pseudo-label refreshes, checkpoints, resume, DDP.
+"""The training loop: stages from the config, checkpoints, resume, DistributedDataParallel, divergence.
 
-It holds no covariance math: losses come from ``objectives.stage_loss``, labels from the
-``EmbeddingBank``, metrics from ``pose_toss.metrics``.
+What a step computes comes from ``objectives.StageObjective`` (the stage's loss, its pseudo-labels, the
+heatmap term); this module runs the steps. The run directory's layout is ``pose_toss.run_dir``'s.
 """
 
 from __future__ import annotations
@@ -13,19 +13,28 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from pose_toss.config import PSEUDO_LABEL_LOSSES, Config, ConfigError, config_to_dict, save_config
+from pose_toss.config import Config, ConfigError, ModelConfig, config_to_dict, save_config
 from pose_toss.data.dataset import PoseDataset, crop_labels
-from pose_toss.data.synthetic import CUE_LIMBS, record_cue_strengths
-from pose_toss.embedding_bank import EmbeddingBank
-from pose_toss.engine.evaluation import (
+from pose_toss.data.loading import make_loader, run_data
+from pose_toss.data.synthetic import record_cue_strengths
+from pose_toss.engine.objectives import (
+    LOSSES,
+    BankData,
+    BankState,
+    PseudoLabels,
+    StageObjective,
+    stage_uses_pseudo_labels,
+)
+from pose_toss.engine.prediction import (
     attach_cues,
     metrics_from_predictions,
     non_finite_predictions,
@@ -33,19 +42,10 @@ from pose_toss.engine.evaluation import (
     residual_reference,
     scalar_metrics,
 )
-from pose_toss.engine.objectives import labels_in_batch_frame, training_loss
-from pose_toss.engine.runtime import (
-    Runtime,
-    make_loader,
-    restore_rng_states,
-    rng_states,
-    run_data,
-    seed_everything,
-    setup_runtime,
-)
+from pose_toss.engine.runtime import Runtime, restore_rng_states, rng_states, seed_everything, setup_runtime
 from pose_toss.engine.schedule import LRSchedule
 from pose_toss.models.checkpoint import ModelFileError, load_state_checked, non_finite_tensors, save_model
-from pose_toss.models.pose_model import PoseModel, build_pose_model
+from pose_toss.models.pose_model import PoseModel
 from pose_toss.outputs import (
     atomic_write_bytes,
     atomic_write_text,
@@ -57,12 +57,20 @@ from pose_toss.outputs import (
     run_lock,
     staged_output_dir,
 )
+from pose_toss.run_dir import (
+    BEST,
+    CHECKPOINTS,
+    CONFIG_FILE,
+    MODEL_FILE,
+    STATE_FILE,
+    checkpoint_dir,
+    checkpoints_newest_first,
+    latest_checkpoint,
+    overwrite_stage,
+)
 
-CHECKPOINTS = "checkpoints"
 # Training figures (unaugmented) the cue metrics' constant reference is fitted on at each validation.
 VALIDATION_REFERENCE_SAMPLES = 256
-MODEL_FILE = "model.safetensors"
-STATE_FILE = "state.pt"
 
 
 class TrainingDiverged(RuntimeError):
@@ -71,27 +79,33 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class Progress:
-    """Where a run stands; saved in every checkpoint."""
+    """Where a run stands; saved in every checkpoint (as plain values, ``to_dict``)."""
 
     epoch: int = 0  # epochs completed
     best_val_nll: float = math.inf
     best_epoch: int = -1
-    bank_embeddings: torch.Tensor | None = None
-    bank_predictions: torch.Tensor | None = None  # residual pseudo-labels: the means the bank was built from
-    bank_joint_descriptors: torch.Tensor | None = None  # per-joint neighbours: the descriptors it was built from
-    bank_stage: int = -1
+    bank: BankState = field(default_factory=BankState)  # what the current pseudo-labels were built from
     history: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"epoch": self.epoch, "best_val_nll": self.best_val_nll, "best_epoch": self.best_epoch,
+                "bank": asdict(self.bank), "history": self.history}
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> Progress:
+        saved = dict(saved)
+        if "bank" in saved:
+            bank = BankState(**saved.pop("bank"))
+        else:  # states written before the bank's state had a name of its own
+            bank = BankState(saved.pop("bank_stage", -1), saved.pop("bank_embeddings", None),
+                             saved.pop("bank_predictions", None), saved.pop("bank_joint_descriptors", None))
+        return cls(bank=bank, **saved)
 
 
 def build_model_from_config(cfg: Config, num_joints: int) -> PoseModel:
-    m = cfg.model
-    model = build_pose_model(m.backbone, num_joints=num_joints, head=m.head, embed_dim=m.embed_dim,
-                             covariance=m.covariance, input_size=cfg.data.input_size, pretrained=m.pretrained,
-                             deconv_channels=m.deconv_channels, cov_hidden=m.cov_hidden, use_hessian=m.use_hessian,
-                             cov_floor=m.cov_floor, jacobian_chunk=m.jacobian_chunk, feature_stride=m.feature_stride,
-                             heatmap_stride=cfg.data.heatmap_stride, bottleneck_at=m.bottleneck_at,
-                             bottleneck_grid=m.bottleneck_grid, covariance_trains_backbone=m.covariance_trains_backbone,
-                             local_covariance=m.local_covariance)
+    """The config's model for a skeleton of ``num_joints`` (convolution weights channels-last when the config
+    trains that way)."""
+    model = PoseModel(cfg.model, num_joints, cfg.data.input_size, cfg.data.heatmap_stride)
     if cfg.train.channels_last:  # convolutions then run channels-last whatever the input's layout
         model.to(memory_format=torch.channels_last)
     return model
@@ -114,21 +128,6 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             continue
         (no_decay if p.ndim <= 1 or name.endswith("log_beta") else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def checkpoints_newest_first(out: Path) -> list[Path]:
-    """The complete epoch checkpoint directories (they are renamed into place when whole), newest first."""
-    return sorted((p for p in (out / CHECKPOINTS).glob("epoch_*") if (p / STATE_FILE).is_file()), reverse=True)
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    ckpts = checkpoints_newest_first(out)
-    return ckpts[0] if ckpts else None
-
-
-def overwrite_stage(out: Path) -> Path:
-    """Where ``train --overwrite`` builds a new run beside the old one (the same name on every rank)."""
-    return out.parent / f".{out.name}.overwrite.partial"
 
 
 class Trainer:
@@ -165,7 +164,7 @@ class Trainer:
         data = run_data(cfg.data, cfg.train.seed, self.rt, self.progress_bars)
         train_records, self.skeleton, self.val_records = data.train_records, data.skeleton, data.val_records
         for i, st in enumerate(cfg.stages):
-            if st.loss in PSEUDO_LABEL_LOSSES and not st.pseudo_labels.k < len(train_records):
+            if stage_uses_pseudo_labels(st) and not st.pseudo_labels.k < len(train_records):
                 raise ConfigError(f"key 'stages.{i}.pseudo_labels.k': expected fewer neighbours than the "
                                   f"{len(train_records)} training samples, got {st.pseudo_labels.k}")
         d = cfg.data
@@ -179,15 +178,16 @@ class Trainer:
             subset = Subset(self.bank_set, range(min(len(self.bank_set), VALIDATION_REFERENCE_SAMPLES)))
             self.reference_loader = make_loader(subset, d.batch_size, Runtime(self.rt.device), shuffle=False)
         labels = crop_labels(train_records, d.input_size, d.padding)
-        self.bank_affines = torch.from_numpy(labels["affines"]).float()
-        self.bank_targets, self.bank_masks = labels["targets"], labels["visibility"]
-        self.bank_true_cov = labels.get("cov_true")  # synthetic data: the labels' quality is measured
-        strengths = record_cue_strengths(train_records)  # synthetic data: the labels' cue AUROC is measured
-        self.bank_cues = None if strengths is None else {"limbs": torch.tensor(CUE_LIMBS), "limb_cue": strengths}
-        self.bank: EmbeddingBank | None = None
-        self._bank_built_for = -1
+        strengths = record_cue_strengths(train_records)
+        # Synthetic data knows its label noise and cues: the pseudo-labels are measured against them.
+        self.bank_data = BankData(torch.as_tensor(labels["targets"]), torch.as_tensor(labels["visibility"]),
+                                  torch.from_numpy(labels["affines"]).float(),
+                                  None if "cov_true" not in labels else torch.as_tensor(labels["cov_true"]),
+                                  None if strengths is None else torch.as_tensor(strengths))
         self.flip_coords = torch.from_numpy(self.skeleton.flip_coordinate_index.copy())
         self.variance_scale = (d.input_size / 32.0) ** 2  # the models' initial variance, px^2
+        self.objective: StageObjective | None = None
+        self._objective_stage = -1
 
         self.model = build_model_from_config(cfg, self.skeleton.num_joints).to(self.rt.device)
         self.net = self.model
@@ -209,7 +209,7 @@ class Trainer:
             self._resume()
         elif self.rt.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out / "config.yaml")
+            save_config(cfg, self.out / CONFIG_FILE)
         self.rt.barrier()
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -220,12 +220,12 @@ class Trainer:
         if not self.rt.is_main:
             return None
         root = self.out / CHECKPOINTS
-        final = root / f"epoch_{self.state.epoch:04d}"
+        final = checkpoint_dir(self.out, self.state.epoch)
         with staged_output_dir(final, overwrite=True, lock=False) as stage:
             save_model(self.model, stage / MODEL_FILE)
             blob = io.BytesIO()
             torch.save({"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
-                        "rng": rng_states(), "progress": self.state.__dict__, "config": config_to_dict(self.cfg)},
+                        "rng": rng_states(), "progress": self.state.to_dict(), "config": config_to_dict(self.cfg)},
                        blob)
             atomic_write_bytes(stage / STATE_FILE, blob.getvalue())
         for old in sorted(root.glob("epoch_*"))[:-2]:
@@ -256,76 +256,36 @@ class Trainer:
             raise ModelFileError(f"{path / STATE_FILE}: unreadable ({why})") from None
         if not isinstance(state, dict) or not {"optimizer", "schedule", "rng", "progress"} <= set(state):
             raise ModelFileError(f"{path / STATE_FILE}: not a pose-toss training state")
-        saved_model, current = state.get("config", {}).get("model"), config_to_dict(self.cfg.model)
+        current = config_to_dict(self.cfg.model)
+        saved_model = state.get("config", {}).get("model")
+        if saved_model is not None:  # keys added to the model section since then have their defaults
+            saved_model = {**config_to_dict(ModelConfig()), **saved_model}
         if saved_model is not None and saved_model != current:
             differ = sorted(k for k in set(saved_model) | set(current) if saved_model.get(k) != current.get(k))
-            raise ValueError(f"{path}: written for another model than {self.out / 'config.yaml'} describes (model."
-                             f"{', model.'.join(differ)} differ); resume a run with its own config.yaml")
+            raise ValueError(f"{path}: written for another model than {self.out / CONFIG_FILE} describes (model."
+                             f"{', model.'.join(differ)} differ); resume a run with its own {CONFIG_FILE}")
         load_state_checked(self.model, path / MODEL_FILE, self.rt.device,
-                           fits=f"the model that {self.out / 'config.yaml'} describes")
+                           fits=f"the model that {self.out / CONFIG_FILE} describes")
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
-        self.state = Progress(**state["progress"])
+        self.state = Progress.from_dict(state["progress"])
         restore_rng_states(state["rng"])
         self.log(f"resuming from {path} (epoch {self.state.epoch} of {self.cfg.total_epochs} done)")
 
-    # -- pseudo-labels ----------------------------------------------------------------------------
+    # -- what a step computes ---------------------------------------------------------------------
 
-    def _refresh_bank(self, stage_idx: int, stage_start: int, epoch: int) -> float:
-        """Build, refresh or restore the bank for a pseudo-label stage; returns the seconds spent.
-
-        A bottleneck bank is refreshed every ``refresh_every`` epochs of its stage (first at the
-        stage's start), a frozen one once per stage. A run resumed between refreshes rebuilds the
-        same labels from the embeddings saved in its checkpoint.
-        """
-        pl = self.cfg.stages[stage_idx].pseudo_labels
-        s = self.state
-        if self.bank is None or self._bank_built_for != stage_idx:
-            self.bank = EmbeddingBank(self.bank_targets, self.bank_masks, k=pl.k, temperature=pl.temperature,
-                                      shrinkage=pl.shrinkage, floor=pl.floor, true_cov=self.bank_true_cov,
-                                      labels_from=pl.labels_from, effective=pl.effective_neighbours,
-                                      neighbours=pl.neighbours, **(self.bank_cues or {}))
-            self._bank_built_for = stage_idx
-        due = s.bank_stage != stage_idx or (pl.source == "bottleneck" and (epoch - stage_start) % pl.refresh_every == 0)
-        if not due:
-            if self.bank.cov is None:
-                self.bank.set_embeddings(s.bank_embeddings.to(self.rt.device), s.bank_predictions,
-                                         s.bank_joint_descriptors)
-            return 0.0
-        if pl.source == "file":
-            seconds = self.bank.refresh_from_file(pl.file)
-        elif pl.source == "features":
-            seconds = self.bank.refresh_from_frozen_features(
-                lambda x: self.model.features(x).mean(dim=(2, 3)), self.bank_loader, pl.features_dim, self.rt.device)
-        else:
-            seconds = self.bank.refresh_from_model(self.model, self.bank_loader, self.rt.device, self.progress_bars)
-        s.bank_embeddings, s.bank_stage = self.bank.embeddings.detach().cpu(), stage_idx
-        s.bank_predictions = None if self.bank.predictions is None else self.bank.predictions.detach().cpu()
-        s.bank_joint_descriptors = (None if self.bank.joint_descriptors is None
-                                    else self.bank.joint_descriptors.detach().cpu())
-        q = self.bank.quality
-        self.log(f"pseudo-labels ({pl.labels_from}): {len(self.bank)} refreshed from {pl.source} in {seconds:.1f} s "
-                 f"(tau {q['temperature']:.3g}, {q['effective_neighbours']:.1f} effective neighbours of {pl.k})"
-                 + (f"; against the true label noise: W2² {q['w2_to_true']:.1f} (best constant label "
-                    f"{q['w2_constant_to_true']:.1f}), trace Spearman {q['trace_spearman']:.2f}"
-                    + (f", cue AUROC {q['cue_auroc_spread']:.2f}" if "cue_auroc_spread" in q else "")
-                    if "w2_to_true" in q else ""))
-        return seconds
-
-    # -- one step ---------------------------------------------------------------------------------
-
-    def _step_loss(self, batch: dict, stage_idx: int, stats: dict) -> tuple[torch.Tensor, float]:
-        st = self.cfg.stages[stage_idx]
-        dev = self.rt.device
-        pseudo = None
-        if st.loss in PSEUDO_LABEL_LOSSES:
-            idx = torch.as_tensor(batch["index"])
-            cov, root = self.bank.lookup(idx)
-            pseudo = labels_in_batch_frame(cov.to(dev), self.bank_affines[idx].to(dev), batch["affine"].to(dev),
-                                           self.flip_coords, sqrt=root.to(dev))
-        return training_loss(self.net, self.model, batch, st.loss, dev, beta=st.beta, pseudo=pseudo,
-                             heatmap_weight=self.cfg.train.heatmap_weight, variance_scale=self.variance_scale,
-                             amp=self.amp, stats=stats)
+    def _stage_objective(self, stage_idx: int) -> StageObjective:
+        """The stage's objective, built once per stage (its pseudo-labels' bank with it)."""
+        if self._objective_stage != stage_idx:
+            st = self.cfg.stages[stage_idx]
+            loss = LOSSES[st.loss]
+            pseudo = None
+            if loss.needs_pseudo_labels:
+                pseudo = PseudoLabels(stage_idx, st.pseudo_labels, self.bank_data, self.bank_loader, self.flip_coords,
+                                      self.rt.device, self.progress_bars, self.log)
+            self.objective = StageObjective(loss, st.beta, self.variance_scale, self.cfg.train.heatmap_weight, pseudo)
+            self._objective_stage = stage_idx
+        return self.objective
 
     def _all_finite(self, flag: bool) -> bool:
         if not self.rt.distributed:
@@ -336,6 +296,7 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, stage_idx: int) -> dict:
         t = self.cfg.train
+        objective = self._stage_objective(stage_idx)
         self.model.train()
         self.train_set.set_epoch(epoch)
         self.train_loader.sampler.set_epoch(epoch)
@@ -353,7 +314,7 @@ class Trainer:
                 bar.update()
                 continue
             try:
-                loss, value = self._step_loss(batch, stage_idx, stats)
+                loss, value = objective(self.net, self.model, batch, self.rt.device, self.amp, stats)
                 finite = bool(torch.isfinite(loss))
             except FloatingPointError:  # a non-finite covariance met the Cholesky factorisation
                 loss, value, finite = None, float("nan"), False
@@ -401,7 +362,9 @@ class Trainer:
             for buf in self.model.buffers():
                 torch.distributed.broadcast(buf, src=0)
 
-    def validate(self, where: str = "validation") -> dict:
+    def evaluate_validation_split(self, where: str = "validation") -> dict:
+        """Every metric of the current model on the validation split (the synthetic cue metrics against a
+        constant fitted on training figures); stops a run whose predictions are no longer finite."""
         preds = predict_dataset(self.model, self.val_loader, self.rt.device, self.amp)
         bad = non_finite_predictions(preds)
         if len(bad):
@@ -432,16 +395,19 @@ class Trainer:
             stage_idx, stage_start = stage_at(cfg, epoch)
             st = cfg.stages[stage_idx]
             epoch_start = time.perf_counter()
-            pl_seconds = self._refresh_bank(stage_idx, stage_start, epoch) if st.loss in PSEUDO_LABEL_LOSSES else 0.0
+            objective = self._stage_objective(stage_idx)
+            pl_seconds = 0.0
+            if objective.pseudo_labels is not None:
+                pl_seconds = objective.pseudo_labels.refresh(self.model, epoch - stage_start, s.bank)
             train = self._train_epoch(epoch, stage_idx)
             self._sync_buffers()
             train_seconds = time.perf_counter() - epoch_start
             where = f"stage {stage_idx + 1} ({st.loss}), epoch {epoch + 1}"
-            val = scalar_metrics(self.validate(where))
+            val = scalar_metrics(self.evaluate_validation_split(where))
             self.schedule.epoch_end(val["nll"])
             s.epoch = epoch + 1
-            labels = ({f"pseudo_label_{k}": v for k, v in self.bank.quality.items()}
-                      if st.loss in PSEUDO_LABEL_LOSSES else {})
+            labels = ({f"pseudo_label_{k}": v for k, v in objective.pseudo_labels.bank.quality.items()}
+                      if objective.pseudo_labels is not None else {})
             line = {"epoch": s.epoch, "stage": stage_idx + 1, "loss": st.loss, "lr": self.schedule.lr,
                     **train, "pseudo_label_seconds": round(pl_seconds, 3), **labels,
                     "epoch_seconds": round(train_seconds, 2),
@@ -497,7 +463,7 @@ class Trainer:
         atomic_write_text(self.out / "metrics.jsonl", text)
 
     def _save_best(self, val: dict) -> None:
-        best = self.out / "best"
+        best = self.out / BEST
         best.mkdir(parents=True, exist_ok=True)
         save_model(self.model, best / MODEL_FILE)
         atomic_write_text(best / "info.json", json.dumps(jsonable({"epoch": self.state.epoch, **val}), indent=1))
@@ -507,8 +473,6 @@ def train(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool
     """Run (or resume) the configured stages into ``out``; returns a summary with the epoch history.
 
     The run directory is locked for the duration (``pose_toss.outputs.run_lock``, by the main process)."""
-    import torch.distributed as dist
-
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", "0"))
     with run_lock(out, log) if rank == 0 else contextlib.nullcontext():
         return Trainer(cfg, out, resume=resume, overwrite=overwrite, log=log).fit()

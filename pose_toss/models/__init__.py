@@ -5,11 +5,13 @@ from pose_toss.models.covariance_heads import (
     DiagonalCovariance,
     FullCovariance,
     IdentityCovariance,
+    IsotropicCovariance,
     TICCovarianceHead,
 )
 from pose_toss.models.pose_model import PoseModel, PoseOutput, build_pose_model
 
 __all__ = [
-    "DiagonalCovariance", "FullCovariance", "IdentityCovariance", "PoseModel", "PoseOutput", "TICCovarianceHead",
+    "DiagonalCovariance", "FullCovariance", "IdentityCovariance", "IsotropicCovariance", "PoseModel", "PoseOutput",
+    "TICCovarianceHead",
     "build_pose_model", "load_model", "save_model",
 ]

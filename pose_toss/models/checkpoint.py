@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as save_bytes
 
+from pose_toss.config import ModelConfig
 from pose_toss.models.covariance_heads import UNSET_IS_NAN
 from pose_toss.models.pose_model import PoseModel
 from pose_toss.outputs import atomic_write_bytes
@@ -49,7 +51,8 @@ def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
 def save_model(model: PoseModel, path: str | os.PathLike) -> Path:
     """Write the weights, the model config and the weights' checksum (in the safetensors metadata) atomically."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    blob = save_bytes(state, metadata={META_KEY: json.dumps(model.config), CHECKSUM_KEY: weights_checksum(state)})
+    blob = save_bytes(state, metadata={META_KEY: json.dumps(model.file_metadata()),
+                                       CHECKSUM_KEY: weights_checksum(state)})
     atomic_write_bytes(path, blob)
     return Path(path)
 
@@ -88,6 +91,33 @@ def load_state_checked(model: torch.nn.Module, path: str | os.PathLike, map_loca
     _load_weights(model, read_model_file(path, map_location)[1], path, f"its weights do not fit {fits or 'this model'}")
 
 
+# What files from earlier versions were when they lack a key: z at the features before it could enter at the head,
+# a per-channel offset before the grid map, the covariance training the backbone through z, an absolute eps1.
+EARLIER_DEFAULTS = {"bottleneck_at": "features", "bottleneck_grid": 1, "covariance_trains_backbone": True,
+                    "tic_eps_relative": False}
+
+
+def model_arguments(metadata: dict) -> tuple[ModelConfig, int, int, int]:
+    """``PoseModel``'s arguments from a model file's metadata: ``{"model": <the model section>, "num_joints",
+    "input_size", "heatmap_stride"}``, or the flat dict earlier versions wrote (its model keys beside the
+    others, under the same names). Never downloads weights: ``pretrained`` is off."""
+    sizes = {k: metadata[k] for k in ("num_joints", "input_size", "heatmap_stride") if k in metadata}
+    if "model" in metadata:
+        section = dict(metadata["model"])
+    else:
+        section = {k: v for k, v in metadata.items() if k not in sizes}
+        for key, value in EARLIER_DEFAULTS.items():
+            section.setdefault(key, value)
+    known = {f.name for f in fields(ModelConfig)}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ValueError(f"unknown model options {unknown}")
+    if "num_joints" not in sizes:
+        raise ValueError("no num_joints")
+    config = ModelConfig(**{**section, "pretrained": False})
+    return config, sizes["num_joints"], sizes.get("input_size", 256), sizes.get("heatmap_stride", 4)
+
+
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> PoseModel:
     """Rebuild a model from a file written by ``save_model``, without any training config.
 
@@ -107,15 +137,8 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     if bad:
         raise ValueError(f"{path}: {len(bad)} weight tensors hold NaN or Inf (e.g. {bad[0]}): the training that "
                          "wrote it diverged; use an earlier checkpoint or train again with a lower train.lr")
-    # Files from earlier versions load as what they were: z at the features before it could enter at
-    # the head, a per-channel offset before the grid map, the covariance training the backbone through
-    # z, and an absolute eps1.
-    config.setdefault("bottleneck_at", "features")
-    config.setdefault("bottleneck_grid", 1)
-    config.setdefault("covariance_trains_backbone", True)
-    config.setdefault("tic_eps_relative", False)
     try:
-        model = PoseModel(**config, pretrained=False)
+        model = PoseModel(*model_arguments(config))
     except (TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"{path}: metadata '{META_KEY}' does not describe a model this version builds ({e})") from None
     _load_weights(model, state, path, "the weights do not match the model its metadata describes")

@@ -4,7 +4,11 @@ Each returns B x D x D symmetric positive definite matrices in input pixels^2, c
 The TIC head is usable on any model: give it the model's embedding and a ``decode_fn(z) -> B x 2J``.
 
 As in TIC-TAC, the covariance networks read the embedding detached: a covariance loss trains the
-covariance network and never reaches the backbone through z (``trains_backbone=True`` lets it).
+covariance network and never reaches the backbone through z (``covariance_trains_backbone=True`` lets it).
+
+Constructors are ``(embed_dim, num_joints, *, options)``, each option named as in the model config
+(``config.ModelConfig``) and listed in the class's ``OPTIONS``; ``COVARIANCE_HEADS`` maps each
+``model.covariance`` name to its class and ``create_covariance_head`` builds one from a model config.
 """
 
 from __future__ import annotations
@@ -51,11 +55,11 @@ def _precision(mlp: nn.Module) -> torch.dtype:
     return torch.promote_types(next(mlp.parameters()).dtype, torch.float32)
 
 
-def _clean(z: torch.Tensor, mlp: nn.Module, trains_backbone: bool = False) -> torch.Tensor:
+def _clean(z: torch.Tensor, mlp: nn.Module, covariance_trains_backbone: bool = False) -> torch.Tensor:
     """The covariance network's input: finite, bounded, in the network's precision (``_precision``),
     detached unless it may train the backbone."""
     z = torch.nan_to_num(z.to(_precision(mlp)), nan=0.0, posinf=1e4, neginf=-1e4).clamp(-1e4, 1e4)
-    return z if trains_backbone else z.detach()
+    return z if covariance_trains_backbone else z.detach()
 
 
 @contextlib.contextmanager
@@ -73,7 +77,11 @@ def eval_mode(modules: Iterable[nn.Module]):
 
 
 class IdentityCovariance(nn.Module):
-    def __init__(self, num_joints: int) -> None:
+    """The identity: what plain MSE training assumes."""
+
+    OPTIONS = ()
+
+    def __init__(self, embed_dim: int, num_joints: int) -> None:
         super().__init__()
         self.dim = 2 * num_joints
 
@@ -83,18 +91,22 @@ class IdentityCovariance(nn.Module):
 
 
 class DiagonalCovariance(nn.Module):
-    def __init__(self, embed_dim: int, num_joints: int, hidden: int = 128, init_std: float = 4.0,
-                 floor: float = 1e-3, trains_backbone: bool = False) -> None:
+    """Per-coordinate variances from z."""
+
+    OPTIONS = ("cov_hidden", "init_std", "cov_floor", "covariance_trains_backbone")
+
+    def __init__(self, embed_dim: int, num_joints: int, *, cov_hidden: int = 128, init_std: float = 4.0,
+                 cov_floor: float = 1e-3, covariance_trains_backbone: bool = False) -> None:
         super().__init__()
-        self.mlp = _mlp(embed_dim, hidden, 2 * num_joints)
+        self.mlp = _mlp(embed_dim, cov_hidden, 2 * num_joints)
         self.scale = init_std**2 / LN2
-        self.floor = floor
-        self.trains_backbone = trains_backbone
+        self.cov_floor = cov_floor
+        self.covariance_trains_backbone = covariance_trains_backbone
 
     def forward(self, z: torch.Tensor, *_, **__) -> torch.Tensor:
         with torch.autocast(device_type=z.device.type, enabled=False):
-            raw = self.mlp(_clean(z, self.mlp, self.trains_backbone)).clamp(-_CLAMP, _CLAMP)
-            return diagonal_covariance(raw, self.floor, self.scale)
+            raw = self.mlp(_clean(z, self.mlp, self.covariance_trains_backbone)).clamp(-_CLAMP, _CLAMP)
+            return diagonal_covariance(raw, self.cov_floor, self.scale)
 
 
 class IsotropicCovariance(nn.Module):
@@ -102,36 +114,40 @@ class IsotropicCovariance(nn.Module):
     baseline, a small head that learns each joint's expected squared error without touching the pose
     features (train it with the ``loss_pred`` objective)."""
 
-    def __init__(self, embed_dim: int, num_joints: int, hidden: int = 128, init_std: float = 4.0,
-                 floor: float = 1e-3) -> None:
+    OPTIONS = ("cov_hidden", "init_std", "cov_floor")
+
+    def __init__(self, embed_dim: int, num_joints: int, *, cov_hidden: int = 128, init_std: float = 4.0,
+                 cov_floor: float = 1e-3) -> None:
         super().__init__()
-        self.mlp = _mlp(embed_dim, hidden, num_joints)
+        self.mlp = _mlp(embed_dim, cov_hidden, num_joints)
         self.scale = init_std**2 / LN2
-        self.floor = floor
+        self.cov_floor = cov_floor
 
     def forward(self, z: torch.Tensor, *_, **__) -> torch.Tensor:
         with torch.autocast(device_type=z.device.type, enabled=False):
             raw = self.mlp(_clean(z, self.mlp)).clamp(-_CLAMP, _CLAMP)
             per_coordinate = raw.unsqueeze(-1).expand(*raw.shape, 2).reshape(raw.shape[0], -1)  # x and y alike
-            return diagonal_covariance(per_coordinate, self.floor, self.scale)
+            return diagonal_covariance(per_coordinate, self.cov_floor, self.scale)
 
 
 class FullCovariance(nn.Module):
     """Cholesky factor with a positive diagonal, predicted from z."""
 
-    def __init__(self, embed_dim: int, num_joints: int, hidden: int = 128, init_std: float = 4.0,
-                 floor: float = 1e-3, trains_backbone: bool = False) -> None:
+    OPTIONS = ("cov_hidden", "init_std", "cov_floor", "covariance_trains_backbone")
+
+    def __init__(self, embed_dim: int, num_joints: int, *, cov_hidden: int = 128, init_std: float = 4.0,
+                 cov_floor: float = 1e-3, covariance_trains_backbone: bool = False) -> None:
         super().__init__()
         self.dim = 2 * num_joints
-        self.mlp = _mlp(embed_dim, hidden, self.dim * (self.dim + 1) // 2)
+        self.mlp = _mlp(embed_dim, cov_hidden, self.dim * (self.dim + 1) // 2)
         self.init_std = init_std
-        self.floor = floor
-        self.trains_backbone = trains_backbone
+        self.cov_floor = cov_floor
+        self.covariance_trains_backbone = covariance_trains_backbone
 
     def forward(self, z: torch.Tensor, *_, **__) -> torch.Tensor:
         with torch.autocast(device_type=z.device.type, enabled=False):
-            raw = self.mlp(_clean(z, self.mlp, self.trains_backbone)).clamp(-_CLAMP, _CLAMP)
-            return full_covariance(raw, self.dim, self.floor, self.init_std / LN2)
+            raw = self.mlp(_clean(z, self.mlp, self.covariance_trains_backbone)).clamp(-_CLAMP, _CLAMP)
+            return full_covariance(raw, self.dim, self.cov_floor, self.init_std / LN2)
 
 
 @dataclass
@@ -153,7 +169,7 @@ class TICCovarianceHead(nn.Module):
     eps1, eps2 and the Cholesky factor L come from a small MLP on the (detached) z. Pass
     ``eval_modules`` (the decoder's modules) to run the decoder in eval mode while J is taken.
 
-    ``eps_relative_to_jacobian`` (the default): eps1 is measured against J's typical size,
+    ``tic_eps_relative`` (the default): eps1 is measured against J's typical size,
     ``eps1 = s(z) / r`` with ``s`` from the MLP (pixels) and ``r`` a running average of the batches'
     median ``rms(J) = sqrt(tr(J J^T) / D)``, kept in a buffer like batch norm's running statistics
     (updated from earlier batches in training, fixed in eval, so samples stay independent). J's global
@@ -163,24 +179,27 @@ class TICCovarianceHead(nn.Module):
     ``eps1 = softplus(raw) / ln 2``, for model files written with it. eps2 is treated alike with H~.
     """
 
-    def __init__(self, embed_dim: int, num_joints: int, hidden: int = 128, use_hessian: bool = False,
-                 floor: float = 1e-3, init_std: float = 4.0, chunk_size: int | None = None,
-                 trains_backbone: bool = False, eps_relative_to_jacobian: bool = True,
-                 scale_momentum: float = 0.1) -> None:
+    OPTIONS = ("cov_hidden", "init_std", "cov_floor", "covariance_trains_backbone", "use_hessian", "jacobian_chunk",
+               "tic_eps_relative")
+
+    def __init__(self, embed_dim: int, num_joints: int, *, cov_hidden: int = 128, init_std: float = 4.0,
+                 cov_floor: float = 1e-3, covariance_trains_backbone: bool = False, use_hessian: bool = False,
+                 jacobian_chunk: int | None = None, tic_eps_relative: bool = True, scale_momentum: float = 0.1
+                 ) -> None:
         super().__init__()
         if embed_dim < 1:
             raise ValueError(f"embed_dim must be >= 1, got {embed_dim}")
         self.embed_dim = embed_dim
         self.dim = 2 * num_joints
         self.use_hessian = use_hessian
-        self.floor = floor
+        self.cov_floor = cov_floor
         self.init_std = init_std
-        self.chunk_size = chunk_size
-        self.trains_backbone = trains_backbone
-        self.eps_relative_to_jacobian = eps_relative_to_jacobian
+        self.jacobian_chunk = jacobian_chunk
+        self.covariance_trains_backbone = covariance_trains_backbone
+        self.tic_eps_relative = tic_eps_relative
         self.scale_momentum = scale_momentum
-        self.mlp = _mlp(embed_dim, hidden, 2 + self.dim * (self.dim + 1) // 2)
-        if eps_relative_to_jacobian:  # log of the running scales; NaN until the first batch
+        self.mlp = _mlp(embed_dim, cov_hidden, 2 + self.dim * (self.dim + 1) // 2)
+        if tic_eps_relative:  # log of the running scales; NaN until the first batch
             self.register_buffer("jacobian_log_scale", torch.tensor(float("nan")))
             if use_hessian:
                 self.register_buffer("hessian_log_scale", torch.tensor(float("nan")))
@@ -202,10 +221,10 @@ class TICCovarianceHead(nn.Module):
                                   hessian_scale: torch.Tensor | None = None
                                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(eps1 B, eps2 B, L B x D x D) from z; relative eps is divided by the given scales."""
-        raw = self.mlp(_clean(z, self.mlp, self.trains_backbone)).clamp(-_CLAMP, _CLAMP)
+        raw = self.mlp(_clean(z, self.mlp, self.covariance_trains_backbone)).clamp(-_CLAMP, _CLAMP)
         eps1 = torch.nn.functional.softplus(raw[:, 0]) / LN2
         eps2 = torch.nn.functional.softplus(raw[:, 1]) / LN2
-        if self.eps_relative_to_jacobian:
+        if self.tic_eps_relative:
             if jacobian_scale is None:
                 raise ValueError("eps relative to the Jacobian needs the Jacobian's scale")
             eps1 = eps1 * self.init_std / jacobian_scale
@@ -225,7 +244,7 @@ class TICCovarianceHead(nn.Module):
             if jacobian_fn is not None:
                 jac = jacobian_fn(z.detach(), *(a.detach() for a in decode_args)).detach()
             else:
-                jac = jacobian(decode_fn, z, *decode_args, chunk_size=self.chunk_size)
+                jac = jacobian(decode_fn, z, *decode_args, chunk_size=self.jacobian_chunk)
             if jac.shape[1] != self.dim:
                 raise ValueError(f"decode_fn returned {jac.shape[1]} values per sample, expected 2 x num_joints = "
                                  f"{self.dim}")
@@ -234,7 +253,7 @@ class TICCovarianceHead(nn.Module):
             dtype = _precision(self.mlp)
             jac = torch.nan_to_num(jac.to(torch.promote_types(jac.dtype, dtype)))
             jac_scale = hess_scale = None
-            if self.eps_relative_to_jacobian:
+            if self.tic_eps_relative:
                 jac_scale = self.running_scale("jacobian_log_scale", rms_scale(jac))
                 if hess is not None:
                     hess_scale = self.running_scale("hessian_log_scale", trace_scale(hess))
@@ -242,11 +261,24 @@ class TICCovarianceHead(nn.Module):
         return TICParts(jac, eps1, low, eps2 if hess is not None else None, hess)
 
     def assemble(self, parts: TICParts) -> torch.Tensor:
-        return tic_covariance(parts.jacobian, parts.eps1, parts.chol, parts.eps2, parts.hess_gram, self.floor)
+        return tic_covariance(parts.jacobian, parts.eps1, parts.chol, parts.eps2, parts.hess_gram, self.cov_floor)
 
     def forward(self, z: torch.Tensor, decode_fn: Callable[..., torch.Tensor], *decode_args: torch.Tensor,
                 eval_modules: Iterable[nn.Module] = ()) -> torch.Tensor:
         return self.assemble(self.parts(z, decode_fn, *decode_args, eval_modules=eval_modules))
+
+
+# model.covariance -> its head (the names are config.COVARIANCES; a test checks that they agree).
+COVARIANCE_HEADS = {"tic": TICCovarianceHead, "full": FullCovariance, "diagonal": DiagonalCovariance,
+                    "isotropic": IsotropicCovariance, "identity": IdentityCovariance}
+
+
+def create_covariance_head(model_cfg, num_joints: int, init_std: float) -> nn.Module:
+    """The head ``model_cfg.covariance`` names, built with the options of ``model_cfg`` (a ``config.ModelConfig``)
+    that it takes (its ``OPTIONS``) and the initial spread ``init_std``."""
+    kind = COVARIANCE_HEADS[model_cfg.covariance]
+    options = {name: init_std if name == "init_std" else getattr(model_cfg, name) for name in kind.OPTIONS}
+    return kind(model_cfg.embed_dim, num_joints, **options)
 
 
 class JointLocalScale(nn.Module):
@@ -262,8 +294,8 @@ class JointLocalScale(nn.Module):
     inputs are detached like z: its loss trains only this module, never the backbone.
     """
 
-    def __init__(self, num_joints: int, patch: int = 16, window: float = 0.25, channels: int = 32,
-                 hidden: int = 64, bound: float = 3.0) -> None:
+    def __init__(self, num_joints: int, *, cov_hidden: int = 64, patch: int = 16, window: float = 0.25,
+                 channels: int = 32, bound: float = 3.0) -> None:
         super().__init__()
         self.patch, self.window, self.bound = patch, window, bound
         self.cnn = nn.Sequential(
@@ -272,9 +304,9 @@ class JointLocalScale(nn.Module):
             nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
-        self.hidden = nn.Linear(channels + len(HEATMAP_STATS), hidden)
-        self.joint_bias = nn.Parameter(0.1 * torch.randn(num_joints, hidden))
-        self.out = nn.Linear(hidden, 1)
+        self.hidden = nn.Linear(channels + len(HEATMAP_STATS), cov_hidden)
+        self.joint_bias = nn.Parameter(0.1 * torch.randn(num_joints, cov_hidden))
+        self.out = nn.Linear(cov_hidden, 1)
         nn.init.zeros_(self.out.weight)  # start from no change: S = I
         nn.init.zeros_(self.out.bias)
 

@@ -18,6 +18,7 @@ from torch import nn
 from pose_toss.covariance import interpolation_matrix, scale_joints, tic_covariance
 from pose_toss.models.covariance_heads import TICCovarianceHead
 from pose_toss.models.heads import HeatmapHead
+from pose_toss.outputs import atomic_write_bytes
 
 OUTPUTS = ("mean", "cov", "heatmaps")
 
@@ -33,7 +34,7 @@ def export_problem(model) -> str | None:
     if model.bottleneck_at != "head":
         return ("export needs z at the head's last layer (model.bottleneck_at: head): with z at the features, "
                 "TIC's J crosses the whole head and has no closed form here")
-    if model.config.get("use_hessian"):
+    if model.config.use_hessian:
         return "export does not support TIC's Hessian term (model.use_hessian)"
     return None
 
@@ -86,7 +87,7 @@ class ExportablePoseModel(nn.Module):
             head = m.cov_head
             jac = m.tail_jacobian(z, context)
             eps1, _, low = head.parameters_from_embedding(z.float(), head.jacobian_log_scale.exp())
-            cov = tic_covariance(jac, eps1, low, floor=head.floor)
+            cov = tic_covariance(jac, eps1, low, floor=head.cov_floor)
         else:
             cov = m.cov_head(z)
         if m.local_scale is not None:
@@ -112,7 +113,6 @@ def export_onnx(model, path: str | Path, opset: int = 17) -> list[str]:
         torch.onnx.export(wrapper, (example,), blob, input_names=["images"], output_names=names,
                           dynamic_axes=axes, opset_version=opset, dynamo=False)
     model.train(was_training)
-    from pose_toss.outputs import atomic_write_bytes
 
     atomic_write_bytes(path, blob.getvalue())
     return names

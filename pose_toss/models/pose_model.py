@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 
 import cv2
 import numpy as np
 import torch
 from torch import nn
 
+from pose_toss.config import BOTTLENECK_AT, COVARIANCES, FITTED_COVARIANCES, HEADS, ModelConfig
 from pose_toss.covariance import heatmap_tail_jacobian, regression_tail_jacobian, scale_joints
 from pose_toss.data.transforms import (
     affine_covariance,
@@ -20,22 +21,15 @@ from pose_toss.data.transforms import (
 )
 from pose_toss.models.backbones import Backbone
 from pose_toss.models.covariance_heads import (
-    DiagonalCovariance,
-    FullCovariance,
-    IdentityCovariance,
-    IsotropicCovariance,
     JointLocalScale,
     TICCovarianceHead,
     TICParts,
+    create_covariance_head,
     eval_mode,
     heatmap_stats,
 )
 from pose_toss.models.heads import Bottleneck, HeatmapHead, RegressionHead
 
-HEADS = ("heatmap", "regression")
-BOTTLENECK_AT = ("head", "features")
-COVARIANCES = ("tic", "full", "diagonal", "identity", "isotropic")
-LOCAL_COVARIANCES = ("tic", "full", "diagonal")  # what a per-joint local term may be added to
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -50,74 +44,58 @@ class PoseOutput:
 
 
 class PoseModel(nn.Module):
-    """Takes images as B x 3 x S x S floats in [0, 1] (normalisation happens inside)."""
+    """Takes images as B x 3 x S x S floats in [0, 1] (normalisation happens inside).
 
-    def __init__(self, backbone: str = "resnet18", num_joints: int = 14, head: str = "heatmap", embed_dim: int = 64,
-                 covariance: str = "tic", input_size: int = 256, pretrained: bool | str = False,
-                 deconv_channels: int = 128, cov_hidden: int = 128, use_hessian: bool = False,
-                 cov_floor: float = 1e-2, jacobian_chunk: int | None = None,
-                 feature_stride: int | None = None, heatmap_stride: int = 4, bottleneck_at: str = "head",
-                 bottleneck_grid: int = 4, covariance_trains_backbone: bool = False,
-                 tic_eps_relative: bool = True, local_covariance: bool = False) -> None:
+    Built from the model section of a config (``config.ModelConfig``, every option under the name it has there
+    and in the heads), the skeleton's joint count, the input size and the heatmap stride; ``self.config`` is
+    that section, which model files store."""
+
+    def __init__(self, config: ModelConfig, num_joints: int, input_size: int = 256, heatmap_stride: int = 4) -> None:
         super().__init__()
-        if bottleneck_at not in BOTTLENECK_AT:
-            raise ValueError(f"bottleneck_at must be one of {BOTTLENECK_AT}, got {bottleneck_at!r}")
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-        if covariance not in COVARIANCES:
-            raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
-        if not isinstance(embed_dim, int) or embed_dim < 1:
-            raise ValueError(f"embed_dim must be an integer >= 1, got {embed_dim!r}")
+        config = replace(config)  # this model's own copy
+        for key, allowed in (("bottleneck_at", BOTTLENECK_AT), ("head", HEADS), ("covariance", COVARIANCES)):
+            if getattr(config, key) not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, got {getattr(config, key)!r}")
+        if not isinstance(config.embed_dim, int) or config.embed_dim < 1:
+            raise ValueError(f"embed_dim must be an integer >= 1, got {config.embed_dim!r}")
         if num_joints < 1:
             raise ValueError(f"num_joints must be >= 1, got {num_joints}")
-        if local_covariance and (head != "heatmap" or bottleneck_at != "head"):
+        if config.local_covariance and (config.head != "heatmap" or config.bottleneck_at != "head"):
             raise ValueError("local_covariance reads each joint's heatmap: it needs head 'heatmap' with bottleneck_at "
-                             f"'head', got head {head!r}, bottleneck_at {bottleneck_at!r}")
-        if local_covariance and covariance not in LOCAL_COVARIANCES:
-            raise ValueError(f"local_covariance adds to a fitted covariance ({', '.join(LOCAL_COVARIANCES)}), not "
-                             f"{covariance!r}")
-        if head == "regression" and bottleneck_at == "head":
+                             f"'head', got head {config.head!r}, bottleneck_at {config.bottleneck_at!r}")
+        if config.local_covariance and config.covariance not in FITTED_COVARIANCES:
+            raise ValueError(f"local_covariance scales a fitted covariance ({', '.join(FITTED_COVARIANCES)}), not "
+                             f"{config.covariance!r}")
+        if config.head == "regression" and config.bottleneck_at == "head":
             # z enters the MLP's hidden layer, a vector: a per-unit offset there is not lost to a softmax.
-            bottleneck_grid = 1
-        self.config = {
-            "backbone": backbone, "num_joints": num_joints, "head": head, "embed_dim": embed_dim,
-            "covariance": covariance, "input_size": input_size, "deconv_channels": deconv_channels,
-            "cov_hidden": cov_hidden, "use_hessian": use_hessian, "cov_floor": cov_floor,
-            "jacobian_chunk": jacobian_chunk, "feature_stride": feature_stride,
-            "heatmap_stride": heatmap_stride, "bottleneck_at": bottleneck_at, "bottleneck_grid": bottleneck_grid,
-            "covariance_trains_backbone": covariance_trains_backbone, "tic_eps_relative": tic_eps_relative,
-            "local_covariance": local_covariance,
-        }
-        self.bottleneck_at = bottleneck_at
+            config.bottleneck_grid = 1
+        self.config = config
+        self.bottleneck_at = config.bottleneck_at
         self.num_joints = num_joints
         self.input_size = input_size
-        self.backbone = Backbone(backbone, input_size, pretrained, feature_stride)
+        self.heatmap_stride = heatmap_stride
+        self.backbone = Backbone(config.backbone, input_size, config.pretrained, config.feature_stride)
         c = self.backbone.channels
-        if head == "heatmap":
-            self.head = HeatmapHead(c, num_joints, self.backbone.stride, deconv_channels, heatmap_stride)
+        if config.head == "heatmap":
+            self.head = HeatmapHead(c, num_joints, self.backbone.stride, config.deconv_channels, heatmap_stride)
         else:
             self.head = RegressionHead(c, num_joints, input_size)
-        self.bottleneck = Bottleneck(c, embed_dim, self.head.out_channels if bottleneck_at == "head" else c,
-                                     bottleneck_grid)
-        init_std = input_size / 32.0  # initial spread: a few pixels on the crop
-        trains = covariance_trains_backbone
-        if covariance == "tic":
-            self.cov_head = TICCovarianceHead(embed_dim, num_joints, cov_hidden, use_hessian, cov_floor, init_std,
-                                              jacobian_chunk, trains, tic_eps_relative)
-        elif covariance == "full":
-            self.cov_head = FullCovariance(embed_dim, num_joints, cov_hidden, init_std, cov_floor, trains)
-        elif covariance == "diagonal":
-            self.cov_head = DiagonalCovariance(embed_dim, num_joints, cov_hidden, init_std, cov_floor, trains)
-        elif covariance == "isotropic":
-            self.cov_head = IsotropicCovariance(embed_dim, num_joints, cov_hidden, init_std, cov_floor)
-        else:
-            self.cov_head = IdentityCovariance(num_joints)
-        self.local_scale = JointLocalScale(num_joints, hidden=cov_hidden) if local_covariance else None
+        self.bottleneck = Bottleneck(c, config.embed_dim, self.head.out_channels if config.bottleneck_at == "head"
+                                     else c, config.bottleneck_grid)
+        # Initial spread: a few pixels on the crop.
+        self.cov_head = create_covariance_head(config, num_joints, init_std=input_size / 32.0)
+        self.local_scale = (JointLocalScale(num_joints, cov_hidden=config.cov_hidden) if config.local_covariance
+                            else None)
         # TIC's J with z at the heatmap head's last layer: closed form (False: torch.func reverse passes,
         # the reference the closed form is tested against).
         self.closed_form_jacobian = True
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def file_metadata(self) -> dict:
+        """What a model file stores to rebuild this model: its model section and the data-side sizes."""
+        return {"model": asdict(self.config), "num_joints": self.num_joints, "input_size": self.input_size,
+                "heatmap_stride": self.heatmap_stride}
 
     # -- the pieces -------------------------------------------------------------------------------
 
@@ -305,19 +283,19 @@ class PoseModel(nn.Module):
 
 def build_pose_model(backbone: str = "resnet18", num_joints: int = 14, head: str = "heatmap", embed_dim: int = 64,
                      covariance: str = "tic", input_size: int = 256, pretrained: bool | str = False,
-                     **kwargs) -> PoseModel:
+                     heatmap_stride: int = 4, **options) -> PoseModel:
     """Create a pose model on a timm backbone (the ``timm.create_model`` of this package).
 
     ``backbone``: any timm name with ``features_only`` (resnet*, hrnet_w32, convnext_*) or a ViT
     (``vit_small_patch16_224``, run at ``input_size``). ``pretrained``: False, a local weights file,
-    or True (downloads from timm's hub). Extra keywords: ``deconv_channels``, ``cov_hidden``,
-    ``use_hessian``, ``cov_floor``, ``jacobian_chunk``, ``bottleneck_at`` ("head": z enters at the
-    head's last layer, so TIC's Jacobian skips the deconvolutions; "features": z enters before the
-    head, J goes through all of it, several times the cost), ``bottleneck_grid`` (z is read from the
-    features pooled to this grid and re-enters as a map of this size, resized to the head: a map that
-    varies over space is what lets z move the heatmaps' peaks; 1 is the earlier per-channel offset),
-    ``covariance_trains_backbone`` (False: the covariance network reads z detached, as in TIC-TAC),
-    ``feature_stride`` (take the backbone's feature map at that stride, e.g. 16, instead of its last),
-    ``heatmap_stride`` (4: SimpleBaseline; 8 halves the deconvolutions and so TIC's Jacobian cost).
-    """
-    return PoseModel(backbone, num_joints, head, embed_dim, covariance, input_size, pretrained, **kwargs)
+    or True (downloads from timm's hub). ``heatmap_stride``: 4 (SimpleBaseline) or 8 (half the
+    deconvolutions). Every other option is a key of the config's model section, under the same name
+    (``config.ModelConfig``, whose ``help`` says what each does; e.g. ``deconv_channels``, ``cov_hidden``,
+    ``bottleneck_at``, ``bottleneck_grid``, ``local_covariance``, ``feature_stride``)."""
+    known = {f.name for f in fields(ModelConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"build_pose_model: unknown model options {unknown}; the options are {sorted(known)}")
+    config = ModelConfig(backbone=backbone, head=head, embed_dim=embed_dim, covariance=covariance,
+                         pretrained=pretrained, **options)
+    return PoseModel(config, num_joints, input_size, heatmap_stride)

@@ -7,7 +7,10 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
+import torch
 
+from pose_toss import outputs
+from pose_toss.covariance import condition, joint_correlations
 from pose_toss.skeletons import LSP14, Skeleton
 
 SIDE_COLOURS = {"right": (255, 128, 0), "left": (0, 160, 255), "centre": (60, 220, 60)}
@@ -121,12 +124,11 @@ def contact_sheet(tiles: Sequence[np.ndarray], cols: int = 4, tile_size: int = 2
 
 def write_png(path, image_rgb: np.ndarray) -> None:
     """Write an RGB image as PNG atomically."""
-    from pose_toss.outputs import atomic_write_bytes
 
     ok, buf = cv2.imencode(".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"could not encode PNG for {path}")
-    atomic_write_bytes(path, buf.tobytes())
+    outputs.atomic_write_bytes(path, buf.tobytes())  # through the module: one place to intercept every write
 
 
 def _blend(base: np.ndarray, layer: np.ndarray, alpha: float) -> np.ndarray:
@@ -139,7 +141,6 @@ def draw_conditional(image: np.ndarray, mean: np.ndarray, cov: np.ndarray, obser
     """What fixing some joints does to the rest: the prediction faded, then the pose conditioned on
     ``observed`` ({joint index: (x, y)}) with its conditional ellipses, an arrow from each joint's
     predicted to its conditional position, and a cross on each fixed joint."""
-    from pose_toss.covariance import condition
 
     mean = np.asarray(mean, dtype=np.float64).reshape(-1)
     cond_mean, cond_cov = condition(mean, np.asarray(cov, dtype=np.float64), observed)
@@ -168,9 +169,7 @@ def draw_correlation_links(image: np.ndarray, joints: np.ndarray, cov: np.ndarra
                            threshold: float = 0.5, visibility: np.ndarray | None = None) -> np.ndarray:
     """The pose, plus a magenta link between every pair of joints whose canonical correlation
     (``pose_toss.covariance.joint_correlations``) exceeds ``threshold``; thicker is stronger."""
-    import torch
 
-    from pose_toss.covariance import joint_correlations
 
     img = draw_pose(image, joints, cov, skeleton, visibility)
     pts = np.asarray(joints, dtype=np.float64).reshape(-1, 2)

@@ -6,6 +6,7 @@ import io
 from collections.abc import Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only; never opens a window
 import matplotlib.pyplot as plt  # noqa: E402
@@ -98,7 +99,6 @@ def sweep_curves_plot(series: dict, methods: Sequence[str], lrs: Sequence[float]
     """A method sweep's validation curves: one row per quantity, one column per learning rate, one line
     per method (mean over seeds, band from min to max). ``series[(lr, method)]``: one dict per seed of
     {quantity: per-epoch values}."""
-    import numpy as np
 
     fig, axes = plt.subplots(len(curves), len(lrs), figsize=(4.2 * len(lrs), 3.0 * len(curves)), squeeze=False)
     cmap = plt.get_cmap("tab10")

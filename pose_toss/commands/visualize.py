@@ -2,16 +2,64 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 
+from pose_toss.coco_results import coco_result, write_coco_results
+from pose_toss.commands.options import add_checkpoint, add_device, add_output
+from pose_toss.config import load_config
+from pose_toss.data.dataset import image_file_problem, load_image_rgb
+from pose_toss.data.readers import DATASET_SKELETONS
+from pose_toss.engine.runtime import resolve_device
+from pose_toss.models.checkpoint import load_model
+from pose_toss.outputs import check_output_dir, staged_output_dir
+from pose_toss.run_dir import CONFIG_FILE, resolve_checkpoint
 from pose_toss.skeletons import Skeleton, get_skeleton
+from pose_toss.tracking import smooth_results
+from pose_toss.viz.draw import contact_sheet, draw_conditional, draw_correlation_links, draw_pose, enlarge, write_png
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Each person's picture is the padded box, enlarged to at least this many pixels on its long side.
 MIN_PICTURE_SIDE = 384
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_checkpoint(p)
+    p.add_argument("--images", nargs="+", required=True, metavar="FILE_OR_DIR", help="images or folders of images")
+    p.add_argument("--boxes", help="COCO-format person detections (image_id, bbox, score); default: whole image")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="ignore detections scored below this")
+    add_output(p)
+    p.add_argument("--levels", default="0.5,0.9", help="probability levels of the ellipses, comma-separated")
+    p.add_argument("--links", type=float, metavar="THRESHOLD",
+                   help="link joints whose canonical correlation exceeds THRESHOLD (e.g. 0.5)")
+    p.add_argument("--condition", metavar="JOINT",
+                   help="add a panel where JOINT (a name, e.g. l_wrist) is moved one standard deviation and "
+                        "the other joints follow their conditional distribution")
+    p.add_argument("--smooth", action="store_true", help="the images are video frames (file-name order, one person "
+                                                         "each): smooth the poses over time with their full "
+                                                         "covariances before drawing")
+    add_device(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        levels = tuple(float(v) for v in args.levels.split(","))
+    except ValueError:
+        levels = ()
+    if not levels or not all(0.0 < v < 1.0 for v in levels):
+        raise ValueError(f"--levels: expected comma-separated probabilities between 0 and 1 (e.g. 0.5,0.9), "
+                         f"got {args.levels!r}")
+    result = visualize(args.checkpoint, args.images, args.out, boxes=args.boxes, score_threshold=args.score_threshold,
+                       levels=levels, links=args.links, condition_joint=args.condition, device=args.device,
+                       overwrite=args.overwrite, smooth=args.smooth)
+    out = Path(args.out)
+    if result["people"]:
+        print(f"contact sheet: {out / 'contact_sheet.png'}")
+    print(f"predictions (COCO + covariance): {out / 'predictions.json'}")
+    return 0
 
 
 def find_images(paths) -> list[Path]:
@@ -108,11 +156,9 @@ def usable_boxes(boxes: np.ndarray, width: int, height: int, image: Path, log=pr
 
 def model_skeleton(model, run_dir) -> Skeleton:
     """The joint set a model was trained on: from its run's config, else from its joint count."""
-    from pose_toss.config import load_config
-    from pose_toss.data.readers import DATASET_SKELETONS
 
-    if run_dir is not None and (Path(run_dir) / "config.yaml").is_file():
-        dataset = load_config(Path(run_dir) / "config.yaml").data.dataset
+    if run_dir is not None and (Path(run_dir) / CONFIG_FILE).is_file():
+        dataset = load_config(Path(run_dir) / CONFIG_FILE).data.dataset
         return get_skeleton(DATASET_SKELETONS.get(dataset, "lsp14"))
     by_count = {14: "lsp14", 16: "mpii16", 17: "coco17"}
     if model.num_joints not in by_count:
@@ -126,7 +172,6 @@ def person_picture(image: np.ndarray, joints: np.ndarray, cov: np.ndarray, box: 
     """The padded person box cut from ``image`` and enlarged, with the pose and its ellipses; with
     ``links`` the joint pairs correlated above it, with ``condition_joint`` beside it a second panel
     where that joint is moved one standard deviation along its widest axis and the rest follow."""
-    from pose_toss.viz.draw import draw_conditional, draw_correlation_links, draw_pose, enlarge
 
     x, y, w, h = box
     side = max(w, h) * padding
@@ -160,13 +205,6 @@ def visualize(checkpoint, images, out, *, boxes=None, score_threshold: float = 0
     contact sheet and ``predictions.json`` (COCO keypoint results with covariances) into ``out``. ``smooth``:
     the images are a video's frames in file-name order with one person each, smoothed with their full
     covariances (``tracking.smooth_results``) before drawing."""
-    from pose_toss.coco_results import coco_result, write_coco_results
-    from pose_toss.data.dataset import image_file_problem, load_image_rgb
-    from pose_toss.engine.evaluation import resolve_checkpoint
-    from pose_toss.engine.runtime import resolve_device
-    from pose_toss.models.checkpoint import load_model
-    from pose_toss.outputs import check_output_dir, staged_output_dir
-    from pose_toss.viz.draw import contact_sheet, write_png
 
     inputs = [checkpoint, *images, boxes]
     check_output_dir(out, overwrite, inputs)
@@ -200,7 +238,6 @@ def visualize(checkpoint, images, out, *, boxes=None, score_threshold: float = 0
                 "file_name": path.name, "bbox": [round(float(v), 2) for v in box], "picture": f"{path.stem}_{p}.png"}
                for _, joints, cov, box, image_id, path, p in people]
     if smooth and people:
-        from pose_toss.tracking import smooth_results
 
         frames = [path for *_, path, _ in people]
         if len(set(frames)) != len(frames):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from collections import defaultdict
@@ -9,9 +10,28 @@ from pathlib import Path
 
 import numpy as np
 
+from pose_toss.commands.options import add_config, add_output
+from pose_toss.config import load_config
 from pose_toss.data.dataset import PoseDataset, crop_labels, image_file_problem, sample_image_rgb
+from pose_toss.data.loading import load_records
 from pose_toss.outputs import atomic_write_text, check_output_dir, jsonable, staged_output_dir
 from pose_toss.skeletons import Skeleton
+from pose_toss.viz.draw import contact_sheet, draw_pose_scaled, write_png
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", default="train", choices=("train", "val", "test"))
+    add_output(p, "where summary.json/.md and contact_sheet.png go", required=False, default="runs/data-check")
+    p.add_argument("--count", type=int, default=16, help="crops on the contact sheet")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any problem is found")
+    add_config(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    result = data_check(cfg, args.out, split=args.split, count=args.count, overwrite=args.overwrite)
+    print(f"summary: {Path(args.out) / 'summary.json'} and summary.md")
+    return 1 if result["problems"] and args.strict else 0
 
 # A person with fewer usable joints than this teaches little and often means a bad annotation.
 FEW_JOINTS = 4
@@ -55,8 +75,6 @@ def dataset_summary(records: list[dict], skeleton: Skeleton, input_size: int, pa
 def augmented_crops(records: list[dict], data_cfg, skeleton: Skeleton, count: int = 16, seed: int = 0,
                     tile: int = 192) -> tuple[list[np.ndarray], list[str]]:
     """Up to ``count`` training crops after augmentation with their joints drawn, and the unreadable files met."""
-    from pose_toss.viz.draw import draw_pose_scaled
-
     dataset = PoseDataset.from_config(records, data_cfg, train=True, skeleton=skeleton, seed=seed)
     # Missing files are counted in the summary; draw from the people whose image exists.
     present = [i for i, r in enumerate(records) if r.get("image") is not None or os.path.isfile(r["image_path"])]
@@ -87,9 +105,6 @@ def format_summary(summary: dict, skeleton: Skeleton) -> str:
 def data_check(cfg, out, split: str = "train", count: int = 16, overwrite: bool = False, log=print) -> dict:
     """Summarise ``split`` of the configured data, log it with any problems, and write
     ``summary.json``, ``summary.md`` and ``contact_sheet.png`` (augmented crops) into ``out``."""
-    from pose_toss.engine.runtime import load_records
-    from pose_toss.viz.draw import contact_sheet, write_png
-
     d = cfg.data
     check_output_dir(out, overwrite, cfg.input_paths())
     records, skeleton = load_records(d, split)

@@ -10,10 +10,61 @@ cue lasts), the jitter (the mean frame-to-frame acceleration |x(t+1) - 2 x(t) + 
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 
+from pose_toss.coco_results import coco_results
+from pose_toss.commands.options import add_checkpoint, add_device, add_output
+from pose_toss.config import Config, load_config
+from pose_toss.data.dataset import PoseDataset
+from pose_toss.data.loading import make_loader
+from pose_toss.data.video import synthetic_sequence
+from pose_toss.engine.prediction import predict_dataset
+from pose_toss.engine.runtime import Runtime, resolve_device
+from pose_toss.metrics import mean_std
+from pose_toss.models.checkpoint import load_model
+from pose_toss.outputs import atomic_write_text, check_output_dir, jsonable, run_lock, staged_output_dir
+from pose_toss.run_dir import CONFIG_FILE, resolve_checkpoint
+from pose_toss.skeletons import LSP14
+from pose_toss.tracking import fit_noise, rts_smoother
+
 VARIANTS = ("raw", "full covariance", "diagonal only", "isotropic constant")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_checkpoint(p)
+    add_output(p, "where video_bench.json and .md go")
+    p.add_argument("--sequences", type=int, default=8)
+    p.add_argument("--length", type=int, default=60, help="frames per sequence")
+    p.add_argument("--seed", type=int, default=0)
+    add_device(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.sequences < 1 or args.length < 3:
+        raise ValueError(f"--sequences must be >= 1 and --length >= 3, got {args.sequences} and {args.length}")
+    model_file, run_dir = resolve_checkpoint(args.checkpoint)
+    inputs = [args.checkpoint]
+    check_output_dir(args.out, args.overwrite, inputs)
+    dev = resolve_device(args.device)
+    model = load_model(model_file, map_location=dev)
+    data_cfg = (load_config(run_dir / CONFIG_FILE) if run_dir is not None else Config()).data
+    data_cfg.input_size = model.input_size
+    with run_lock(args.out):
+        result = video_benchmark(model, data_cfg, args.sequences, args.length, args.seed, dev)
+        text = video_markdown(result)
+        with staged_output_dir(args.out, overwrite=args.overwrite, inputs=inputs) as stage:
+            atomic_write_text(stage / "video_bench.json", json.dumps(jsonable({"checkpoint": str(model_file),
+                                                                                **result}), indent=1))
+            atomic_write_text(stage / "video_bench.md", text)
+    print(text)
+    print(f"wrote {Path(args.out) / 'video_bench.json'} and video_bench.md")
+    return 0
+
 
 
 def measurement_covariances(covs: torch.Tensor, variant: str) -> torch.Tensor:
@@ -37,7 +88,6 @@ def sequence_scores(means: torch.Tensor, covs: torch.Tensor, truth: torch.Tensor
                     cued: torch.Tensor) -> dict:
     """Per variant: mean joint error over visible joints, over cued ones, and jitter (T x D means and truth,
     T x J masks)."""
-    from pose_toss.tracking import fit_noise, rts_smoother
 
     observed = visible.repeat_interleave(2, dim=1)
     out = {}
@@ -59,12 +109,6 @@ def sequence_scores(means: torch.Tensor, covs: torch.Tensor, truth: torch.Tensor
 
 def video_benchmark(model, data_cfg, sequences: int = 8, length: int = 60, seed: int = 0, device="cpu",
                     log=print) -> dict:
-    from pose_toss.coco_results import coco_results
-    from pose_toss.data.dataset import PoseDataset
-    from pose_toss.data.video import synthetic_sequence
-    from pose_toss.engine.evaluation import predict_dataset
-    from pose_toss.engine.runtime import Runtime, make_loader
-    from pose_toss.skeletons import LSP14
 
     device = torch.device(device)
     per_sequence = []
@@ -89,7 +133,6 @@ def video_benchmark(model, data_cfg, sequences: int = 8, length: int = 60, seed:
         per_sequence[-1]["truth"] = {"error": 0.0, "error_cued": 0.0, "jitter": jitter(truth)}
         log(f"sequence {s + 1}/{sequences}: raw {per_sequence[-1]['raw']['error']:.2f} px, full covariance "
             f"{per_sequence[-1]['full covariance']['error']:.2f} px")
-    from pose_toss.engine.compare import mean_std
 
     summary = {}
     for variant in (*VARIANTS, "truth"):

@@ -1,52 +1,61 @@
-"""Train several methods on the same data and epoch budget over learning rates and seeds, evaluate each
-cell, and tabulate mean ± std over seeds with validation curves per learning rate."""
+"""`pose-toss compare`: train several methods on the same data and epoch budget over learning rates and seeds,
+evaluate each cell, and tabulate mean ± std over seeds with validation curves per learning rate.
+
+The methods are ``engine.objectives.METHODS`` (what ``bench`` times too); ``compare`` is also the Python API.
+"""
 
 from __future__ import annotations
 
-import copy
+import argparse
 import json
 import math
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from pose_toss.config import Config, StageConfig, dump_config
-from pose_toss.engine.evaluation import evaluate_checkpoint, scalar_metrics
+import torch
+
+from pose_toss.commands.eval import evaluate_checkpoint
+from pose_toss.commands.options import add_config, add_output
+from pose_toss.config import Config, dump_config, load_config
+from pose_toss.engine.objectives import METHODS, method_config
+from pose_toss.engine.prediction import scalar_metrics
 from pose_toss.engine.report import comparison_table
+from pose_toss.engine.trainer import TrainingDiverged, train
+from pose_toss.metrics import mean_std
 from pose_toss.outputs import atomic_write_text, check_output_dir, jsonable, run_lock
+from pose_toss.run_dir import CONFIG_FILE, latest_checkpoint
+from pose_toss.viz.plots import sweep_curves_plot
 
-
-@dataclass(frozen=True)
-class Method:
-    covariance: str  # model.covariance
-    losses: tuple[str, ...]  # one loss per stage
-    labels_from: str = "targets"  # pseudo-labels of a W2 stage (see EmbeddingBank)
-    pseudo_labels: tuple[tuple[str, object], ...] = ()  # other pseudo_labels keys the W2 stage sets
-
-
-# Two-stage methods split the budget as the config's own stages do when it is a two-stage recipe,
-# else 20% / 80% (the paper's 20 of 100).
-METHODS = {
-    "mse": Method("identity", ("mse",)),
-    "diagonal": Method("diagonal", ("nll",)),
-    "nll": Method("full", ("nll",)),
-    "beta_nll": Method("diagonal", ("beta_nll",)),
-    "faithful": Method("full", ("faithful",)),
-    "nll_tic": Method("tic", ("nll",)),
-    "kl_calibrated": Method("tic", ("kl_calibrated",)),
-    "w2": Method("tic", ("w2_bound",)),
-    "w2_then_nll_tic": Method("tic", ("w2_bound", "nll")),
-    # Beyond the paper: W2 to the second moment of the neighbours' errors, not of their poses' spread.
-    "w2_residual_then_nll_tic": Method("tic", ("w2_bound", "nll"), "residuals"),
-    # Beyond the paper: each sample's temperature set for 16 effective neighbours (the paper's tau = 1 leaves 2-5).
-    "w2_eff16_then_nll_tic": Method("tic", ("w2_bound", "nll"), pseudo_labels=(("effective_neighbours", 16.0),)),
-    "loss_pred": Method("isotropic", ("loss_pred",)),
-}
 DEFAULT_METHODS = ("mse", "diagonal", "nll", "beta_nll", "faithful", "nll_tic", "w2", "w2_then_nll_tic", "loss_pred")
 # What the curves show, per epoch of each cell's metrics.jsonl.
 CURVES = (("val_mean_joint_error", "val error (px)"), ("val_nll", "val NLL"), ("val_tac", "val TAC (px)"))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help="comma-separated, of: " + ", ".join(METHODS))
+    p.add_argument("--lrs", default=None, help="comma-separated learning rates, e.g. 1e-4,1e-3,1e-2 (default: the "
+                                               "config's train.lr)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per cell: train.seed, train.seed + 1, ...")
+    p.add_argument("--jobs", type=int, default=1, help="cells trained at once (worker processes sharing the "
+                                                      "device; the CPU threads and data workers are divided)")
+    add_output(p, "output directory; a sweep interrupted in it resumes: finished cells are read back, interrupted "
+                  "ones continue from their last checkpoint")
+    add_config(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    methods = parse_methods(args.methods)
+    lrs = parse_lrs(args.lrs) if args.lrs else None
+    cfg = load_config(args.config, args.overrides)
+    result = compare(cfg, methods, args.out, lrs=lrs, seeds=args.seeds, jobs=args.jobs, overwrite=args.overwrite)
+    print(result["markdown"])
+    print(f"table: {Path(args.out) / 'comparison.md'} and comparison.json; curves: comparison_curves.png")
+    return 0
 
 
 def parse_methods(text: str) -> list[str]:
@@ -68,41 +77,6 @@ def parse_lrs(text: str) -> list[float]:
     if not lrs or not all(math.isfinite(v) and v > 0 for v in lrs) or len(set(lrs)) != len(lrs):
         raise ValueError(f"--lrs {text!r}: expected distinct positive learning rates such as 1e-3,1e-2")
     return lrs
-
-
-def method_config(base: Config, method: str, lr: float | None = None, seed: int | None = None) -> Config:
-    """The base config with the method's covariance and stages over the same total epochs (and, when
-    given, this learning rate and training seed; the data stay the same)."""
-    cfg = copy.deepcopy(base)
-    spec = METHODS[method]
-    total = base.total_epochs
-    template = {s.loss: s for s in base.stages}
-    if len(spec.losses) == 2:
-        recipe = len(base.stages) == 2 and base.stages[0].loss == "w2_bound"
-        first = base.stages[0].epochs if recipe else max(1, round(0.2 * total))
-        first = min(first, total - 1)
-        epochs = (first, total - first)
-    else:
-        epochs = (total,)
-    stages = []
-    for loss, n in zip(spec.losses, epochs, strict=True):
-        st = copy.deepcopy(template.get(loss, template.get("w2_bound", StageConfig())))
-        st.loss, st.epochs = loss, n
-        if loss == "w2_bound":
-            st.pseudo_labels.labels_from = spec.labels_from
-            for key, value in spec.pseudo_labels:
-                setattr(st.pseudo_labels, key, value)
-        stages.append(st)
-    cfg.model.covariance = spec.covariance
-    if spec.covariance in ("identity", "isotropic"):  # nothing fitted for a local term to add to
-        cfg.model.local_covariance = False
-    cfg.stages = stages
-    if lr is not None:
-        cfg.train.lr = lr
-    if seed is not None:
-        cfg.train.seed = seed
-    cfg.validate(f"method {method}")
-    return cfg
 
 
 DIVERGED_FILE = "diverged.json"  # a cell whose training stopped on divergence: read back as done
@@ -127,8 +101,6 @@ def run_cell(cfg: Config, run_dir: Path, log=print) -> tuple[dict, float, bool]:
 
     A finished cell with the same config is read back; one interrupted during training resumes from its
     last checkpoint; one whose config changed is trained again."""
-    from pose_toss.engine.trainer import TrainingDiverged, latest_checkpoint, train
-
     done, timing = run_dir / "eval" / "metrics.json", run_dir / "wall_time.json"
     diverged = run_dir / DIVERGED_FILE
     same_config = _has_config(run_dir, cfg)
@@ -156,13 +128,11 @@ def run_cell(cfg: Config, run_dir: Path, log=print) -> tuple[dict, float, bool]:
 
 
 def _has_config(run_dir: Path, cfg: Config) -> bool:
-    return (run_dir / "config.yaml").is_file() and (run_dir / "config.yaml").read_text() == dump_config(cfg)
+    return (run_dir / CONFIG_FILE).is_file() and (run_dir / CONFIG_FILE).read_text() == dump_config(cfg)
 
 
 def _run_cell_in_worker(cfg: Config, run_dir: str, log_file: str, threads: int) -> tuple[dict, float, bool]:
     """One cell in a worker process: its own thread count, its log in a file."""
-    import torch
-
     torch.set_num_threads(threads)
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "a") as f:
@@ -170,15 +140,6 @@ def _run_cell_in_worker(cfg: Config, run_dir: str, log_file: str, threads: int) 
             f.write(msg + "\n")
             f.flush()
         return run_cell(cfg, Path(run_dir), log)
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    if not vals:
-        return float("nan"), float("nan")
-    mean = sum(vals) / len(vals)
-    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-    return mean, std
 
 
 def aggregate(cells: list[dict]) -> list[dict]:
@@ -241,8 +202,6 @@ def _compare(base: Config, methods: list[str], out: Path, lrs: list[float], seed
                 log(f"{c.name}: already done, reading {c.path(out) / 'eval' / 'metrics.json'}")
             results[c] = (metrics, seconds)
     else:
-        import multiprocessing
-
         threads = max(1, (os.cpu_count() or 1) // jobs)
         for c in cells:
             configs[c].data.num_workers = min(configs[c].data.num_workers, max(0, threads - 1))
@@ -274,8 +233,6 @@ def _compare(base: Config, methods: list[str], out: Path, lrs: list[float], seed
 
 
 def write_sweep_curves(path: Path, methods: list[str], lrs: list[float], curves: dict[Cell, dict]) -> str:
-    from pose_toss.viz.plots import sweep_curves_plot
-
     series: dict[tuple[float, str], list[dict]] = {}
     for c, curve in curves.items():
         series.setdefault((c.lr, c.method), []).append(curve)

@@ -8,31 +8,80 @@ inference throughput with covariance. CUDA when available, CPU otherwise.
 
 from __future__ import annotations
 
+import argparse
+import ctypes
+import json
 import math
+import multiprocessing
 import os
 import platform
 import resource
+import shlex
+import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from pose_toss import losses
+from pose_toss.commands.eval import resolve_eval_data
+from pose_toss.commands.options import add_checkpoint, add_config, add_device, add_output
 from pose_toss.config import Config, load_config
+from pose_toss.covariance import jacobian, taylor_diagnostics
+from pose_toss.data.dataset import PoseDataset
+from pose_toss.data.synthetic import SyntheticPoseDataset
+from pose_toss.engine.objectives import LOSSES, StageObjective, labels_in_batch_frame, method_config
+from pose_toss.engine.runtime import autocast_context, resolve_device
+from pose_toss.engine.trainer import build_model_from_config
+from pose_toss.metrics import tic_summary
+from pose_toss.models.checkpoint import load_model
+from pose_toss.models.covariance_heads import eval_mode
+from pose_toss.models.onnx import export_onnx, export_problem
+from pose_toss.outputs import atomic_write_text, check_output_dir, jsonable, staged_output_dir
+from pose_toss.pseudo_labels import pseudo_covariances
+from pose_toss.run_dir import resolve_checkpoint
+from pose_toss.tracking import OnlineSmoother, fit_noise
 
-# Benchmarked training steps: name -> (covariance parameterisation, loss, where z enters the head).
-STEP_METHODS = {
-    "mse": ("tic", "mse", None),
-    "diagonal": ("diagonal", "nll", None),
-    "nll": ("full", "nll", None),
-    "nll_tic": ("tic", "nll", None),
-    "w2_bound_tic": ("tic", "w2_bound", None),
-    "w2_bound_full": ("full", "w2_bound", None),
-    # The same NLL-TIC step with z entering before the whole head: J through every deconvolution.
-    "nll_tic_z_at_features": ("tic", "nll", "features"),
-}
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_output(p, "where bench.json and bench.md go")
+    p.add_argument("--batch", type=int, default=32, help="training and Jacobian batch size")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (the median is kept)")
+    add_device(p)
+    p.add_argument("--pseudo-sizes", type=int, nargs="+", default=[10_000, 40_000, 100_000, 150_000], metavar="N",
+                   help="bank sizes for the pseudo-label scaling")
+    p.add_argument("--data-sizes", type=int, nargs="+", default=[128, 256], metavar="PX",
+                   help="input sizes for the data pipeline")
+    p.add_argument("--data-samples", type=int, default=400, help="samples timed per data-pipeline size")
+    add_checkpoint(p, required=False, help="a trained TIC model file or run: also report its J rank and Taylor "
+                                           "share of the covariance on validation images")
+    p.add_argument("--profile", action="store_true", help="also profile an NLL-TIC step (torch.profiler): the "
+                                                          "operators with the most self time")
+    add_config(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    inputs = [args.config, args.checkpoint, *cfg.input_paths()]
+    check_output_dir(args.out, args.overwrite, inputs)
+    result = run_benchmarks(cfg, batch=args.batch, repeats=args.repeats, device=args.device,
+                            pseudo_sizes=tuple(args.pseudo_sizes), data_sizes=tuple(args.data_sizes),
+                            data_samples=args.data_samples, checkpoint=args.checkpoint, profile=args.profile)
+    text = benchmark_markdown(result, "pose-toss bench " + " ".join(shlex.quote(a) for a in args.argv))
+    with staged_output_dir(args.out, overwrite=args.overwrite, inputs=inputs) as stage:
+        atomic_write_text(stage / "bench.json", json.dumps(jsonable(result), indent=1))
+        atomic_write_text(stage / "bench.md", text)
+    print(text)
+    print(f"wrote {Path(args.out) / 'bench.json'} and bench.md")
+    return 0
+
+
+# The methods (``engine.objectives.METHODS``) whose first stage's training step is timed.
+STEP_METHODS = ("mse", "diagonal", "nll", "nll_tic", "w2", "w2_full", "nll_tic_z_at_features")
 
 
 def machine_description() -> dict:
@@ -76,7 +125,6 @@ def _step_memory_in_fresh_process(cfg: Config, batch: int, name: str) -> float:
     """Peak RSS growth (MiB) of one optimiser step of ``name`` in a fresh process, after a first step (the
     optimiser's states, the libraries' one-time set-up) and with freed memory handed back to the system
     (``malloc_trim``), the peak reset through ``/proc/self/clear_refs``: what the step itself needs."""
-    import ctypes
 
     torch.set_num_threads(1)
     step, _ = _step_fn(cfg, batch, name, torch.device("cpu"))
@@ -91,7 +139,7 @@ def _step_memory_in_fresh_process(cfg: Config, batch: int, name: str) -> float:
     return peak - before
 
 
-def step_memory(cfg: Config, batch: int, methods=tuple(STEP_METHODS), device: torch.device | None = None) -> dict:
+def step_memory(cfg: Config, batch: int, methods=STEP_METHODS, device: torch.device | None = None) -> dict:
     """Peak memory of a training step per method (MiB above the model and optimiser states, so the
     activations, gradients and the step's temporaries), and each as a ratio to the MSE step. CUDA: torch's
     peak allocation in this process; CPU (Linux): the peak RSS growth of a fresh process per method."""
@@ -110,8 +158,6 @@ def step_memory(cfg: Config, batch: int, methods=tuple(STEP_METHODS), device: to
             del step
             torch.cuda.empty_cache()
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
 
         for name in methods:  # one fresh process each, one after the other
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as one:
@@ -153,40 +199,45 @@ def _fake_pseudo_labels(batch: int, dim: int, device: torch.device, seed: int = 
     return (a @ a.transpose(1, 2) / dim + torch.eye(dim)).to(device)
 
 
-def _step_fn(cfg: Config, batch: int, name: str, device: torch.device, seed: int = 0):
-    """(one optimiser step of method ``name`` as a closure, its config row): the trainer's own loss
-    function, heatmap term and, for W2, the move of the pseudo-labels into the batch frame."""
-    from pose_toss.engine.objectives import labels_in_batch_frame, training_loss
-    from pose_toss.engine.trainer import build_model_from_config
+class _FixedPseudoLabels:
+    """Random pseudo-labels for a benchmark batch, moved into its frame each step as the trainer's are."""
 
+    def __init__(self, batch: int, dim: int, device: torch.device) -> None:
+        self.cov = _fake_pseudo_labels(batch, dim, device)
+        self.root = losses.sqrtm_eigh(self.cov.double()).float()
+        self.flip = torch.arange(dim)
+
+    def batch_labels(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return labels_in_batch_frame(self.cov, batch["affine"], batch["affine"], self.flip, sqrt=self.root)
+
+
+def _step_fn(cfg: Config, batch: int, name: str, device: torch.device, seed: int = 0):
+    """(one optimiser step of method ``name``'s first stage as a closure, its config row): the trainer's own
+    objective (loss, heatmap term and, for W2, the move of the pseudo-labels into the batch frame)."""
     j = 14
     data = _fake_batch(cfg, batch, j, device, seed)
-    flip = torch.arange(2 * j)
-    bank_cov = _fake_pseudo_labels(batch, 2 * j, device)
-    bank_root = losses.sqrtm_eigh(bank_cov.double()).float()
-    covariance, loss, at = STEP_METHODS[name]
-    model_cfg = replace(cfg.model, covariance=covariance, bottleneck_at=at or cfg.model.bottleneck_at)
+    method = method_config(cfg, name)
+    stage = method.stages[0]
+    loss = LOSSES[stage.loss]
+    objective = StageObjective(loss, stage.beta, (cfg.data.input_size / 32.0) ** 2, cfg.train.heatmap_weight,
+                               _FixedPseudoLabels(batch, 2 * j, device) if loss.needs_pseudo_labels else None)
     torch.manual_seed(seed)
-    model = build_model_from_config(replace(cfg, model=model_cfg), j).to(device).train()
+    model = build_model_from_config(method, j).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     amp = cfg.train.amp and device.type == "cuda"
 
     def step():
-        pseudo = None
-        if loss == "w2_bound":
-            pseudo = labels_in_batch_frame(bank_cov, data["affine"], data["affine"], flip, sqrt=bank_root)
         opt.zero_grad(set_to_none=True)
-        total, _ = training_loss(model, model, data, loss, device, pseudo=pseudo, amp=amp,
-                                 heatmap_weight=cfg.train.heatmap_weight,
-                                 variance_scale=(cfg.data.input_size / 32.0) ** 2)
+        total, _ = objective(model, model, data, device, amp)
         total.backward()
         opt.step()
 
-    return step, {"covariance": covariance, "loss": loss, "bottleneck_at": model_cfg.bottleneck_at}
+    row = {"covariance": method.model.covariance, "loss": stage.loss, "bottleneck_at": method.model.bottleneck_at}
+    return step, row
 
 
 def step_times(cfg: Config, batch: int, repeats: int = 5, warmup: int = 2, device: torch.device | None = None,
-               methods=tuple(STEP_METHODS)) -> dict:
+               methods=STEP_METHODS) -> dict:
     """Median seconds of one optimiser step per method (``_step_fn``), and each as a ratio to MSE."""
     device = device or torch.device("cpu")
     rows = {}
@@ -204,7 +255,6 @@ def profile_step(cfg: Config, batch: int, name: str = "nll_tic", device: torch.d
                  rows: int = 12) -> list[dict]:
     """Where one training step's time goes (torch.profiler, two steps after a warm-up): the operators with
     the most self time, with their share of the step."""
-    from torch.profiler import ProfilerActivity, profile
 
     device = device or torch.device("cpu")
     step, _ = _step_fn(cfg, batch, name, device)
@@ -226,8 +276,6 @@ def profile_step(cfg: Config, batch: int, name: str = "nll_tic", device: torch.d
 
 def tic_spectrum(model, images: torch.Tensor) -> dict:
     """J's rank and the Taylor term's share of Σ (``metrics.tic_summary``) for a TIC model on images."""
-    from pose_toss.covariance import taylor_diagnostics
-    from pose_toss.metrics import tic_summary
 
     was_training = model.training
     model.eval()
@@ -237,16 +285,13 @@ def tic_spectrum(model, images: torch.Tensor) -> dict:
     finally:
         model.train(was_training)
     if out.tic is None:
-        raise ValueError(f"the model's covariance is {model.config['covariance']!r}, not TIC: it has no Jacobian")
+        raise ValueError(f"the model's covariance is {model.config.covariance!r}, not TIC: it has no Jacobian")
     return tic_summary(*taylor_diagnostics(out.tic.jacobian, out.tic.eps1, out.cov))
 
 
 def trained_tic_spectrum(checkpoint, count: int = 64, device: torch.device | None = None) -> dict:
     """``tic_spectrum`` of a trained model on the first ``count`` images of its run's validation split
     (the default synthetic data's when the file belongs to no run)."""
-    from pose_toss.data.dataset import PoseDataset
-    from pose_toss.engine.evaluation import resolve_checkpoint, resolve_eval_data
-    from pose_toss.models.checkpoint import load_model
 
     device = device or torch.device("cpu")
     model_file, run_dir = resolve_checkpoint(checkpoint)
@@ -261,9 +306,6 @@ def trained_tic_spectrum(checkpoint, count: int = 64, device: torch.device | Non
 def jacobian_times(cfg: Config, batch: int, repeats: int = 5, warmup: int = 2, device: torch.device | None = None,
                    loop: bool = True) -> dict:
     """TIC's Jacobian on the configured model: batched vs a per-sample autograd loop."""
-    from pose_toss.covariance import jacobian
-    from pose_toss.engine.trainer import build_model_from_config
-    from pose_toss.models.covariance_heads import eval_mode
 
     device = device or torch.device("cpu")
     torch.manual_seed(0)
@@ -307,7 +349,6 @@ def pseudo_label_scaling(sizes=(10_000, 40_000, 100_000, 150_000), embed_dim: in
                          with_sqrt: bool = True, device: torch.device | str = "cpu", seed: int = 0) -> dict:
     """Seconds of ``pseudo_covariances`` (kNN, weighted covariances and their roots) per bank size and
     the fitted exponent of time ~ N^a."""
-    from pose_toss.pseudo_labels import pseudo_covariances
 
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
@@ -334,8 +375,6 @@ def pseudo_label_scaling(sizes=(10_000, 40_000, 100_000, 150_000), embed_dim: in
 
 def data_throughput(input_size: int, num: int = 400, warmup: int = 20, seed: int = 0) -> float:
     """Samples/s of the full training pipeline on one core: render + crop + augment + heatmaps + tensors."""
-    from pose_toss.data.dataset import PoseDataset
-    from pose_toss.data.synthetic import SyntheticPoseDataset
 
     threads = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(1)
@@ -361,8 +400,6 @@ def inference_throughput(cfg: Config, batches=(1, 32), repeats: int = 5, warmup:
     """Images/s of an eval-mode forward with the configured covariance (``with_covariance=False``: the mean
     alone), per batch size; with ``embedding_only`` just the bottleneck z (what a pseudo-label refresh
     computes per image). bf16 autocast on CUDA when the config asks for it, as in training."""
-    from pose_toss.engine.evaluation import autocast_context
-    from pose_toss.engine.trainer import build_model_from_config
 
     device = device or torch.device("cpu")
     torch.manual_seed(0)
@@ -385,14 +422,11 @@ def inference_throughput(cfg: Config, batches=(1, 32), repeats: int = 5, warmup:
 def onnx_throughput(cfg: Config, batches=(1, 32), repeats: int = 5, warmup: int = 2) -> dict | None:
     """Images/s of the exported model (mean, covariance, heatmaps) in ONNX Runtime on the CPU, per batch
     size; None when onnx / onnxruntime are not installed or the configured model does not export."""
-    import tempfile
 
     try:
         import onnxruntime as ort
     except ImportError:
         return None
-    from pose_toss.engine.trainer import build_model_from_config
-    from pose_toss.models.onnx import export_onnx, export_problem
 
     torch.manual_seed(0)
     model = build_model_from_config(cfg, 14)
@@ -425,7 +459,6 @@ def tracking_times(frames: int = 60, fit_joints: int = 14, step_joints: int = 17
     """Smoothing's costs on the CPU, on a simulated track with full, frame-varying covariances: fitting alpha and q
     (``tracking.fit_noise``) to ``frames`` frames of ``fit_joints`` joints (median of ``repeats``), and one
     ``OnlineSmoother.step`` per person per frame for ``step_joints`` joints at each lag (median over frames)."""
-    from pose_toss.tracking import OnlineSmoother, fit_noise
 
     g = torch.Generator().manual_seed(seed)
 
@@ -455,7 +488,6 @@ def run_benchmarks(cfg: Config, batch: int = 32, repeats: int = 5, device: str =
                    checkpoint=None, profile: bool = False, log=print) -> dict:
     """Every section of the module docstring; ``checkpoint`` (a trained TIC model or run) adds its J
     spectrum and Taylor share on validation images."""
-    from pose_toss.engine.runtime import resolve_device
 
     dev = resolve_device(device)
     if dev.type == "cuda":
@@ -485,7 +517,7 @@ def run_benchmarks(cfg: Config, batch: int = 32, repeats: int = 5, device: str =
     pl = pseudo_label_scaling(pseudo_sizes, embed_dim=64, dim=28, k=64, device=dev)
     # Against an epoch over as many samples with the configured W2-TIC step. A refresh also embeds
     # every training image once (eval-mode forward to z), estimated from the embedding throughput.
-    step = result["steps"]["w2_bound_tic"]["seconds"]
+    step = result["steps"]["w2"]["seconds"]
     pl["embedding_images_per_s"] = inference_throughput(cfg, (batch,), repeats, device=dev,
                                                         embedding_only=True)[str(batch)]
     for r in pl["rows"]:

@@ -1,192 +1,143 @@
-"""Running a model over a dataset and turning its predictions into metrics and a report."""
+"""`pose-toss eval`: a model on a dataset -> metrics.json, report.md, COCO results with covariances, pictures.
+
+``evaluate_checkpoint`` is the command's body (also the Python API ``pose_toss.evaluate``): predictions from
+``engine.prediction``, COCO AP from ``engine.coco_eval``, on synthetic data the occlusion check
+(``engine.occlusion``), the report from ``engine.report``.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import argparse
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from pose_toss.covariance import equal_mixture, taylor_diagnostics, unmirror
-from pose_toss.metrics import joint_errors, mean_residual_covariance, pose_metrics, tic_summary
+from pose_toss.coco_results import coco_results, write_coco_results
+from pose_toss.commands.options import add_checkpoint, add_device, add_output, add_quiet
+from pose_toss.config import Config, load_config
+from pose_toss.data.coco_format import coco_ground_truth, record_area, record_image_id
+from pose_toss.data.dataset import PoseDataset, crop_labels, image_file_problem, sample_image_rgb
+from pose_toss.data.loading import load_records, make_loader, skeleton_for
+from pose_toss.data.readers import AnnotationError
+from pose_toss.data.synthetic import SyntheticPoseDataset
+from pose_toss.data.synthetic_files import ANNOTATION_FILE, read_synthetic
+from pose_toss.engine.coco_eval import ap_by_score
+from pose_toss.engine.coco_eval import simulated_detections as simulate
+from pose_toss.engine.occlusion import occlusion_check
+from pose_toss.engine.prediction import (
+    attach_cues,
+    metrics_from_predictions,
+    non_finite_predictions,
+    predict_dataset,
+    residual_reference,
+)
+from pose_toss.engine.report import comparison_table, evaluation_report
+from pose_toss.engine.runtime import Runtime, resolve_device
+from pose_toss.metrics import joint_errors, keypoint_similarity, reliability
+from pose_toss.models.checkpoint import load_model
+from pose_toss.outputs import atomic_write_text, check_output_dir, jsonable, run_lock, staged_output_dir
+from pose_toss.run_dir import CONFIG_FILE, resolve_checkpoint
+from pose_toss.viz.draw import contact_sheet, draw_pose_scaled, write_png
+from pose_toss.viz.plots import calibration_plot, keypoint_reliability_plot, sparsification_plot, training_curves_plot
 
-OPTIONAL_KEYS = ("target_true", "cov_true", "head_size")
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_checkpoint(p)
+    p.add_argument("--data", default="synthetic",
+                   help="'synthetic' (the run's generator), a .yaml config, or a make-synthetic directory")
+    p.add_argument("--split", default="test", choices=("test", "val"))
+    add_output(p)
+    add_device(p)
+    p.add_argument("--batch-size", type=int, default=None, help="default: the config's data.batch_size")
+    p.add_argument("--pictures", type=int, default=16, help="crops drawn with their ellipses (0: none)")
+    p.add_argument("--flip-test", action="store_true",
+                   help="also predict each mirrored crop and merge the two Gaussians (moment matching)")
+    p.add_argument("--simulated-detections", metavar="JITTER,FALSE_POSITIVES",
+                   help="also predict from detector-like boxes: each true box moved and scaled by JITTER (a "
+                        "fraction of its size), and for a FALSE_POSITIVES share of the people one extra box "
+                        "elsewhere in the image (e.g. 0.1,0.25); "
+                        "report COCO AP by expected OKS, heatmap maximum and a constant score")
+    p.add_argument("--occlusions", type=int, default=200, metavar="N",
+                   help="synthetic generator only: also predict N test figures with and without an occluder added "
+                        "on one limb, and report how the covariance responds (0 skips it; default 200)")
+    add_quiet(p)
 
 
-def autocast_context(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA when asked; nothing on CPU (covariance math casts itself to float32)."""
-    if amp and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def run(args: argparse.Namespace) -> int:
+    if args.occlusions < 0:
+        raise ValueError(f"--occlusions: expected a number of figures >= 0, got {args.occlusions}")
+    m = evaluate_checkpoint(args.checkpoint, args.data, args.out, split=args.split, overwrite=args.overwrite,
+                            device=args.device, batch_size=args.batch_size, pictures=args.pictures,
+                            progress=not args.quiet, flip_test=args.flip_test,
+                            simulated_detections=parse_detector(args.simulated_detections),
+                            occlusions=args.occlusions)
+    print(summary_text(m, Path(args.out), args.pictures > 0))
+    return 0
 
 
-@torch.no_grad()
-def predict_dataset(model, loader, device: torch.device, amp: bool = False, progress: bool = False,
-                    desc: str = "predicting", flip_coords: torch.Tensor | None = None,
-                    unreadable: list | None = None) -> dict[str, torch.Tensor]:
-    """Means, covariances and the batch's labels for every sample the loader yields, on the CPU.
+def against_mean_pose(error: float, mean_pose: float) -> str:
+    """How an error compares with the mean pose's, the right way round: "3.0x lower" or "1.4x higher"."""
+    if error <= mean_pose:
+        return f"{mean_pose / max(error, 1e-9):.1f}x lower"
+    return f"{error / max(mean_pose, 1e-9):.1f}x higher: worse than predicting the mean pose"
 
-    The model runs in eval mode; TIC's Jacobian still needs autograd, which ``torch.func`` enables
-    for itself inside ``no_grad``. Duplicates (padded distributed shards) are dropped by index.
 
-    ``flip_coords`` (the skeleton's left/right permutation of the 2J coordinates) turns on the flip
-    test: each crop is also predicted mirrored, and the two Gaussians are merged by moment matching.
-    The single-pass means are kept as ``mean_no_flip``.
+def summary_text(m: dict, out: Path, pictures: bool) -> str:
+    """What ``pose-toss eval`` prints: the summary table, the headline numbers and where the outputs are."""
+    lines = [comparison_table(["model"], [m], mark_best=False),
+             f"mean joint error {m['mean_joint_error']:.2f} px against {m['mean_pose_error']:.2f} px for the "
+             f"{m['mean_pose_from']}'s mean pose ({against_mean_pose(m['mean_joint_error'], m['mean_pose_error'])}); "
+             f"90% ellipses hold {100 * m['coverage@0.9']:.1f}% of the ground truths",
+             "COCO keypoints (scores: expected OKS): " + ", ".join(
+                 f"{k} {v:.3f}" for k, v in m["coco"].items() if v is not None)]
+    if m.get("flip_test"):
+        lines.append(f"flip test on; without it, the mean joint error is {m['mean_joint_error_no_flip']:.2f} px "
+                     f"({against_mean_pose(m['mean_joint_error_no_flip'], m['mean_pose_error'])} than the mean pose)")
+    if "cue_auroc_spread" in m:
+        constant = m.get("cue_auroc_spread_constant", 0.5)
+        lines.append(f"synthetic cues: the spread tells a cued joint from the same joint uncued with AUROC "
+                     f"{m['cue_auroc_spread']:.3f} (a per-joint constant: {constant:.3f}, the true label noise: "
+                     f"{m['cue_auroc_spread_true']:.3f}); the label noise is "
+                     f"{100 * m['label_noise_share']:.0f}% of the predicted covariance's trace")
+    if "occlusion" in m:
+        o = m["occlusion"]
+        lines.append(f"occluder added on one limb of {o['pairs']} test figures: the limb end's spread rose in "
+                     f"{100 * o['spread_rise']:.0f}% (median x{o['spread_ratio']:.2f}, its error "
+                     f"x{o['error_ratio']:.2f}); 90% ellipses hold {100 * o['coverage@0.9_occluded']:.0f}% of its "
+                     f"labels occluded, {100 * o['coverage@0.9_plain']:.0f}% without")
+    if m.get("unreadable_images"):
+        lines.append(f"warning: {len(m['unreadable_images'])} of {m['samples_given']} samples left out: their images "
+                     f"could not be read (listed in report.md); the numbers are over the other {m['num_samples']}")
+    if m.get("damaged_images"):
+        lines.append(f"warning: {len(m['damaged_images'])} damaged images were predicted on (listed in report.md)")
+    lines += [f"report: {out / 'report.md'}",
+              f"metrics: {out / 'metrics.json'}   predictions (COCO + covariance): {out / 'predictions.json'}"]
+    if pictures:
+        lines.append(f"pictures: {out / 'pictures.png'}")
+    return "\n".join(lines)
 
-    A heatmap model also gives ``heatmap_max`` (B x J, each joint's largest soft-argmax probability). A TIC
-    model also gives, per sample, ``tic_share`` (tr(eps1^2 J J^T) / tr(cov)) and J's singular
-    values (``jacobian_singular_values``), from the single pass.
 
-    Samples whose image could not be read are left out; ``unreadable`` (a list) receives their messages.
-    """
-    was_training = model.training
-    model.eval()
-    cols: dict[str, list] = {k: [] for k in ("mean", "cov", "target", "visibility", "affine", "index",
-                                             "mean_no_flip", "tic_share", "jacobian_singular_values", "heatmap_max",
-                                             *OPTIONAL_KEYS)}
+def parse_detector(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
     try:
-        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-            if unreadable is not None:
-                unreadable.extend(batch.get("missing_images", ()))
-            if "image" not in batch:
-                continue
-            images = batch["image"].to(device, non_blocking=True)
-            with autocast_context(device, amp):
-                out = model(images)
-            mean, cov = out.mean.float(), out.cov.float()
-            if out.heatmaps is not None:  # each joint's most probable pixel's probability (a common keypoint score)
-                beta = model.head.log_beta.exp().float()
-                cols["heatmap_max"].append(torch.softmax(beta * out.heatmaps.float().flatten(2), -1).amax(-1).cpu())
-            if out.tic is not None:
-                share, singular = taylor_diagnostics(out.tic.jacobian, out.tic.eps1, cov)
-                cols["tic_share"].append(share.float().cpu())
-                cols["jacobian_singular_values"].append(singular.float().cpu())
-            if flip_coords is not None:
-                with autocast_context(device, amp):
-                    mirrored = model(images.flip(-1))
-                back = unmirror(mirrored.mean.float(), mirrored.cov.float(), flip_coords, images.shape[-1])
-                cols["mean_no_flip"].append(mean.cpu())
-                mean, cov = equal_mixture(mean, cov, *back)
-            cols["mean"].append(mean.cpu())
-            cols["cov"].append(cov.cpu())
-            for key in ("target", "visibility", "affine", *OPTIONAL_KEYS):
-                if key in batch:
-                    cols[key].append(torch.as_tensor(batch[key]))
-            cols["index"].append(torch.as_tensor(batch["index"]))
-    finally:
-        model.train(was_training)
-    preds = {k: torch.cat(v) for k, v in cols.items() if v}
-    if "index" in preds:
-        idx = preds["index"]
-        order = torch.argsort(idx, stable=True)
-        keep = torch.ones(len(idx), dtype=torch.bool)
-        keep[1:] = idx[order][1:] != idx[order][:-1]
-        preds = {k: v[order][keep] for k, v in preds.items()}
-    return preds
-
-
-@torch.no_grad()
-def residual_reference(model, loader, device: torch.device, amp: bool = False) -> torch.Tensor:
-    """The cue metrics' constant reference: ``metrics.mean_residual_covariance`` of the model's means over the
-    loader's samples (the training split, unaugmented), D x D. Only the means are computed."""
-    was_training = model.training
-    model.eval()
-    means, targets, vis = [], [], []
-    try:
-        for batch in loader:
-            if "image" not in batch:
-                continue
-            with autocast_context(device, amp):
-                out = model(batch["image"].to(device, non_blocking=True), with_covariance=False)
-            means.append(out.mean.float().cpu())
-            targets.append(batch["target"])
-            vis.append(batch["visibility"])
-    finally:
-        model.train(was_training)
-    if not means:
-        raise ValueError("no readable sample to fit the constant reference covariance on")
-    return mean_residual_covariance(torch.cat(means), torch.cat(targets), torch.cat(vis))
-
-
-def non_finite_predictions(preds: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Dataset indices of the samples whose predicted mean or covariance holds NaN or Inf."""
-    if "mean" not in preds:
-        return torch.zeros(0, dtype=torch.long)
-    bad = ~torch.isfinite(preds["mean"]).all(1) | ~torch.isfinite(preds["cov"]).flatten(1).all(1)
-    return preds["index"][bad]
-
-
-def attach_cues(preds: dict[str, torch.Tensor], records: list[dict]) -> dict[str, torch.Tensor]:
-    """Add ``limb_cue`` (B x limbs, the synthetic cues' strengths) when every predicted record knows its cues."""
-    from pose_toss.data.synthetic import record_cue_strengths
-
-    strengths = record_cue_strengths([records[int(i)] for i in preds["index"]])
-    if strengths is not None:
-        preds["limb_cue"] = torch.from_numpy(strengths)
-    return preds
-
-
-def metrics_from_predictions(preds: dict[str, torch.Tensor], skeleton, reference_cov: torch.Tensor | None = None
-                             ) -> dict:
-    """``pose_metrics`` of a prediction set; ``reference_cov`` (``residual_reference``) is the constant the cue
-    metrics are read against."""
-    from pose_toss.data.synthetic import CUE_LIMBS
-
-    cued = "limb_cue" in preds
-    metrics = pose_metrics(preds["mean"], preds["cov"], preds["target"], preds["visibility"], skeleton,
-                           head_sizes=preds.get("head_size"), target_true=preds.get("target_true"),
-                           cov_true=preds.get("cov_true"), limbs=torch.tensor(CUE_LIMBS) if cued else None,
-                           limb_cue=preds.get("limb_cue"), reference_cov=reference_cov)
-    if "tic_share" in preds:
-        metrics.update(tic_summary(preds["tic_share"], preds["jacobian_singular_values"]))
-    return metrics
-
-
-def scalar_metrics(metrics: dict) -> dict:
-    """The single-number entries (what metrics.jsonl and comparison tables hold)."""
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-
-
-# --------------------------------------------------------------------------------------------------
-# `pose-toss eval`: checkpoint + data -> metrics.json, report.md, COCO results, pictures
-# --------------------------------------------------------------------------------------------------
-
-
-def resolve_checkpoint(path) -> tuple[Path, Path | None]:
-    """(model file, run directory or None) from a model file, a run directory or a checkpoint directory.
-
-    A run directory gives its best model (by validation NLL), else its final one, else its newest
-    epoch checkpoint.
-    """
-    from pose_toss.engine.trainer import MODEL_FILE, latest_checkpoint
-
-    p = Path(path)
-    if p.is_file():
-        run = next((d for d in (p.parent, p.parent.parent, p.parent.parent.parent) if (d / "config.yaml").is_file()),
-                   None)
-        return p, run
-    if p.is_dir():
-        for cand in (p / "best" / MODEL_FILE, p / MODEL_FILE):
-            if cand.is_file():
-                return cand, p if (p / "config.yaml").is_file() else None
-        latest = latest_checkpoint(p)
-        if latest is not None:
-            return latest / MODEL_FILE, p
-        raise FileNotFoundError(f"{p}: no {MODEL_FILE}, best/{MODEL_FILE} or checkpoints/epoch_* inside")
-    raise FileNotFoundError(f"checkpoint not found: {p}")
+        jitter, false_positives = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--simulated-detections: expected JITTER,FALSE_POSITIVES (e.g. 0.1,0.25), got {text!r}"
+                         ) from None
+    if not (0 <= jitter < 1 and 0 <= false_positives <= 1):
+        raise ValueError(f"--simulated-detections: expected 0 <= JITTER < 1 and 0 <= FALSE_POSITIVES <= 1, "
+                         f"got {text!r}")
+    return jitter, false_positives
 
 
 def resolve_eval_data(data: str, input_size: int, run_dir=None, split: str = "test", progress: bool = False):
     """(data config, records, skeleton, description) for ``--data``: ``synthetic`` (the run's own
     synthetic generator when the checkpoint belongs to a run, else the defaults), a YAML config, or
     a directory written by ``pose-toss make-synthetic``. The crop size follows the model."""
-    from pose_toss.config import Config, load_config
-    from pose_toss.data.synthetic_files import ANNOTATION_FILE, read_synthetic
-    from pose_toss.engine.runtime import load_records, skeleton_for
-
-    base = load_config(Path(run_dir) / "config.yaml") if run_dir is not None else Config()
+    base = load_config(Path(run_dir) / CONFIG_FILE) if run_dir is not None else Config()
     p = Path(data)
     if data == "synthetic":
         data_cfg, source = base.data, f"synthetic {split} split"
@@ -217,9 +168,6 @@ REFERENCE_SAMPLES = 1000
 def reference_records(data: str, data_cfg, evaluated, records) -> tuple:
     """(dataset, description) the constant reference covariance is fitted on: up to ``REFERENCE_SAMPLES``
     figures of the generator's training split, or the evaluated set itself for files on disk."""
-    from pose_toss.data.dataset import PoseDataset
-    from pose_toss.data.synthetic import SyntheticPoseDataset
-
     if not is_synthetic_generator(data, data_cfg):
         return evaluated, f"the evaluated set ({len(records)} samples)"
     generator = SyntheticPoseDataset.from_config(data_cfg.synthetic, "train")
@@ -232,10 +180,6 @@ def mean_pose_baseline(preds: dict, data_cfg) -> tuple[float, str]:
     """Mean joint error of predicting one fixed pose for everybody: the training set's mean pose (crop
     frame, per joint over its visible labels) when the training split can be read, else the evaluated
     set's own. The floor a model must clearly beat to have learned anything."""
-    from pose_toss.data.dataset import crop_labels
-    from pose_toss.data.readers import AnnotationError
-    from pose_toss.engine.runtime import load_records
-
     target = preds["target"].reshape(len(preds["target"]), -1, 2)
     vis = preds["visibility"].bool()
     try:
@@ -252,9 +196,6 @@ def mean_pose_baseline(preds: dict, data_cfg) -> tuple[float, str]:
 
 def prediction_pictures(dataset, preds: dict, skeleton, count: int = 16, tile: int = 256) -> np.ndarray:
     """A contact sheet of crops with the predicted pose and its 50% / 90% joint ellipses."""
-    from pose_toss.data.dataset import sample_image_rgb
-    from pose_toss.viz.draw import contact_sheet, draw_pose_scaled
-
     tiles = []
     for n in range(min(count, len(preds["index"]))):
         i = int(preds["index"][n])
@@ -278,8 +219,6 @@ def evaluate_checkpoint(checkpoint, data: str, out, *, split: str = "test", over
     simulated_detections``) and report COCO AP by each way of scoring people there. ``occlusions``: on the
     synthetic generator, this many test figures are also predicted with and without an added occluder
     (``occlusion.occlusion_check``; 0 skips it)."""
-    from pose_toss.outputs import check_output_dir, run_lock
-
     inputs = [checkpoint, data if data != "synthetic" else None]
     check_output_dir(out, overwrite, inputs)
     with run_lock(out):
@@ -289,19 +228,6 @@ def evaluate_checkpoint(checkpoint, data: str, out, *, split: str = "test", over
 
 def _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_workers, pictures, progress,
               flip_test, inputs, log=print, simulated_detections=None, occlusions=0) -> dict:
-    import json
-
-    from pose_toss.coco_results import coco_results, write_coco_results
-    from pose_toss.data.coco_format import coco_ground_truth, record_area, record_image_id
-    from pose_toss.data.dataset import PoseDataset, image_file_problem
-    from pose_toss.engine.coco_eval import ap_by_score
-    from pose_toss.engine.coco_eval import simulated_detections as simulate
-    from pose_toss.engine.report import evaluation_report
-    from pose_toss.engine.runtime import Runtime, make_loader, resolve_device
-    from pose_toss.models.checkpoint import load_model
-    from pose_toss.outputs import atomic_write_text, jsonable, staged_output_dir
-    from pose_toss.viz.draw import write_png
-
     model_file, run_dir = resolve_checkpoint(checkpoint)
     dev = resolve_device(device)
     model = load_model(model_file, map_location=dev)
@@ -343,9 +269,6 @@ def _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_w
     if reference is not None:
         metrics["cue_reference_from"] = reference_from
     if occlusions > 0 and is_synthetic_generator(data, data_cfg):
-        from pose_toss.data.synthetic import SyntheticPoseDataset
-        from pose_toss.engine.occlusion import occlusion_check
-
         generator = SyntheticPoseDataset.from_config(data_cfg.synthetic, split)
         metrics["occlusion"] = occlusion_check(model, generator, data_cfg, dev, pairs=min(occlusions, len(generator)),
                                                batch_size=batch_size or data_cfg.batch_size)
@@ -396,7 +319,7 @@ def _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_w
             write_png(stage / "pictures.png", prediction_pictures(dataset, preds, skeleton, pictures))
             pics.append("pictures.png")
         plots = report_plots(stage, metrics, skeleton, run_dir)
-        context = [f"model: `{model_file}` ({model.config['backbone']}, {model.config['covariance']} covariance, "
+        context = [f"model: `{model_file}` ({model.config.backbone}, {model.config.covariance} covariance, "
                    f"{model.input_size} px)", f"data: {source}"]
         if flip_test:
             context.append("flip test: each crop and its mirror image, merged as an equal Gaussian mixture "
@@ -408,9 +331,6 @@ def _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_w
 def keypoint_confidence_reliability(results: list[dict], records: list[dict], sigmas, bins: int = 10) -> dict:
     """How well each visible keypoint's confidence (its expected keypoint similarity, the third value of its
     COCO triplet) predicts the keypoint similarity it actually had (``metrics.reliability``)."""
-    from pose_toss.data.coco_format import record_area
-    from pose_toss.metrics import keypoint_similarity, reliability
-
     kps = torch.tensor([r["keypoints"] for r in results], dtype=torch.float64).reshape(len(results), -1, 3)
     truth = torch.from_numpy(np.stack([np.nan_to_num(np.asarray(r["joints"], dtype=np.float64)) for r in records]))
     vis = torch.from_numpy(np.stack([np.asarray(r["visibility"]) > 0 for r in records]))
@@ -423,15 +343,6 @@ def keypoint_confidence_reliability(results: list[dict], records: list[dict], si
 def report_plots(out: Path, metrics: dict, skeleton, run_dir=None) -> dict[str, str]:
     """Calibration and sparsification plots, and training curves when the run's metrics.jsonl is at
     hand; returns {what: file name} for the report to link."""
-    import json
-
-    from pose_toss.viz.plots import (
-        calibration_plot,
-        keypoint_reliability_plot,
-        sparsification_plot,
-        training_curves_plot,
-    )
-
     calibration_plot(metrics["calibration"], skeleton.joint_names, out / "calibration.png")
     if "keypoint_reliability" in metrics:
         keypoint_reliability_plot(metrics["keypoint_reliability"], out / "keypoint_reliability.png")

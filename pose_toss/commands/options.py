@@ -1,0 +1,32 @@
+"""The flags several commands share, each declared once."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (defaults when omitted)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value; repeatable")
+
+
+def add_output(p: argparse.ArgumentParser, help: str = "output directory", required: bool = True,
+               flag: str = "--out", **kwargs) -> None:
+    """``--out`` (or ``flag``) and ``--overwrite``: outputs are refused when they exist unless asked."""
+    p.add_argument(flag, required=required, help=f"{help} (refused when it exists, unless --overwrite)", **kwargs)
+    p.add_argument("--overwrite", action="store_true", help="replace what is there, only once the new output is "
+                                                            "complete")
+
+
+def add_checkpoint(p: argparse.ArgumentParser, required: bool = True, help: str | None = None) -> None:
+    p.add_argument("--checkpoint", required=required,
+                   help=help or "a model .safetensors, a run directory (its best model) or a checkpoint directory")
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
