@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(BIN)/pose-toss: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ lint: install
 # Say so plainly and keep pytest's own exit code (in .pytest-exit-code too, as make reports any failure as 2).
 test: lint
 	@$(BIN)/python -m pytest -q; rc=$$?; echo $$rc > .pytest-exit-code; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5): nothing was tested"; fi; exit $$rc
+
+# Everything but the tests marked slow (training runs, two processes, ONNX, subprocesses, end to end): a
+# minute or two while working; `make test` (what CI runs) runs them all.
+test-fast: lint
+	@$(BIN)/python -m pytest -q -m "not slow"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5): nothing was tested"; fi; exit $$rc
 
 bench: install

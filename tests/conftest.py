@@ -1,3 +1,5 @@
+"""Shared by the tests: the thread setting, the real-data folder, and the tiny config the training tests run."""
+
 import os
 from pathlib import Path
 
@@ -5,11 +7,40 @@ import cv2
 import pytest
 import torch
 
+from pose_toss.config import Config, load_config
+
 # Keep the suite predictable on small CI machines.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 cv2.setNumThreads(1)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+QUICK = Path(__file__).resolve().parents[1] / "configs" / "quick.yaml"
+# configs/quick.yaml shrunk to seconds: a small backbone, two steps an epoch, 32 training figures.
+TINY = ["data.input_size=64", "data.batch_size=8", "data.synthetic.num_samples=32", "data.synthetic.val_samples=8",
+        "data.synthetic.test_samples=8", "model.backbone=resnet10t", "model.deconv_channels=16", "model.embed_dim=8",
+        "model.cov_hidden=16", "train.max_steps_per_epoch=2", "train.warmup_steps=2", "train.progress=false",
+        "stages.0.pseudo_labels.k=8"]
+
+
+def tiny_config(*extra: str) -> Config:
+    """The tiny config (quick.yaml's two stages, W2 then NLL) with ``extra`` overrides."""
+    return load_config(QUICK, [*TINY, *extra])
+
+
+def train_args(out, *extra: str, config=QUICK) -> list[str]:
+    """``pose-toss train`` arguments for the tiny config with one epoch per stage (and ``extra`` overrides)."""
+    args = ["train", "--config", str(config), "--out", str(out)]
+    for o in [*TINY, "stages.0.epochs=1", "stages.1.epochs=1", *extra]:
+        args += ["--set", o]
+    return args
+
+
+def weights(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def quiet(*_a, **_k):
+    pass
 
 
 @pytest.fixture

@@ -123,6 +123,7 @@ def test_the_command_line_only_dispatches_and_every_command_has_its_module():
         {module for module, _ in COMMANDS.values()}
 
 
+@pytest.mark.slow
 def test_help_imports_no_torch_and_names_every_command():
     code = ("import sys; from pose_toss.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"

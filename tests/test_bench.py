@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from pose_toss.cli import main
 from pose_toss.commands.bench import STEP_METHODS, pseudo_label_scaling
 from pose_toss.config import load_config
@@ -16,6 +18,7 @@ TINY = ["data.input_size=64", "model.backbone=resnet10t", "model.deconv_channels
         "model.cov_hidden=16"]
 
 
+@pytest.mark.slow
 def test_bench_writes_every_section(tmp_path, capsys):
     out = tmp_path / "bench"
     model_file = save_model(build_model_from_config(load_config(overrides=TINY), 14), tmp_path / "m.safetensors")

@@ -1,4 +1,7 @@
+from pathlib import Path
+
 import pytest
+from conftest import QUICK
 
 from pose_toss.config import Config, ConfigError, config_to_dict, dump_config, load_config
 
@@ -86,3 +89,28 @@ def test_oks_sigmas_override():
     assert load_config().data.oks_sigmas is None  # the skeleton's own
     cfg = load_config(None, ["data.oks_sigmas=[0.1, 2e-1]"])
     assert cfg.data.oks_sigmas == [0.1, 0.2]
+
+
+def test_default_config_is_nll_tic_and_the_toss_recipe_one_config_away():
+    cfg = Config()
+    assert [(s.loss, s.epochs) for s in cfg.stages] == [("nll", 100)] and cfg.model.covariance == "tic"
+    default = load_config(Path(QUICK).parent / "default.yaml")
+    assert [(s.loss, s.epochs) for s in default.stages] == [("nll", 100)]
+    toss = load_config(Path(QUICK).parent / "toss.yaml")
+    assert [(s.loss, s.epochs) for s in toss.stages] == [("w2_bound", 20), ("nll", 80)]
+    assert toss.model.covariance == "tic" and toss.stages[0].pseudo_labels.source == "bottleneck"
+    assert config_to_dict(toss)["model"] == config_to_dict(default)["model"]
+
+
+
+def test_stage_losses_must_fit_the_covariance():
+    with pytest.raises(ConfigError, match=r"stages.0.loss.*loss_pred.*isotropic"):
+        load_config(None, ["stages.0.loss=loss_pred"])
+    with pytest.raises(ConfigError, match=r"stages.0.loss.*nll.*identity"):
+        load_config(None, ["model.covariance=identity"])
+    with pytest.raises(ConfigError, match=r"stages.1.loss.*nll.*identity"):
+        load_config(QUICK, ["model.covariance=identity", "stages.0.loss=mse"])
+    with pytest.raises(ConfigError, match=r"stages.0.loss.*expected one of"):
+        load_config(None, ["stages.0.loss=huber"])
+    assert load_config(None, ["model.pretrained=false"]).model.pretrained is False
+    assert load_config(None, ["model.pretrained=weights/r18.pth"]).model.pretrained == "weights/r18.pth"

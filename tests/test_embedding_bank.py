@@ -146,6 +146,7 @@ def _worker(rank, world, out):
     torch.save({"emb": bank.embeddings, "cov": bank.cov}, f"{out}/rank{rank}.pt")
 
 
+@pytest.mark.slow
 def test_bank_is_gathered_across_ranks(tmp_path):
     run_on_gloo_ranks(_worker, tmp_path)
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")

@@ -48,6 +48,7 @@ def test_an_epoch_with_no_step_is_refused_not_reported_as_fitted():
                        [batch, batch], log=lambda *_: None)
 
 
+@pytest.mark.slow
 def test_fit_model_covariance_keeps_every_mean(tmp_path):
     from pose_toss import build_pose_model
     from pose_toss.config import load_config
@@ -80,8 +81,9 @@ def test_fit_model_covariance_keeps_every_mean(tmp_path):
         with_fresh_covariance(base, "identity")
 
 
+@pytest.mark.slow
 def test_fit_covariance_command(tmp_path, capsys):
-    from test_reliability import train_args
+    from conftest import train_args
 
     from pose_toss.cli import main
     from pose_toss.models.checkpoint import load_model

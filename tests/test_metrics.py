@@ -232,7 +232,7 @@ def test_pose_metrics_nll_and_truth_distances_against_torch_distributions():
 def test_calibrated_gaussian_covers_at_its_nominal_levels():
     # Targets drawn from the predicted Gaussians: coverage must match p (binomial noise only).
     gen = torch.Generator().manual_seed(6)
-    b, d = 3000, 28
+    b, d = 1500, 28
     chol = torch.linalg.cholesky(random_spd(b, d, gen))
     mean = torch.zeros(b, d, dtype=torch.float64)
     target = (chol @ torch.randn(b, d, 1, generator=gen, dtype=torch.float64)).squeeze(-1)

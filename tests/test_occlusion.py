@@ -50,6 +50,7 @@ def test_summary_against_the_chi_square_law():
     assert got["true_spread_ratio"] == pytest.approx(float(ratio))
 
 
+@pytest.mark.slow
 def test_occlusion_check_runs_on_a_model(tmp_path):
     from pose_toss.config import load_config
     from pose_toss.engine.occlusion import occlusion_check

@@ -34,6 +34,7 @@ def _model(head: str, covariance: str, **kw):
 @pytest.mark.parametrize("head, covariance, local", [
     *((h, c, False) for h in ("heatmap", "regression") for c in ("tic", "full", "diagonal", "identity", "isotropic")),
     ("heatmap", "tic", True), ("heatmap", "diagonal", True)])
+@pytest.mark.slow
 def test_onnx_runtime_equals_pytorch(head, covariance, local, tmp_path):
     from pose_toss.models.onnx import export_onnx
 
@@ -52,6 +53,7 @@ def test_onnx_runtime_equals_pytorch(head, covariance, local, tmp_path):
             np.testing.assert_allclose(got["heatmaps"], ref.heatmaps.numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_export_command_and_the_torch_free_example(tmp_path, capsys):
     import cv2
 

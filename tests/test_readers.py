@@ -266,6 +266,7 @@ def _lsp_folder(root: Path, num: int = 24, size: int = 64) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_training_on_an_lsp_folder_skips_and_counts_a_missing_image(tmp_path, capsys):
     from pose_toss.cli import main
 

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import QUICK, TINY, train_args
 
 from pose_toss import build_pose_model, save_model
 from pose_toss.cli import main
@@ -21,19 +22,6 @@ from pose_toss.config import ConfigError, load_config
 from pose_toss.engine.trainer import Trainer
 from pose_toss.models.checkpoint import ModelFileError, load_model
 from pose_toss.outputs import lock_path, run_lock
-
-QUICK = Path(__file__).resolve().parents[1] / "configs" / "quick.yaml"
-TINY = ["data.input_size=64", "data.batch_size=8", "data.synthetic.num_samples=32", "data.synthetic.val_samples=8",
-        "data.synthetic.test_samples=8", "model.backbone=resnet10t", "model.deconv_channels=16", "model.embed_dim=8",
-        "model.cov_hidden=16", "train.max_steps_per_epoch=2", "train.warmup_steps=2", "train.progress=false",
-        "stages.0.pseudo_labels.k=8", "stages.0.epochs=1", "stages.1.epochs=1"]
-
-
-def train_args(out, *extra: str, config=QUICK) -> list[str]:
-    args = ["train", "--config", str(config), "--out", str(out)]
-    for o in [*TINY, *extra]:
-        args += ["--set", o]
-    return args
 
 
 def tree(folder: Path) -> dict[str, str]:
@@ -53,6 +41,7 @@ def run_dir(tmp_path_factory) -> Path:
 # -- data loss -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_overwrite_validates_first_and_keeps_the_old_run_until_the_new_one_is_complete(run_dir, tmp_path,
                                                                                         capsys, monkeypatch):
     run = tmp_path / "run"
@@ -86,6 +75,7 @@ def test_overwrite_validates_first_and_keeps_the_old_run_until_the_new_one_is_co
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging, no lock left behind
 
 
+@pytest.mark.slow
 def test_outputs_that_would_delete_inputs_or_the_working_directory_are_refused(run_dir, tmp_path, capsys,
                                                                                monkeypatch):
     project = tmp_path / "project"
@@ -128,6 +118,7 @@ def _hold_locks(paths: list[Path]) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 def test_run_directories_are_locked_and_stale_locks_taken_over(run_dir, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
@@ -165,6 +156,7 @@ def _host() -> str:
 # -- silent wrong results --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_divergence_stops_the_run_naming_stage_and_epoch(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(train_args(out, "train.lr=1000000.0", "train.warmup_steps=0", "train.max_steps_per_epoch=4"))
@@ -175,6 +167,7 @@ def test_divergence_stops_the_run_naming_stage_and_epoch(tmp_path, capsys):
     assert not (out / "checkpoints").exists()  # the diverged state never became a checkpoint
 
 
+@pytest.mark.slow
 def test_a_model_with_non_finite_weights_is_refused_by_eval(tmp_path, capsys):
     model = build_pose_model("resnet10t", num_joints=14, embed_dim=8, input_size=64, deconv_channels=16,
                              cov_hidden=16)
@@ -197,6 +190,7 @@ def test_temperature_must_be_positive(value, message, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_a_bit_flip_in_the_weights_is_caught_by_the_checksum(tmp_path, capsys):
     model = build_pose_model("resnet10t", num_joints=14, embed_dim=8, input_size=64, deconv_channels=16,
                              cov_hidden=16)
@@ -228,6 +222,7 @@ def test_metadata_that_disagrees_with_the_weights_is_named(tmp_path):
         load_model(path)
 
 
+@pytest.mark.slow
 def test_eval_names_unreadable_and_damaged_images(run_dir, tmp_path, capsys):
     data = tmp_path / "synthetic"
     assert main(["make-synthetic", "--num", "6", "--size", "64", "--out", str(data), "--quiet"]) == 0
@@ -257,6 +252,7 @@ def test_eval_names_unreadable_and_damaged_images(run_dir, tmp_path, capsys):
     assert "**1 damaged images were predicted on**" in report
 
 
+@pytest.mark.slow
 def test_visualize_says_what_it_does_with_odd_detections(tmp_path, capsys):
     model = build_pose_model("resnet10t", num_joints=14, embed_dim=8, input_size=64, deconv_channels=16,
                              cov_hidden=16)
@@ -295,6 +291,7 @@ def test_visualize_says_what_it_does_with_odd_detections(tmp_path, capsys):
 # -- tracebacks -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resume_falls_back_past_damaged_checkpoints(run_dir, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
@@ -438,6 +435,7 @@ def test_metrics_ignore_invisible_targets_and_refuse_non_finite_predictions():
         kl_gaussian(mean, cov, mean, -cov)
 
 
+@pytest.mark.slow
 def test_a_diverged_cell_is_a_result_of_the_sweep_not_its_end(tmp_path):
     from pose_toss.commands.compare import compare
 

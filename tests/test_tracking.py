@@ -124,6 +124,7 @@ def test_smooth_command_over_tracks(tmp_path, capsys):
     assert "track 7 has several people in one frame" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_visualize_smooths_a_folder_of_frames(tmp_path, capsys):
     import json
 
@@ -188,7 +189,7 @@ def simulate(t_len: int, d: int, q: float, alpha: float, seed: int) -> tuple[tor
 def test_alpha_and_q_are_recovered_within_2x(alpha, q):
     """Sequences simulated with a known scale of the measurement covariance and a known process noise: the
     innovation likelihood finds both, within a factor of 2, from the measurements alone."""
-    for seed in range(3):
+    for seed in range(2):
         _, means, covs = simulate(120, 6, q, alpha, seed)
         fit = fit_noise(means, covs)
         assert alpha / 2 < fit.alpha < alpha * 2, (seed, fit)

@@ -30,6 +30,7 @@ def _pngs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.glob("*.png") if p.name != "contact_sheet.png")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data (real images) is absent")
 def test_visualize_real_mpii_and_coco_images(tiny_model, tmp_path, capsys):
     images = tmp_path / "images"
