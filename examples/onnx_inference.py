@@ -17,6 +17,16 @@ import numpy as np
 import onnxruntime as ort
 
 CHI2_2DOF_90 = 4.605  # the 90 % ellipse: Mahalanobis^2 <= -2 ln(0.1)
+# The limbs of the built-in skeletons by joint count (pose_toss.skeletons: LSP-14, MPII-16, COCO-17), copied
+# here so that this file needs neither torch nor pose-toss.
+LIMBS = {
+    14: [(0, 1), (1, 2), (5, 4), (4, 3), (2, 3), (6, 7), (7, 8), (11, 10), (10, 9), (8, 12), (9, 12), (12, 13),
+         (2, 8), (3, 9)],
+    16: [(0, 1), (1, 2), (2, 6), (5, 4), (4, 3), (3, 6), (6, 7), (7, 8), (8, 9), (10, 11), (11, 12), (12, 7),
+         (15, 14), (14, 13), (13, 7)],
+    17: [(15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8), (7, 9), (8, 10),
+         (1, 2), (0, 1), (0, 2), (1, 3), (2, 4)],
+}
 
 
 def crop(image: np.ndarray, box, size: int, padding: float = 1.25) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +55,11 @@ def predict(session: ort.InferenceSession, image_rgb: np.ndarray, box=None) -> t
 
 
 def draw(image_bgr: np.ndarray, joints: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """The skeleton (for 14, 16 or 17 joints), each joint's 90 % ellipse and the joints."""
     out = image_bgr.copy()
+    for a, b in LIMBS.get(len(joints), []):
+        cv2.line(out, tuple(int(round(v)) for v in joints[a]), tuple(int(round(v)) for v in joints[b]),
+                 (255, 160, 0), 2, cv2.LINE_AA)
     for j, (x, y) in enumerate(joints):
         evals, evecs = np.linalg.eigh(cov[2 * j:2 * j + 2, 2 * j:2 * j + 2])
         axes = np.sqrt(np.maximum(evals, 0) * CHI2_2DOF_90)
@@ -64,7 +78,7 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"cannot read image {image_path}")
     joints, cov = predict(session, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), [float(v) for v in box] if box else None)
     cv2.imwrite(out_path, draw(bgr, joints, cov))
-    print(f"{len(joints)} joints with their 90 % ellipses drawn into {out_path}")
+    print(f"{len(joints)} joints, their skeleton and their 90 % ellipses drawn into {out_path}")
     return 0
 
 

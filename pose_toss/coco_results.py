@@ -43,9 +43,7 @@ def coco_result(joints: np.ndarray, cov: np.ndarray, image_id, category_id: int 
 
     cov = 0.5 * (cov + cov.T)
     area = _person_size(joints) ** 2 if area is None else float(area)
-    sigmas = default_sigmas(len(joints)) if sigmas is None else np.asarray(sigmas, dtype=np.float64)
-    eks = expected_keypoint_similarity(torch.from_numpy(cov)[None], torch.tensor([area], dtype=torch.float64),
-                                       torch.from_numpy(sigmas))[0].numpy()
+    eks = keypoint_scores(cov, area, sigmas)
     kps = np.concatenate([joints, eks[:, None]], axis=1).reshape(-1)
     return {
         "image_id": image_id.item() if hasattr(image_id, "item") else image_id,
@@ -55,6 +53,16 @@ def coco_result(joints: np.ndarray, cov: np.ndarray, image_id, category_id: int 
         "area": round(area, 3),  # OKS's s^2 the scores used (COCOeval recomputes its own from the keypoints)
         "covariance": [[round(float(v), 4) for v in row] for row in cov],
     }
+
+
+def keypoint_scores(cov: np.ndarray, area: float, sigmas=None) -> np.ndarray:
+    """Each joint's expected keypoint similarity under a person's covariance (2J x 2J, image pixels²) at OKS scale
+    ``area`` (s²): the keypoint scores of ``coco_result``, unrounded. ``sigmas``: default the skeleton's."""
+    cov = np.asarray(cov, dtype=np.float64)
+    sigmas = default_sigmas(len(cov) // 2) if sigmas is None else np.asarray(sigmas, dtype=np.float64)
+    return expected_keypoint_similarity(torch.from_numpy(0.5 * (cov + cov.T))[None],
+                                        torch.tensor([float(area)], dtype=torch.float64),
+                                        torch.from_numpy(sigmas))[0].numpy()
 
 
 def default_sigmas(num_joints: int) -> np.ndarray:

@@ -25,7 +25,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
+from scipy.stats import chi2
 
 from pose_toss.coco_results import coco_result, default_sigmas
 
@@ -296,37 +299,36 @@ class OnlineSmoother:
 
 
 def smooth_results(results: list[dict], q: float | None = None, source: str = "predictions",
-                   alpha: float | None = None, sigmas=None) -> list[dict]:
+                   alpha: float | None = None, sigmas=None, online_lag: int | None = None,
+                   warmup: int = 10) -> list[dict]:
     """COCO keypoint results with covariances (``pose-toss eval`` / ``visualize`` output) smoothed over
     frames: one track per ``track_id`` (all results one track when none has it), frames ordered by a
     ``frame`` field, else by ``image_id``. Each result's keypoints and covariance are replaced by the
     smoothed ones, with each keypoint's score and the person's score recomputed from the smoothed covariance
     (expected keypoint similarities, as ``eval`` scores them); ``measurement_scale`` and ``process_noise``
     say the alpha and q used (fitted per track unless given). A null coordinate is an unobserved one.
-    ``sigmas``: the joints' OKS constants for the scores (default: the skeleton's for 14, 16 or 17 joints)."""
+    ``sigmas``: the joints' OKS constants for the scores (default: the skeleton's for 14, 16 or 17 joints).
+    ``online_lag``: None smooths each track offline (RTS on the whole track, alpha and q fitted on it); a lag L
+    runs the causal ``OnlineSmoother`` instead, each frame estimated from the frames up to L after it, alpha
+    and q given or fitted on the track's first ``warmup`` frames, as a stream would be."""
 
     tracks: dict = {}
+    if not isinstance(results, list):
+        raise ValueError(f"{source}: expected a list of COCO keypoint results, got {type(results).__name__}")
     for n, r in enumerate(results):
+        if not isinstance(r, dict):
+            raise ValueError(f"{source}: result {n} is a {type(r).__name__}, expected an object with 'keypoints' "
+                             "and 'covariance'")
         for key in ("keypoints", "covariance"):
             if key not in r:
                 raise ValueError(f"{source}: result {n} has no {key!r} (expected pose-toss COCO results with "
                                  "covariances)")
-        tracks.setdefault(r.get("track_id"), []).append(n)
+        tracks.setdefault(_hashable(r.get("track_id"), source, n, "track_id"), []).append(n)
     out = [dict(r) for r in results]
     for track_id, members in tracks.items():
-        frame_of = [results[n].get("frame", results[n].get("image_id")) for n in members]
-        if len(set(frame_of)) != len(frame_of):
-            raise ValueError(f"{source}: track {track_id!r} has several people in one frame; give each person a "
-                             "'track_id'")
-        order = [m for _, m in sorted(zip(frame_of, members, strict=True), key=lambda p: p[0])]
-        kps = [[float("nan") if v is None else float(v) for v in results[n]["keypoints"]] for n in order]
-        triplets = torch.tensor(kps, dtype=torch.float64).reshape(len(order), -1, 3)
-        means = triplets[..., :2].reshape(len(order), -1)
-        covs = torch.tensor([results[n]["covariance"] for n in order], dtype=torch.float64)
+        order = _frame_order(results, members, track_id, source)
+        means, covs = _track_arrays(results, order, source)
         d = means.shape[1]
-        if covs.shape[1:] != (d, d):
-            raise ValueError(f"{source}: track {track_id!r}: covariances of shape {tuple(covs.shape[1:])} for "
-                             f"{d} coordinates")
         if sigmas is None:
             try:
                 sigmas = default_sigmas(d // 2)
@@ -335,14 +337,204 @@ def smooth_results(results: list[dict], q: float | None = None, source: str = "p
                                  "smoothed keypoints with; give them (--sigmas)") from None
         if len(sigmas) != d // 2:
             raise ValueError(f"{source}: {len(sigmas)} OKS sigmas for results with {d // 2} joints")
-        observed = torch.isfinite(means) & torch.isfinite(torch.diagonal(covs, dim1=-2, dim2=-1))
-        covs = torch.where(torch.isfinite(covs), covs, 0.0)
-        fit = fit_noise(means, covs, observed, alpha, q)
-        smoothed, smoothed_cov = rts_smoother(means, covs, observed, fit.q, fit.alpha)
+        observed = torch.isfinite(means)
+        outliers = outlier_coordinates(means, covs, observed)
+        observed &= ~outliers
+        covs = covs + COVARIANCE_FLOOR * torch.eye(d, dtype=torch.float64)
+        if online_lag is None:
+            fit = fit_noise(means, covs, observed, alpha, q)
+            smoothed, smoothed_cov = rts_smoother(means, covs, observed, fit.q, fit.alpha)
+        else:
+            fit, smoothed, smoothed_cov = _online(means, covs, observed, alpha, q, online_lag, warmup)
         for row, n in enumerate(order):
             rescored = coco_result(smoothed[row].reshape(-1, 2).numpy(), smoothed_cov[row].numpy(),
                                    results[n].get("image_id"), results[n].get("category_id", 1),
                                    results[n].get("area"), sigmas)
             out[n].update({k: rescored[k] for k in ("keypoints", "score", "covariance")})
             out[n]["measurement_scale"], out[n]["process_noise"] = fit.alpha, fit.q
+            skipped = torch.nonzero(outliers[row].reshape(-1, 2).any(dim=1)).reshape(-1).tolist()
+            if skipped:
+                out[n]["outlier_joints"] = skipped  # measured far from where the track says; not used
     return out
+
+
+# Added to every measurement covariance (px², a standard deviation of 0.03 px): a covariance of 1e-30 I is
+# positive definite but not a pixel's uncertainty, and against the filter's 1e6 px² start it loses the
+# positive definiteness of the updated state to round-off.
+COVARIANCE_FLOOR = 1e-3
+# A coordinate is an outlier when it sits this many robust spreads from its neighbours' median (see below).
+OUTLIER_SPREADS = 12.0
+
+
+def _hashable(value, source: str, n: int, key: str):
+    if value is None or isinstance(value, (int, str)) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError(f"{source}: result {n}: {key!r} must be an integer or a string, got {value!r}")
+
+
+def _frame_order(results: list[dict], members: list[int], track_id, source: str) -> list[int]:
+    """The track's results in frame order (``frame``, else ``image_id``), refusing mixed or repeated frames."""
+    frames = [_hashable(results[n].get("frame", results[n].get("image_id")), source, n, "frame") for n in members]
+    if None in frames:
+        raise ValueError(f"{source}: result {members[frames.index(None)]} has neither 'frame' nor 'image_id': "
+                         "its place in the video is unknown")
+    if len({type(f) for f in frames}) > 1:
+        raise ValueError(f"{source}: track {track_id!r} mixes numbers and strings as frames ({frames[:4]} ...); "
+                         "give every result a number 'frame'")
+    if len(set(frames)) != len(frames):
+        raise ValueError(f"{source}: track {track_id!r} has several people in one frame; give each person a "
+                         "'track_id'")
+    return [m for _, m in sorted(zip(frames, members, strict=True), key=lambda p: p[0])]
+
+
+def _number(v) -> float:
+    if v is None:
+        return math.nan
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError
+    return float(v)
+
+
+def _track_arrays(results: list[dict], order: list[int], source: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (T x D, NaN where null) and covariances (T x D x D) of one track, each result's keypoints and
+    covariance checked: numbers, one length for all, and a symmetric positive semi-definite covariance that is
+    finite where the keypoints are given."""
+    first = results[order[0]]["keypoints"]
+    length = len(first) if isinstance(first, list) else -1
+    means, covs = [], []
+    for n in order:
+        r, where = results[n], f"{source}: result {n} (image_id {results[n].get('image_id')!r})"
+        kps, cov = r["keypoints"], r["covariance"]
+        if not isinstance(kps, list) or len(kps) != length or length % 3 or length == 0:
+            got = len(kps) if isinstance(kps, list) else type(kps).__name__
+            raise ValueError(f"{where}: 'keypoints' must be a list of 3J numbers like the track's first ({length}), "
+                             f"got {got}")
+        try:
+            triplets = np.array([_number(v) for v in kps]).reshape(-1, 3)
+            d = 2 * len(triplets)
+            if not isinstance(cov, list) or len(cov) != d or any(not isinstance(row, list) or len(row) != d
+                                                                  for row in cov):
+                raise ValueError(f"{where}: 'covariance' must be {d} x {d} numbers for {d // 2} joints")
+            matrix = np.array([[_number(v) for v in row] for row in cov])
+        except TypeError:
+            raise ValueError(f"{where}: 'keypoints' and 'covariance' must hold numbers (or null)") from None
+        xy = triplets[:, :2].reshape(-1)
+        given = np.isfinite(xy)
+        block = matrix[np.ix_(given, given)]
+        if not np.isfinite(block).all():
+            raise ValueError(f"{where}: the covariance holds NaN or infinity for coordinates whose keypoints are "
+                             "given")
+        scale = max(float(np.abs(block).max()) if block.size else 0.0, 1e-300)
+        if block.size and float(np.abs(block - block.T).max()) > 1e-6 * scale:
+            raise ValueError(f"{where}: the covariance is not symmetric (largest |C - C^T| "
+                             f"{float(np.abs(block - block.T).max()):.3g} against entries up to {scale:.3g})")
+        low = float(np.linalg.eigvalsh(0.5 * (block + block.T))[0]) if block.size else 0.0
+        if block.size and (low < -1e-9 * scale or not (block.diagonal() > 0).all()):
+            raise ValueError(f"{where}: the covariance is not positive semi-definite with a positive diagonal "
+                             f"(smallest eigenvalue {low:.3g}); a covariance of pixels must be")
+        means.append(xy)
+        covs.append(np.where(np.isfinite(matrix), matrix, 0.0))
+    return torch.from_numpy(np.stack(means)), torch.from_numpy(np.stack(covs))
+
+
+def outlier_coordinates(means: torch.Tensor, covs: torch.Tensor, observed: torch.Tensor, window: int = 2
+                        ) -> torch.Tensor:
+    """T x D booleans: the joints (both coordinates) measured implausibly far from the track around them. A
+    joint's distance to the median of its positions over the ``window`` frames on each side is compared with
+    a robust spread: the larger of 1.4826 x the median absolute distance over the track and the joint's median
+    predicted standard deviation. Beyond ``OUTLIER_SPREADS`` of it, the measurement is left out: one bad
+    detection would otherwise set the process noise and drag the frames around it."""
+    t_len, d = means.shape
+    if t_len < 2 * window + 1:
+        return torch.zeros_like(observed)
+    pos = torch.where(observed, means, torch.nan).reshape(t_len, d // 2, 2)
+    padded = torch.cat([pos[:1].expand(window, -1, -1), pos, pos[-1:].expand(window, -1, -1)])
+    neighbours = padded.unfold(0, 2 * window + 1, 1)  # T x J x 2 x (2 window + 1)
+    centre = torch.nanmedian(neighbours, dim=-1).values
+    dist = (pos - centre).norm(dim=-1)  # T x J, NaN where unobserved
+    spread = 1.4826 * torch.nanmedian(dist, dim=0).values
+    var = torch.diagonal(covs, dim1=-2, dim2=-1).reshape(t_len, d // 2, 2).sum(-1)
+    predicted = torch.nanmedian(torch.where(observed[:, ::2], var, torch.nan), dim=0).values.clamp(min=0).sqrt()
+    limit = OUTLIER_SPREADS * torch.maximum(spread, predicted)
+    far = torch.nan_to_num(dist, nan=0.0) > torch.nan_to_num(limit, nan=math.inf)
+    return far.repeat_interleave(2, dim=1) & observed
+
+
+def _online(means: torch.Tensor, covs: torch.Tensor, observed: torch.Tensor, alpha: float | None, q: float | None,
+            lag: int, warmup: int) -> tuple[NoiseFit, torch.Tensor, torch.Tensor]:
+    """One track through an ``OnlineSmoother``, frame by frame: alpha and q given, or fitted on the first
+    ``warmup`` frames (at least 3) and fixed from then on."""
+    if alpha is not None and q is not None:
+        smoother = OnlineSmoother(means.shape[1], alpha, q, lag)
+    else:
+        head = slice(0, max(3, min(warmup, len(means))))
+        fit = fit_noise(means[head], covs[head], observed[head], alpha, q)
+        smoother = OnlineSmoother(means.shape[1], fit.alpha, fit.q, lag)
+    given = [e for t in range(len(means)) for e in smoother.step(means[t], covs[t], observed[t])]
+    given += smoother.flush()
+    given.sort(key=lambda e: e[0])
+    fit = NoiseFit(smoother.alpha, smoother.q, math.nan)
+    return fit, torch.stack([e[1] for e in given]), torch.stack([e[2] for e in given])
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of every box in ``a`` (N x 4) with every box in ``b`` (M x 4), ``[x, y, w, h]``."""
+    a, b = np.asarray(a, dtype=np.float64).reshape(-1, 4), np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 0] + a[:, None, 2], b[None, :, 0] + b[None, :, 2])
+    y1 = np.minimum(a[:, None, 1] + a[:, None, 3], b[None, :, 1] + b[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    union = a[:, None, 2] * a[:, None, 3] + b[None, :, 2] * b[None, :, 3] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+class PeopleTracker:
+    """Identities across frames. Each frame's people are matched to the live tracks by box IoU, one to one, with
+    the Hungarian algorithm (scipy's ``linear_sum_assignment``); a pair below ``min_iou`` is no match. With
+    ``gate`` (a probability, e.g. 0.999), a pair is also refused when the two poses differ by more than that
+    quantile of the chi-square under their summed covariances (the squared Mahalanobis distance over the 2J
+    coordinates): the covariance says how far a person's joints can plausibly be from where they were.
+    Unmatched people start new tracks; a track unseen for more than ``max_age`` frames ends."""
+
+    def __init__(self, min_iou: float = 0.3, max_age: int = 10, gate: float | None = None) -> None:
+        if not 0.0 <= min_iou <= 1.0 or max_age < 0 or (gate is not None and not 0.0 < gate < 1.0):
+            raise ValueError(f"min_iou in [0, 1], max_age >= 0 and gate in (0, 1) expected, got {min_iou}, "
+                             f"{max_age}, {gate}")
+        self.min_iou, self.max_age, self.gate = min_iou, max_age, gate
+        self.tracks: dict[int, dict] = {}  # id -> {"box", "keypoints", "cov", "last"}
+        self.frame, self.next_id = 0, 0
+
+    def update(self, boxes: np.ndarray, keypoints: np.ndarray | None = None, covs: np.ndarray | None = None
+               ) -> list[int]:
+        """The track id of each of this frame's people (N x 4 boxes; N x 2J keypoints and N x 2J x 2J
+        covariances, needed for the gate)."""
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        live = [t for t, tr in self.tracks.items() if self.frame - tr["last"] <= self.max_age]
+        self.tracks = {t: self.tracks[t] for t in live}
+        ids = [-1] * len(boxes)
+        if live and len(boxes):
+            iou = box_iou(np.stack([self.tracks[t]["box"] for t in live]), boxes)
+            allowed = iou >= self.min_iou
+            if self.gate is not None and keypoints is not None and covs is not None:
+                limit = chi2.ppf(self.gate, keypoints.shape[1])
+                for i, t in enumerate(live):
+                    tr = self.tracks[t]
+                    diff = np.asarray(keypoints, dtype=np.float64) - tr["keypoints"]
+                    total = np.asarray(covs, dtype=np.float64) + tr["cov"]
+                    d2 = np.einsum("nd,nd->n", diff, np.linalg.solve(total, diff[..., None])[..., 0])
+                    allowed[i] &= d2 <= limit
+            rows, cols = linear_sum_assignment(np.where(allowed, -iou, 1e6))
+            for r, c in zip(rows, cols, strict=True):
+                if allowed[r, c]:
+                    ids[c] = live[r]
+        for n, box in enumerate(boxes):
+            if ids[n] < 0:
+                ids[n], self.next_id = self.next_id, self.next_id + 1
+            self.tracks[ids[n]] = {"box": box, "last": self.frame,
+                                   "keypoints": None if keypoints is None else np.asarray(keypoints[n], np.float64),
+                                   "cov": None if covs is None else np.asarray(covs[n], np.float64)}
+        self.frame += 1
+        return ids

@@ -5,7 +5,7 @@ import shutil
 
 import cv2
 import pytest
-from conftest import tiny_config
+from conftest import gfm_table_problems, tiny_config
 
 from pose_toss.commands.compare import parse_lrs
 
@@ -33,6 +33,7 @@ def test_compare_sweeps_seeds_and_lrs_and_resumes(tmp_path):
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "## lr 0.002" in table and "## lr 0.005" in table and " ± " in table and "**" in table
     assert "| w2_residual_then_nll_tic |" in table and "AUROC cued" in table and "comparison_curves.png" in table
+    assert not gfm_table_problems(table), gfm_table_problems(table)  # every table renders on GitHub
     png = cv2.imread(str(tmp_path / "cmp" / "comparison_curves.png"))
     assert png is not None and png.shape[1] > 800  # two learning-rate columns of about 460 px
     saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())

@@ -5,7 +5,7 @@ import json
 import cv2
 import numpy as np
 import pytest
-from conftest import QUICK, TINY
+from conftest import QUICK, TINY, gfm_table_problems
 
 from pose_toss.cli import main
 from pose_toss.config import load_config
@@ -36,6 +36,7 @@ def test_train_eval_cli_end_to_end(tmp_path, capsys):
     assert 0 < metrics["tic_share_q25"] <= metrics["tic_share_median"] <= metrics["tic_share_q75"] < 1
     report = (ev / "report.md").read_text()
     assert "## Per joint" in report and "r_ankle" in report and "pictures.png" in report
+    assert not gfm_table_problems(report), gfm_table_problems(report)  # every table renders on GitHub
     # COCO AP of the predictions against the same people, scored by expected OKS.
     assert 0 <= metrics["coco"]["AP"] <= 1 and metrics["coco_ap"] == metrics["coco"]["AP"]
     assert metrics["oks_sigmas"][-2:] == [0.079, 0.079] and "## COCO keypoint AP" in report

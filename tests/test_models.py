@@ -226,8 +226,10 @@ def test_predict_maps_back_to_original_pixels(monkeypatch):
 
 def test_predict_rejects_bad_images():
     model = tiny("identity")
-    with pytest.raises(ValueError, match=r"image 0: expected an H x W x 3 uint8 RGB array, got \(10, 10\)"):
-        model.predict([np.zeros((10, 10), np.uint8)])
+    with pytest.raises(ValueError, match=r"image 0: expected an H x W x 3 RGB array, got shape \(10, 10, 2\)"):
+        model.predict([np.zeros((10, 10, 2), np.uint8)])
+    with pytest.raises(ValueError, match=r"image 0: expected a uint8 image \(values 0-255\), got dtype float32"):
+        model.predict([np.zeros((10, 10, 3), np.float32)])
     with pytest.raises(ValueError, match="got 2 box lists for 1 images"):
         model.predict([np.zeros((10, 10, 3), np.uint8)], boxes=[[], []])
 
@@ -345,7 +347,7 @@ def test_readme_plugin_example_runs():
     assert len(blocks) == 1, "README must hold exactly one '# plugin example' block"
     code = blocks[0]
     code_lines = [line for line in code.splitlines()[1:] if line.strip()]
-    assert len(code_lines) < 20
+    assert len(code_lines) < 25
     scope: dict = {}
     exec(compile(code, "README plugin example", "exec"), scope)
     mean, cov = scope["mean"], scope["cov"]

@@ -60,3 +60,17 @@ def test_coco_to_common():
     assert vis[LSP14.index("neck")] == 0 and vis[LSP14.index("r_shoulder")] == 0
     with pytest.raises(ValueError, match=r"expected joints of shape \(17, 2\)"):
         to_common14("coco17", joints[:5], np.ones(5))
+
+
+def test_the_onnx_example_draws_the_skeletons_limbs():
+    import importlib.util
+    from pathlib import Path
+
+    from pose_toss.skeletons import COCO17, LSP14, MPII16
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "onnx_inference.py"
+    spec = importlib.util.spec_from_file_location("onnx_inference", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)  # the example's copy of the limbs must stay the skeletons'
+    for skeleton in (LSP14, MPII16, COCO17):
+        assert example.LIMBS[skeleton.num_joints] == list(skeleton.limbs)

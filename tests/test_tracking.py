@@ -74,19 +74,12 @@ def test_rts_smoother_equals_the_batch_least_squares_solution():
 def test_process_noise_is_read_off_the_sequence():
     g = torch.Generator().manual_seed(1)
     t_len, d, q_true = 300, 2, 2.0
-    f, q_mat = constant_velocity(d, q_true)
-    chol = torch.linalg.cholesky(q_mat)
-    x = torch.zeros(2 * d, dtype=torch.float64)
-    truth = []
-    for _ in range(t_len):
-        x = f @ x + chol @ torch.randn(2 * d, generator=g, dtype=torch.float64)
-        truth.append(x[:d].clone())
+    truth = motion(t_len, d, q_true, g)
     covs = torch.eye(d, dtype=torch.float64).expand(t_len, d, d) * 4.0
-    means = torch.stack(truth) + 2.0 * torch.randn(t_len, d, generator=g, dtype=torch.float64)
+    means = truth + 2.0 * torch.randn(t_len, d, generator=g, dtype=torch.float64)
     q = fit_process_noise(means, covs)
     assert q_true / 3 < q < q_true * 3
     smoothed, _ = rts_smoother(means, covs, q=q)
-    truth = torch.stack(truth)
     assert (smoothed - truth).norm(dim=1).mean() < 0.7 * (means - truth).norm(dim=1).mean()
 
 
@@ -167,10 +160,8 @@ def test_visualize_smooths_a_folder_of_frames(tmp_path, capsys):
     assert "give at most one box per image" in capsys.readouterr().err
 
 
-def simulate(t_len: int, d: int, q: float, alpha: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Constant-velocity motion with white acceleration of variance q, measured with noise alpha R_t for full,
-    correlated, frame-varying R_t: (truth, measurements, R)."""
-    g = torch.Generator().manual_seed(seed)
+def motion(t_len: int, d: int, q: float, g: torch.Generator) -> torch.Tensor:
+    """T x d positions of constant-velocity motion driven by white acceleration of variance q."""
     f, q_mat = constant_velocity(d, q)
     chol = torch.linalg.cholesky(q_mat)
     x = torch.zeros(2 * d, dtype=torch.float64)
@@ -178,10 +169,17 @@ def simulate(t_len: int, d: int, q: float, alpha: float, seed: int) -> tuple[tor
     for _ in range(t_len):
         x = f @ x + chol @ torch.randn(2 * d, generator=g, dtype=torch.float64)
         truth.append(x[:d].clone())
+    return torch.stack(truth)
+
+
+def simulate(t_len: int, d: int, q: float, alpha: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Constant-velocity motion with white acceleration of variance q, measured with noise alpha R_t for full,
+    correlated, frame-varying R_t: (truth, measurements, R)."""
+    g = torch.Generator().manual_seed(seed)
+    truth = motion(t_len, d, q, g)
     a = torch.randn(t_len, d, d, generator=g, dtype=torch.float64) * 0.5
     covs = a @ a.transpose(1, 2) + torch.eye(d, dtype=torch.float64)
     noise = torch.linalg.cholesky(alpha * covs) @ torch.randn(t_len, d, 1, generator=g, dtype=torch.float64)
-    truth = torch.stack(truth)
     return truth, truth + noise.squeeze(-1), covs
 
 
@@ -259,3 +257,103 @@ def test_smoothed_scores_are_the_expected_keypoint_similarity_of_the_smoothed_co
         assert r["score"] == pytest.approx(float(eks.mean()), abs=1e-5)
     assert np.mean([r["score"] for r in out]) > 0.5  # a smoothed covariance is tighter: the scores rise
     assert all(r["measurement_scale"] == out[0]["measurement_scale"] for r in out)
+
+
+def test_online_smoothing_of_results_is_the_online_smoother_with_its_warm_up_fit():
+    from pose_toss.tracking import COVARIANCE_FLOOR, smooth_results
+
+    _, means, covs = simulate(25, 28, 0.5, 0.3, seed=7)
+    results = [{"image_id": t, "frame": t, "track_id": 4, "area": 2500.0, "keypoints": [
+        v for xy in means[t].reshape(-1, 2).tolist() for v in (*xy, 0.5)], "covariance": covs[t].tolist()}
+        for t in range(25)]
+    out = smooth_results(results, online_lag=2, warmup=10)
+    covs = covs + COVARIANCE_FLOOR * torch.eye(28, dtype=torch.float64)  # what smooth_results measures with
+    fit = fit_noise(means[:10], covs[:10])  # the fit sees the warm-up frames only
+    smoother = OnlineSmoother(28, fit.alpha, fit.q, lag=2)
+    expected = [e for t in range(25) for e in smoother.step(means[t], covs[t])] + smoother.flush()
+    for r, (frame, x, _) in zip(out, expected, strict=True):
+        assert r["frame"] == frame and r["measurement_scale"] == fit.alpha and r["process_noise"] == fit.q
+        got = torch.tensor(r["keypoints"], dtype=torch.float64).reshape(-1, 3)[:, :2].reshape(-1)
+        torch.testing.assert_close(got, x, atol=1e-4, rtol=0)  # results keep 4 decimals
+
+
+def test_box_iou_by_hand_and_tracks_that_keep_their_identity():
+    import numpy as np
+
+    from pose_toss.tracking import PeopleTracker, box_iou
+
+    # [0, 0, 2, 2] and [1, 1, 2, 2] overlap in a 1 x 1 square: 1 / (4 + 4 - 1); disjoint boxes: 0.
+    np.testing.assert_allclose(box_iou([[0, 0, 2, 2]], [[1, 1, 2, 2], [5, 5, 1, 1], [0, 0, 2, 2]]),
+                               [[1 / 7, 0.0, 1.0]])
+    tracker = PeopleTracker(min_iou=0.3, max_age=1)
+    a, b = np.array([0.0, 0.0, 10.0, 20.0]), np.array([30.0, 0.0, 10.0, 20.0])
+    assert tracker.update(np.stack([a, b])) == [0, 1]
+    assert tracker.update(np.stack([b + [2, 0, 0, 0], a + [1, 0, 0, 0]])) == [1, 0]  # order does not matter
+    assert tracker.update(np.stack([a + [60, 0, 0, 0]])) == [2]  # no overlap: a new track
+    tracker.update(np.zeros((0, 4)))
+    tracker.update(np.zeros((0, 4)))
+    assert tracker.update(np.stack([a])) == [3]  # track 0 unseen for more than max_age frames: ended
+
+
+def test_the_covariance_gate_refuses_a_pose_that_jumped():
+    import numpy as np
+    from scipy.stats import chi2
+
+    from pose_toss.tracking import PeopleTracker
+
+    box = np.array([[0.0, 0.0, 10.0, 20.0]])
+    cov = np.eye(4)[None]
+    pose = np.zeros((1, 4))
+    limit = chi2.ppf(0.99, 4)  # the squared Mahalanobis distance under the summed covariance 2 I
+    near, far = np.full((1, 4), np.sqrt(2 * 0.9 * limit / 4)), np.full((1, 4), np.sqrt(2 * 1.1 * limit / 4))
+    for moved, same in ((near, True), (far, False)):
+        tracker = PeopleTracker(gate=0.99)
+        tracker.update(box, pose, cov)
+        assert (tracker.update(box, moved, cov) == [0]) == same
+
+
+def _results(means: torch.Tensor, covs: torch.Tensor) -> list[dict]:
+    return [{"image_id": t, "frame": t, "area": 2500.0, "covariance": covs[t].tolist(),
+             "keypoints": [v for xy in means[t].reshape(-1, 2).tolist() for v in (*xy, 0.5)]}
+            for t in range(len(means))]
+
+
+def test_one_wild_keypoint_is_left_out_not_followed():
+    from pose_toss.tracking import smooth_results
+
+    _, means, covs = simulate(30, 28, 0.5, 0.3, seed=8)
+    clean = smooth_results(_results(means, covs))
+    assert not any("outlier_joints" in r for r in clean)  # real motion is never an outlier
+    wild, missing = _results(means, covs), _results(means, covs)
+    wild[3]["keypoints"][3] = 1e6  # joint 1's x in frame 3: a bad detection, its covariance unchanged
+    missing[3]["keypoints"][3] = missing[3]["keypoints"][4] = None  # the joint left out: both coordinates
+    out, reference = smooth_results(wild), smooth_results(missing)
+    assert out[3]["outlier_joints"] == [1]
+    for a, b in zip(out, reference, strict=True):  # exactly as if that coordinate had not been measured
+        assert a["keypoints"] == b["keypoints"] and a["process_noise"] == b["process_noise"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r[2].update(covariance=(-torch.eye(28)).tolist()), "not positive semi-definite"),
+    (lambda r: r[2].update(covariance=(torch.eye(28) + torch.triu(torch.ones(28, 28), 1)).tolist()), "not symmetric"),
+    (lambda r: r[2].update(keypoints=r[2]["keypoints"][:-1]), "must be a list of 3J numbers"),
+    (lambda r: r[2].update(frame="2"), "mixes numbers and strings"),
+    (lambda r: r[2].update(keypoints=["a"] * 42), "must hold numbers"),
+])
+def test_bad_results_are_named(change, message):
+    from pose_toss.tracking import smooth_results
+
+    _, means, covs = simulate(6, 28, 0.5, 0.3, seed=9)
+    results = _results(means, covs)
+    change(results)
+    with pytest.raises(ValueError, match=message) as caught:
+        smooth_results(results, source="p.json")
+    assert str(caught.value).startswith("p.json: ")
+
+
+def test_a_tiny_covariance_is_floored_not_fatal():
+    from pose_toss.tracking import smooth_results
+
+    _, means, covs = simulate(8, 28, 0.5, 0.3, seed=10)
+    out = smooth_results(_results(means, 1e-30 * torch.eye(28).expand(8, 28, 28)))
+    assert all(math.isfinite(v) for r in out for v in r["keypoints"])

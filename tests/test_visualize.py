@@ -12,7 +12,7 @@ import pytest
 
 from pose_toss import build_pose_model, save_model
 from pose_toss.cli import main
-from pose_toss.commands.visualize import read_detections
+from pose_toss.data.detections import read_detections
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -73,8 +73,9 @@ def test_detections_match_images_by_id_or_file_name(tmp_path):
     path = tmp_path / "dets.json"
     path.write_text(json.dumps(dets))
     boxes = read_detections(path, images, score_threshold=0.5)
-    np.testing.assert_allclose(boxes[images[0]], [[1, 2, 30, 40, 0]])  # the last column: the detection's index
-    np.testing.assert_allclose(boxes[images[1]], [[0, 0, 8, 9, 3]])
+    # [x, y, w, h, the detection's index, its score (1 when the file gives none)]
+    np.testing.assert_allclose(boxes[images[0]], [[1, 2, 30, 40, 0, 0.9]])
+    np.testing.assert_allclose(boxes[images[1]], [[0, 0, 8, 9, 3, 1.0]])
     path.write_text(json.dumps([{"image_id": 42, "bbox": [1, 2, -3, 4]}]))
     with pytest.raises(ValueError, match=r"dets\.json: detection 0: 'bbox' must be \[x, y, w, h\] \(finite numbers\) "
                                          r"with w, h > 0"):

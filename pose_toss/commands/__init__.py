@@ -17,6 +17,8 @@ COMMANDS = {
                            "mean ± std tables and validation curves"),
     "fit-covariance": ("fit_covariance", "learn a covariance for a trained model, the model frozen (its means "
                                          "unchanged): only the covariance network, with the NLL"),
+    "predict": ("predict", "people, keypoints, calibrated scores and full covariances for photos, folders and videos "
+                           "(a person detector, tracks, smoothing, pictures with a legend)"),
     "visualize": ("visualize", "draw a model's poses, ellipses and correlations on any images"),
     "smooth": ("smooth", "smooth COCO results with covariances over video frames (Kalman filter and RTS smoother, "
                          "each frame's full covariance as its measurement noise)"),

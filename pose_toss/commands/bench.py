@@ -17,6 +17,8 @@ import os
 import platform
 import resource
 import shlex
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -483,6 +485,21 @@ def tracking_times(frames: int = 60, fit_joints: int = 14, step_joints: int = 17
             "online_step_seconds_by_lag": steps}
 
 
+def startup_times(commands=(("--help",), ("smooth", "--help"), ("predict", "--help")), repeats: int = 3) -> dict:
+    """Seconds from starting ``python -m pose_toss ARGS`` to its exit (median of ``repeats``), for the
+    commands whose answer needs no model: they must not pay for importing torch."""
+
+    out = {}
+    for args in commands:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "pose_toss", *args], check=True, capture_output=True)
+            times.append(time.perf_counter() - start)
+        out["pose-toss " + " ".join(args)] = sorted(times)[len(times) // 2]
+    return out
+
+
 def run_benchmarks(cfg: Config, batch: int = 32, repeats: int = 5, device: str = "auto",
                    pseudo_sizes=(10_000, 40_000, 100_000, 150_000), data_sizes=(128, 256), data_samples: int = 400,
                    checkpoint=None, profile: bool = False, log=print) -> dict:
@@ -499,6 +516,8 @@ def run_benchmarks(cfg: Config, batch: int = 32, repeats: int = 5, device: str =
                         "heatmap_stride": cfg.data.heatmap_stride, "bottleneck_at": m.bottleneck_at,
                         "amp": cfg.train.amp and dev.type == "cuda"},
               "repeats": repeats}
+    log("start-up ...")
+    result["startup_seconds"] = startup_times()
     log("training steps ...")
     result["steps"] = step_times(cfg, batch, repeats, device=dev)
     log("training step memory ...")
@@ -609,6 +628,9 @@ def benchmark_markdown(r: dict, command: str) -> str:
                 f"{1000 * tr['fit_seconds']:.0f} |"]
         out += [f"| online step, one person, {tr['step_joints']} joints, lag {lag} | {1000 * v:.2f} |"
                 for lag, v in tr["online_step_seconds_by_lag"].items()]
+    if r.get("startup_seconds"):
+        out += ["", "| start-up, command | s |", "| --- | --- |"]
+        out += [f"| `{k}` | {v:.2f} |" for k, v in r["startup_seconds"].items()]
     mem = r["memory"]
     out += ["", f"Peak memory: CPU RSS {mem['cpu_peak_rss_mib']:.0f} MiB"
             + (f", CUDA max allocated {mem['cuda_max_allocated_mib']:.0f} MiB" if "cuda_max_allocated_mib" in mem

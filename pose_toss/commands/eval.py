@@ -39,7 +39,7 @@ from pose_toss.metrics import joint_errors, keypoint_similarity, reliability
 from pose_toss.models.checkpoint import load_model
 from pose_toss.outputs import atomic_write_text, check_output_dir, jsonable, run_lock, staged_output_dir
 from pose_toss.run_dir import CONFIG_FILE, resolve_checkpoint
-from pose_toss.viz.draw import contact_sheet, draw_pose_scaled, write_png
+from pose_toss.viz.draw import contact_sheet, draw_crosses, draw_pose_scaled, with_legend, write_png
 from pose_toss.viz.plots import calibration_plot, keypoint_reliability_plot, sparsification_plot, training_curves_plot
 
 
@@ -93,8 +93,9 @@ def summary_text(m: dict, out: Path, pictures: bool) -> str:
              "COCO keypoints (scores: expected OKS): " + ", ".join(
                  f"{k} {v:.3f}" for k, v in m["coco"].items() if v is not None)]
     if m.get("flip_test"):
-        lines.append(f"flip test on; without it, the mean joint error is {m['mean_joint_error_no_flip']:.2f} px "
-                     f"({against_mean_pose(m['mean_joint_error_no_flip'], m['mean_pose_error'])} than the mean pose)")
+        single = m["mean_joint_error_no_flip"]
+        lines.append(f"flip test on; without it, the mean joint error is {single:.2f} px "
+                     f"({against_mean_pose(single, m['mean_pose_error'])} against the mean pose)")
     if "cue_auroc_spread" in m:
         constant = m.get("cue_auroc_spread_constant", 0.5)
         lines.append(f"synthetic cues: the spread tells a cued joint from the same joint uncued with AUROC "
@@ -195,15 +196,19 @@ def mean_pose_baseline(preds: dict, data_cfg) -> tuple[float, str]:
 
 
 def prediction_pictures(dataset, preds: dict, skeleton, count: int = 16, tile: int = 256) -> np.ndarray:
-    """A contact sheet of crops with the predicted pose and its 50% / 90% joint ellipses."""
+    """A contact sheet of crops with the predicted pose, its 50% / 90% joint ellipses and the labels (crosses),
+    with a legend."""
     tiles = []
     for n in range(min(count, len(preds["index"]))):
-        i = int(preds["index"][n])
-        image = sample_image_rgb(dataset[i])
+        sample = dataset[int(preds["index"][n])]
+        image = sample_image_rgb(sample)
         factor = tile / image.shape[0]
-        tiles.append(draw_pose_scaled(image, preds["mean"][n].numpy(), preds["cov"][n].numpy(), factor,
-                                      skeleton=skeleton, levels=(0.5, 0.9)))
-    return contact_sheet(tiles, cols=4, tile_size=tile)
+        drawn = draw_pose_scaled(image, preds["mean"][n].numpy(), preds["cov"][n].numpy(), factor,
+                                 skeleton=skeleton, levels=(0.5, 0.9))
+        labels = (sample["target"].numpy().reshape(-1, 2) + 0.5) * factor - 0.5
+        tiles.append(draw_crosses(drawn, labels[sample["visibility"].numpy() > 0]))
+    return with_legend(contact_sheet(tiles, cols=4, tile_size=tile), (0.5, 0.9),
+                       ["white crosses: the labels (ground truth) of the visible joints"])
 
 
 def evaluate_checkpoint(checkpoint, data: str, out, *, split: str = "test", overwrite: bool = False,

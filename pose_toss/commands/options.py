@@ -30,3 +30,15 @@ def add_device(p: argparse.ArgumentParser) -> None:
 
 def add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def parse_levels(text: str) -> tuple[float, ...]:
+    """``--levels``: comma-separated probabilities of the ellipses, each strictly between 0 and 1."""
+    try:
+        levels = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        levels = ()
+    if not levels or not all(0.0 < v < 1.0 for v in levels):
+        raise ValueError(f"--levels: expected comma-separated probabilities between 0 and 1 (e.g. 0.5,0.9), "
+                         f"got {text!r}")
+    return levels

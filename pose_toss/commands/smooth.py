@@ -62,4 +62,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"smoothed {len(results)} people over {tracks} track{'s' if tracks != 1 else ''} into {out} (measurement "
           f"scale alpha, process noise q: " + "; ".join(f"{a:.3g}, {q:.3g}" for a, q in fits[:5])
           + (" ..." if len(fits) > 5 else "") + "; scores recomputed from the smoothed covariances)")
+    nulls = sum(v is None or (isinstance(v, float) and not math.isfinite(v))
+                for r in results for i, v in enumerate(r["keypoints"]) if i % 3 < 2)
+    outliers = sum(len(r.get("outlier_joints", [])) for r in smoothed)
+    if nulls or outliers:
+        print(f"{nulls} null keypoint coordinates treated as unobserved; {outliers} joint measurements left out as "
+              "outliers, far from their track (listed per result as 'outlier_joints')")
     return 0

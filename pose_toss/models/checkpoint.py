@@ -119,7 +119,8 @@ def model_arguments(metadata: dict) -> tuple[ModelConfig, int, int, int]:
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> PoseModel:
-    """Rebuild a model from a file written by ``save_model``, without any training config.
+    """Rebuild a model from a file written by ``save_model``, without any training config, **in eval mode**
+    (batch-norm statistics fixed, as for inference; call ``.train()`` to train it further).
 
     Refuses a damaged file (checksum), one whose config does not match its weights, and one whose
     weights are not finite (a diverged training), each with what is wrong."""
@@ -142,4 +143,4 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     except (TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"{path}: metadata '{META_KEY}' does not describe a model this version builds ({e})") from None
     _load_weights(model, state, path, "the weights do not match the model its metadata describes")
-    return model.to(map_location)
+    return model.to(map_location).eval()

@@ -12,6 +12,7 @@ from torch import nn
 
 from pose_toss.config import BOTTLENECK_AT, COVARIANCES, FITTED_COVARIANCES, HEADS, ModelConfig
 from pose_toss.covariance import heatmap_tail_jacobian, regression_tail_jacobian, scale_joints
+from pose_toss.data.media import as_rgb_image
 from pose_toss.data.transforms import (
     affine_covariance,
     affine_points,
@@ -221,8 +222,8 @@ class PoseModel(nn.Module):
                 padding: float = 1.25, batch_size: int = 32) -> list[dict]:
         """Joints and covariances in original-image pixels.
 
-        ``images``: one H x W x 3 uint8 RGB array or a list of them. ``boxes``: None (the whole image
-        is the person) or, per image, an N x 4 array of ``[x, y, w, h]`` person boxes.
+        ``images``: one H x W x 3 uint8 RGB array or a list of them (a float array is refused). ``boxes``: None
+        (the whole image is the person) or, per image, an N x 4 array of ``[x, y, w, h]`` person boxes.
         Returns, per image, ``{"joints": N x J x 2, "cov": N x 2J x 2J, "boxes": N x 4}`` (numpy).
         """
         if isinstance(images, np.ndarray) and images.ndim == 3:
@@ -232,9 +233,7 @@ class PoseModel(nn.Module):
             raise ValueError(f"got {len(boxes)} box lists for {len(images)} images")
         crops, affines, owners, all_boxes = [], [], [], []
         for i, img in enumerate(images):
-            if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3:
-                shape = getattr(img, "shape", type(img).__name__)
-                raise ValueError(f"image {i}: expected an H x W x 3 uint8 RGB array, got {shape}")
+            img = as_rgb_image(img, source=f"image {i}")  # a float image is refused, not read as 0-255
             h, w = img.shape[:2]
             if boxes is None:
                 bxs = np.array([[0.0, 0.0, w, h]])

@@ -184,3 +184,86 @@ def draw_correlation_links(image: np.ndarray, joints: np.ndarray, cov: np.ndarra
                 width = max(1, int(round(lw * (1 + 3 * (corr[a, b] - threshold) / max(1 - threshold, 1e-6)))))
                 cv2.line(layer, _pt(pts[a]), _pt(pts[b]), (255, 0, 255), width, cv2.LINE_AA, _SHIFT)
     return _blend(img, layer, 0.7)
+
+
+def _text(img: np.ndarray, text: str, origin, scale: float, colour=(255, 255, 255), thickness: int = 1,
+          backdrop: bool = False) -> None:
+    """Text at ``origin`` (its baseline's left end); ``backdrop`` puts a dark box behind it, legible on any image."""
+    x, y = int(origin[0]), int(origin[1])
+    if backdrop:
+        (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        cv2.rectangle(img, (x - 2, y - h - 3), (x + w + 2, y + base), (20, 20, 20), -1)
+    cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness, cv2.LINE_AA)
+
+
+def draw_crosses(image: np.ndarray, points: np.ndarray, colour=(255, 255, 255)) -> np.ndarray:
+    """A small cross on each point (N x 2, the image's pixels), outlined in black so it shows on any colour."""
+    img = np.ascontiguousarray(image).copy()
+    size = 2 * line_width(img) + 2
+    for x, y in np.asarray(points, dtype=np.float64).reshape(-1, 2):
+        for ink, width in (((0, 0, 0), 3), (colour, 1)):
+            cv2.line(img, _pt((x - size, y)), _pt((x + size, y)), ink, width, cv2.LINE_AA, _SHIFT)
+            cv2.line(img, _pt((x, y - size)), _pt((x, y + size)), ink, width, cv2.LINE_AA, _SHIFT)
+    return img
+
+
+def legend_strip(width: int, levels: Sequence[float] = (0.5, 0.9), notes: Sequence[str] = ()) -> np.ndarray:
+    """A dark strip, ``width`` wide, that says what the drawing shows: the rings (drawn as in ``draw_pose``: the
+    thickest is the smallest level), the colours of the body's sides, and one line per note."""
+    scale = float(np.clip(width / 1400, 0.35, 0.8))
+    row = int(34 * scale / 0.5)
+    lines = 2 + len(notes)
+    strip = np.full((row * lines + row // 2, width, 3), 28, np.uint8)
+    lw = max(1, int(round(2 * scale / 0.5)))
+    y = row
+    x = row // 2
+    for n in range(len(levels)):
+        radius = int(row * (0.22 + 0.14 * n))
+        cv2.ellipse(strip, (x + row // 2, y - row // 4), (radius, int(radius * 0.7)), 0, 0, 360, (220, 220, 220),
+                    max(1, lw - n) if n else lw, cv2.LINE_AA)
+    rings = " / ".join(f"{100 * v:g} %" for v in sorted(levels))
+    _text(strip, f"rings: {rings} of each joint's predicted distribution (where the true joint is, that often)",
+          (x + row + 4, y), scale, (230, 230, 230))
+    y += row
+    cx = x
+    for side in ("left", "right", "centre"):
+        cv2.line(strip, (cx, y - row // 4), (cx + row, y - row // 4), SIDE_COLOURS[side], lw + 1, cv2.LINE_AA)
+        _text(strip, side, (cx + row + 4, y), scale, (230, 230, 230))
+        cx += row + 4 + int(cv2.getTextSize(side, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]) + row
+    for note in notes:
+        y += row
+        _text(strip, note, (x, y), scale, (230, 230, 230))
+    return strip
+
+
+def with_legend(image: np.ndarray, levels: Sequence[float] = (0.5, 0.9), notes: Sequence[str] = ()) -> np.ndarray:
+    """The image with ``legend_strip`` below it."""
+    return np.concatenate([image, legend_strip(image.shape[1], levels, notes)], axis=0)
+
+
+def draw_people(image: np.ndarray, people: Sequence[dict], skeleton: Skeleton = LSP14,
+                levels: Sequence[float] = (0.5, 0.9), min_side: int = 720, legend: bool = True) -> np.ndarray:
+    """Every person on the whole frame: box, skeleton, each joint's ellipses and a label with the person's score
+    (and track id). ``people``: dicts with ``keypoints`` (J x 2), ``covariance`` (2J x 2J), ``box``
+    ([x, y, w, h]), ``score`` and optionally ``track_id``, in the image's pixels. A small frame is enlarged to
+    ``min_side`` on its short side first, so labels stay legible; ``legend`` adds what the marks mean."""
+    factor = max(1.0, min_side / max(1, min(image.shape[:2])))
+    img = cv2.resize(image, (round(image.shape[1] * factor), round(image.shape[0] * factor)),
+                     interpolation=cv2.INTER_LINEAR) if factor > 1 else np.ascontiguousarray(image).copy()
+    lw = line_width(img)
+    scale = float(np.clip(min(img.shape[:2]) / 1200, 0.4, 1.0))
+    for person in people:
+        pts = (np.asarray(person["keypoints"], dtype=np.float64).reshape(-1, 2) + 0.5) * factor - 0.5
+        cov = np.asarray(person["covariance"], dtype=np.float64) * factor**2
+        img = draw_pose(img, pts, cov, skeleton, levels=levels)
+        x, y, w, h = (np.asarray(person["box"], dtype=np.float64) * factor).tolist()
+        cv2.rectangle(img, _pt((x, y)), _pt((x + w, y + h)), (200, 200, 200), max(1, lw // 2), cv2.LINE_AA, _SHIFT)
+        label = f"{person['score']:.2f}"
+        if person.get("track_id") is not None:
+            label = f"#{person['track_id']} {label}"
+        _text(img, label, (x + 2, max(y - 5, 30 * scale)), 1.4 * scale, (255, 255, 0), max(1, lw // 2),
+              backdrop=True)
+    if not legend:
+        return img
+    return with_legend(img, levels, ["label: person score = detection score x mean keypoint score (expected "
+                                     "keypoint similarity under the covariance); #n: track"])
