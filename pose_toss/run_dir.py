@@ -17,6 +17,7 @@ from pathlib import Path
 CHECKPOINTS = "checkpoints"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
+STATE_CHECKSUM_FILE = "state.pt.sha256"  # the state's SHA-256, checked on resume
 CONFIG_FILE = "config.yaml"
 BEST = "best"
 

@@ -24,3 +24,22 @@ def test_each_command_has_its_arguments_and_bad_ones_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["nonsense"])
     assert e.value.code == 2 and "invalid choice: 'nonsense'" in capsys.readouterr().err
+
+
+POSITIVE = "expected a finite number > 0"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["video-bench", "--checkpoint", "m", "--out", "o", "--seed", "-5"], "argument --seed: expected a whole number"),
+    (["export", "--checkpoint", "m", "--onnx", "o.onnx", "--opset", "99"], "argument --opset: expected a whole "
+                                                                           "number from 16 to 20, got '99'"),
+    (["fit-covariance", "--checkpoint", "m", "--out", "o", "--lr", "nan"], f"argument --lr: {POSITIVE}"),
+    (["fit-covariance", "--checkpoint", "m", "--out", "o", "--lr", "-1"], f"argument --lr: {POSITIVE}"),
+    (["eval", "--checkpoint", "m", "--out", "o", "--batch-size", "0"], "argument --batch-size: expected a whole "
+                                                                       "number >= 1, got '0'"),
+    (["predict", "--checkpoint", "m", "--inputs", "i", "--out", "o", "--every", "0"], "argument --every"),
+])
+def test_numbers_out_of_range_are_refused_naming_the_option(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err

@@ -315,6 +315,19 @@ def test_resume_falls_back_past_damaged_checkpoints(run_dir, tmp_path):
         Trainer(cfg, run, resume=True, log=said.append)
 
 
+def test_a_bit_flip_in_the_training_state_is_caught_by_its_checksum(run_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    state = run / "checkpoints" / "epoch_0002" / "state.pt"
+    data = bytearray(state.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit, in the middle: torch would still load it, with a wrong value
+    state.write_bytes(bytes(data))
+    said: list[str] = []
+    t = Trainer(load_config(run / "config.yaml"), run, resume=True, log=said.append)
+    assert t.state.epoch == 1
+    assert any("epoch_0002" in s and "SHA-256 differs" in s for s in said)
+
+
 def test_os_errors_name_the_path_and_the_cause(tmp_path, capsys, monkeypatch):
     import pose_toss.outputs
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pose_toss.coco_results import coco_results, write_coco_results
-from pose_toss.commands.options import add_checkpoint, add_device, add_output, add_quiet
+from pose_toss.commands.options import add_checkpoint, add_device, add_output, add_quiet, whole_number
 from pose_toss.config import Config, load_config
 from pose_toss.data.coco_format import coco_ground_truth, record_area, record_image_id
 from pose_toss.data.dataset import PoseDataset, crop_labels, image_file_problem, sample_image_rgb
@@ -50,8 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=("test", "val"))
     add_output(p)
     add_device(p)
-    p.add_argument("--batch-size", type=int, default=None, help="default: the config's data.batch_size")
-    p.add_argument("--pictures", type=int, default=16, help="crops drawn with their ellipses (0: none)")
+    p.add_argument("--batch-size", type=whole_number(1), default=None, help="default: the config's data.batch_size")
+    p.add_argument("--pictures", type=whole_number(0), default=16, help="crops drawn with their ellipses (0: none)")
     p.add_argument("--flip-test", action="store_true",
                    help="also predict each mirrored crop and merge the two Gaussians (moment matching)")
     p.add_argument("--simulated-detections", metavar="JITTER,FALSE_POSITIVES",
@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "fraction of its size), and for a FALSE_POSITIVES share of the people one extra box "
                         "elsewhere in the image (e.g. 0.1,0.25); "
                         "report COCO AP by expected OKS, heatmap maximum and a constant score")
-    p.add_argument("--occlusions", type=int, default=200, metavar="N",
+    p.add_argument("--occlusions", type=whole_number(0), default=200, metavar="N",
                    help="synthetic generator only: also predict N test figures with and without an occluder added "
                         "on one limb, and report how the covariance responds (0 skips it; default 200)")
     add_quiet(p)

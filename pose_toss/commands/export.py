@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pose_toss.commands.options import add_checkpoint, add_output
+from pose_toss.commands.options import add_checkpoint, add_output, whole_number
 from pose_toss.models.checkpoint import load_model
 from pose_toss.models.onnx import export_onnx
 from pose_toss.outputs import check_output_file, run_lock
@@ -15,7 +15,8 @@ from pose_toss.run_dir import resolve_checkpoint
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_checkpoint(p)
     add_output(p, "the .onnx file to write", flag="--onnx")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.add_argument("--opset", type=whole_number(16, 20), default=17,
+                   help="ONNX opset, 16 to 20 (the local scale samples patches with GridSample, from opset 16)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from pose_toss.commands.eval import evaluate_checkpoint
-from pose_toss.commands.options import add_checkpoint, add_config, add_device, add_output
+from pose_toss.commands.options import add_checkpoint, add_config, add_device, add_output, positive_number, whole_number
 from pose_toss.config import FITTED_COVARIANCES, ConfigError, config_to_dict, load_config, save_config
 from pose_toss.data.loading import run_data
 from pose_toss.engine.fit_covariance import EpochDraws, fit_model_covariance, with_fresh_covariance
@@ -25,8 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_output(p)
     p.add_argument("--covariance", default="tic", choices=FITTED_COVARIANCES,
                    help="the covariance network to learn (a new one; default: TIC)")
-    p.add_argument("--epochs", type=int, default=3, help="epochs over the training split")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the config's train.lr)")
+    p.add_argument("--epochs", type=whole_number(1), default=3, help="epochs over the training split")
+    p.add_argument("--lr", type=positive_number, default=None, help="learning rate (default: the config's train.lr)")
     add_device(p)
     add_config(p)
 

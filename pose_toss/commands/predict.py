@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pose_toss.commands.options import add_checkpoint, add_device, add_output, add_quiet, parse_levels
+from pose_toss.commands.options import add_checkpoint, add_device, add_output, add_quiet, parse_levels, whole_number
 
 SMOOTHING = ("online", "offline", "none")
 
@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--boxes", help="COCO-format person detections (image_id or file_name, bbox, score) instead "
                                    "of a detector")
     p.add_argument("--score-threshold", type=float, default=0.5, help="drop detections scored below this")
-    p.add_argument("--every", type=int, default=1, metavar="N",
+    p.add_argument("--every", type=whole_number(1), default=1, metavar="N",
                    help="video: detect people every N frames; in between, each box follows its person's keypoints")
     p.add_argument("--min-iou", type=float, default=0.3, help="video: a person continues a track when their box "
                                                              "overlaps the track's last box at least this much")
@@ -41,10 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="video: smooth each track with its full covariances: 'online' (causal, as for a stream: "
                         "alpha and q fitted on the track's first frames), 'offline' (RTS on the whole track) or "
                         "'none'")
-    p.add_argument("--lag", type=int, default=0, help="video, --smooth online: frames of look-ahead (fixed-lag)")
+    p.add_argument("--lag", type=whole_number(0), default=0,
+                   help="video, --smooth online: frames of look-ahead (fixed-lag)")
     p.add_argument("--levels", default="0.5,0.9", help="probability levels of the ellipses, comma-separated")
     p.add_argument("--no-pictures", action="store_true", help="write predictions.json only")
-    p.add_argument("--batch", type=int, default=32, help="person crops per forward pass")
+    p.add_argument("--batch", type=whole_number(1), default=32, help="person crops per forward pass")
     add_output(p)
     add_device(p)
     add_quiet(p)
@@ -54,9 +55,6 @@ def run(args: argparse.Namespace) -> int:
     # The model's imports (torch, timm) happen here, so that `pose-toss predict --help` stays quick.
     from pose_toss.engine.predict_media import predict_media
 
-    if args.every < 1 or args.lag < 0 or args.batch < 1:
-        raise ValueError(f"--every and --batch must be >= 1 and --lag >= 0, got {args.every}, {args.batch}, "
-                         f"{args.lag}")
     if args.detector and args.boxes:
         raise ValueError("give either --detector or --boxes, not both")
     summary = predict_media(args.checkpoint, args.inputs, args.out, detector=args.detector,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pose_toss.coco_results import coco_results
-from pose_toss.commands.options import add_checkpoint, add_device, add_output
+from pose_toss.commands.options import add_checkpoint, add_device, add_output, whole_number
 from pose_toss.config import Config, load_config
 from pose_toss.data.dataset import PoseDataset
 from pose_toss.data.loading import make_loader
@@ -38,15 +38,13 @@ VARIANTS = ("raw", "full covariance", "diagonal only", "isotropic constant")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_checkpoint(p)
     add_output(p, "where video_bench.json and .md go")
-    p.add_argument("--sequences", type=int, default=8)
-    p.add_argument("--length", type=int, default=60, help="frames per sequence")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sequences", type=whole_number(1), default=8)
+    p.add_argument("--length", type=whole_number(3), default=60, help="frames per sequence")
+    p.add_argument("--seed", type=whole_number(0), default=0)
     add_device(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.sequences < 1 or args.length < 3:
-        raise ValueError(f"--sequences must be >= 1 and --length >= 3, got {args.sequences} and {args.length}")
     model_file, run_dir = resolve_checkpoint(args.checkpoint)
     inputs = [args.checkpoint]
     check_output_dir(args.out, args.overwrite, inputs)

@@ -7,6 +7,7 @@ heatmap term); this module runs the steps. The run directory's layout is ``pose_
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import math
@@ -62,6 +63,7 @@ from pose_toss.run_dir import (
     CHECKPOINTS,
     CONFIG_FILE,
     MODEL_FILE,
+    STATE_CHECKSUM_FILE,
     STATE_FILE,
     checkpoint_dir,
     checkpoints_newest_first,
@@ -228,6 +230,7 @@ class Trainer:
                         "rng": rng_states(), "progress": self.state.to_dict(), "config": config_to_dict(self.cfg)},
                        blob)
             atomic_write_bytes(stage / STATE_FILE, blob.getvalue())
+            atomic_write_bytes(stage / STATE_CHECKSUM_FILE, hashlib.sha256(blob.getvalue()).hexdigest().encode())
         for old in sorted(root.glob("epoch_*"))[:-2]:
             shutil.rmtree(old, ignore_errors=True)
         return final
@@ -249,6 +252,16 @@ class Trainer:
         raise ValueError(f"{self.out}: no checkpoint under {CHECKPOINTS}/ loads: " + "; ".join(damaged))
 
     def _load_checkpoint(self, path: Path) -> None:
+        checksum = path / STATE_CHECKSUM_FILE  # checkpoints written before checksums have none
+        if checksum.is_file():
+            try:
+                expected = checksum.read_text().strip()
+                actual = hashlib.sha256((path / STATE_FILE).read_bytes()).hexdigest()
+            except (OSError, UnicodeDecodeError) as e:
+                raise ModelFileError(f"{path / STATE_FILE}: its checksum cannot be read ({e})") from None
+            if actual != expected:
+                raise ModelFileError(f"{path / STATE_FILE}: its SHA-256 differs from the one written with it "
+                                     f"({STATE_CHECKSUM_FILE}): the file changed on disk")
         try:
             state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
         except Exception as e:  # a truncated or corrupt zip: torch raises RuntimeError, EOFError, pickle errors
