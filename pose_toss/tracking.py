@@ -136,7 +136,19 @@ def smooth_step(x: torch.Tensor, p: torch.Tensor, x_next_pred: torch.Tensor, p_n
                 x_next: torch.Tensor, p_next: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One Rauch-Tung-Striebel step back: frame t's filtered state and the next frame's prediction and smoothed
     state -> frame t's smoothed state."""
-    gain = torch.linalg.solve(p_next_pred, f @ p).transpose(-1, -2)  # P_t F^T P_pred(t+1)^-1
+    return smooth_with_gain(x, p, x_next_pred, p_next_pred, x_next, p_next, smoother_gain(p, p_next_pred, f))
+
+
+def smoother_gain(p: torch.Tensor, p_next_pred: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """The RTS gain P_t F^T P_pred(t+1)^-1: fixed once frame t + 1 is predicted, so an online smoother computes
+    it once per frame, however long its lag."""
+    return torch.linalg.solve(p_next_pred, f @ p).transpose(-1, -2)
+
+
+def smooth_with_gain(x: torch.Tensor, p: torch.Tensor, x_next_pred: torch.Tensor, p_next_pred: torch.Tensor,
+                     x_next: torch.Tensor, p_next: torch.Tensor, gain: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One RTS step back with the gain given (``smoother_gain``)."""
     x = x + (gain @ (x_next - x_next_pred).unsqueeze(-1)).squeeze(-1)
     p = p + gain @ (p_next - p_next_pred) @ gain.transpose(-1, -2)
     return x, 0.5 * (p + p.transpose(-1, -2))
@@ -255,7 +267,7 @@ class OnlineSmoother:
         self.f, self.q_mat = constant_velocity(dim, torch.tensor([self.q], dtype=torch.float64))
         self.x, self.p = initial_state(dim, 1, init_var)
         self.frame = 0
-        self.window: list[tuple] = []  # (frame, x, p, x_pred, p_pred) of the frames not yet given out
+        self.window: list[list] = []  # [frame, x, p, x_pred, p_pred, RTS gain] of the frames not yet given out
 
     @classmethod
     def from_warmup(cls, means: torch.Tensor, covs: torch.Tensor, observed: torch.Tensor | None = None,
@@ -276,26 +288,32 @@ class OnlineSmoother:
         x_pred, p_pred = self.x, self.p
         if observed[0].any():
             self.x, self.p, _ = update_step(self.x, self.p, mean[0], self.alpha * cov, observed[0])
-        self.window.append((self.frame, self.x, self.p, x_pred, p_pred))
+        if self.lag and self.window:  # the previous frame's RTS gain is fixed now: computed once, kept
+            self.window[-1][5] = smoother_gain(self.window[-1][2], p_pred[0], self.f)
+        self.window.append([self.frame, self.x[0], self.p[0], x_pred[0], p_pred[0], None])
         self.frame += 1
         if len(self.window) <= self.lag:
             return []
-        estimate = self._smoothed(len(self.window) - 1 - self.lag)
+        estimate = self._smoothed(len(self.window) - 1 - self.lag)[0]
         self.window.pop(0)
         return [estimate]
 
     def flush(self) -> list:
         """The held frames' estimates given every frame seen, oldest first; the window is emptied."""
-        if not self.window:
-            return []
-        x, p = _backward(*(torch.stack([w[k][0] for w in self.window]) for k in (1, 2, 3, 4)), self.f)
-        out = [(w[0], x[n, :self.dim], p[n, :self.dim, :self.dim]) for n, w in enumerate(self.window)]
+        out = self._smoothed(0) if self.window else []
         self.window = []
         return out
 
-    def _smoothed(self, index: int) -> tuple:
-        x, p = _backward(*(torch.stack([w[k][0] for w in self.window[index:]]) for k in (1, 2, 3, 4)), self.f)
-        return self.window[index][0], x[0, :self.dim], p[0, :self.dim, :self.dim]
+    def _smoothed(self, index: int) -> list:
+        """(frame, positions, covariance) of the window's frames from ``index`` on, given the whole window: RTS
+        backwards from the newest frame with each frame's kept gain."""
+        w = self.window
+        x, p = w[-1][1], w[-1][2]
+        out = [(w[-1][0], x, p)]
+        for n in range(len(w) - 2, index - 1, -1):
+            x, p = smooth_with_gain(w[n][1], w[n][2], w[n + 1][3], w[n + 1][4], x, p, w[n][5])
+            out.append((w[n][0], x, p))
+        return [(frame, x[:self.dim], p[:self.dim, :self.dim]) for frame, x, p in reversed(out)]
 
 
 def smooth_results(results: list[dict], q: float | None = None, source: str = "predictions",
