@@ -207,32 +207,47 @@ def draw_crosses(image: np.ndarray, points: np.ndarray, colour=(255, 255, 255)) 
     return img
 
 
+def _wrapped(text: str, width: int, scale: float) -> list[str]:
+    """``text`` broken at spaces into lines that fit ``width`` pixels at ``scale``."""
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if line and cv2.getTextSize(trial, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return [*lines, line] if line else lines
+
+
 def legend_strip(width: int, levels: Sequence[float] = (0.5, 0.9), notes: Sequence[str] = ()) -> np.ndarray:
     """A dark strip, ``width`` wide, that says what the drawing shows: the rings (drawn as in ``draw_pose``: the
-    thickest is the smallest level), the colours of the body's sides, and one line per note."""
+    thickest is the smallest level), the colours of the body's sides, and the notes, wrapped to fit."""
     scale = float(np.clip(width / 1400, 0.35, 0.8))
     row = int(34 * scale / 0.5)
-    lines = 2 + len(notes)
-    strip = np.full((row * lines + row // 2, width, 3), 28, np.uint8)
+    x = row // 2
+    rings = " / ".join(f"{100 * v:g} %" for v in sorted(levels))
+    ring_lines = _wrapped(f"rings: {rings} of each joint's predicted distribution (where the true joint is, that "
+                          "often)", width - 2 * row - x, scale)
+    note_lines = [line for note in notes for line in _wrapped(note, width - 2 * x, scale)]
+    strip = np.full((row * (len(ring_lines) + 1 + len(note_lines)) + row // 2, width, 3), 28, np.uint8)
     lw = max(1, int(round(2 * scale / 0.5)))
     y = row
-    x = row // 2
     for n in range(len(levels)):
         radius = int(row * (0.22 + 0.14 * n))
         cv2.ellipse(strip, (x + row // 2, y - row // 4), (radius, int(radius * 0.7)), 0, 0, 360, (220, 220, 220),
                     max(1, lw - n) if n else lw, cv2.LINE_AA)
-    rings = " / ".join(f"{100 * v:g} %" for v in sorted(levels))
-    _text(strip, f"rings: {rings} of each joint's predicted distribution (where the true joint is, that often)",
-          (x + row + 4, y), scale, (230, 230, 230))
-    y += row
+    for line in ring_lines:
+        _text(strip, line, (x + row + 4, y), scale, (230, 230, 230))
+        y += row
     cx = x
     for side in ("left", "right", "centre"):
         cv2.line(strip, (cx, y - row // 4), (cx + row, y - row // 4), SIDE_COLOURS[side], lw + 1, cv2.LINE_AA)
         _text(strip, side, (cx + row + 4, y), scale, (230, 230, 230))
         cx += row + 4 + int(cv2.getTextSize(side, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]) + row
-    for note in notes:
+    for line in note_lines:
         y += row
-        _text(strip, note, (x, y), scale, (230, 230, 230))
+        _text(strip, line, (x, y), scale, (230, 230, 230))
     return strip
 
 
