@@ -1,6 +1,6 @@
-"""Tables for the README from a `pose-toss compare` output whose cells were also evaluated with
-simulated detections and whose MSE cells got a fitted covariance (see README, "Scores from the
-covariance"): COCO AP by score, keypoint-confidence calibration, and fit-covariance against NLL-TIC.
+"""Tables from a `pose-toss compare` output whose cells were also evaluated with simulated detections
+(`eval --simulated-detections`) and whose MSE cells got a fitted covariance (`fit-covariance`): COCO AP by
+score, keypoint-confidence calibration, and fit-covariance against NLL-TIC.
 
     python tools/covariance_scores.py runs/scores
 """

@@ -2,8 +2,9 @@
 
 One run measures, on the same model and batch, after warm-up, the median of repeats: the training
 step of each method as a ratio to the MSE step, TIC's Jacobian (batched vs a per-sample loop, and its
-share of a step), the pseudo-labels against bank size, the data pipeline per core, peak memory, and
-inference throughput with covariance. CUDA when available, CPU otherwise.
+share of a step), the pseudo-labels against bank size, the data pipeline per core, peak memory, inference
+throughput with covariance, smoothing (the alpha and q fit, the online step) and the start-up of the commands
+that need no model. CUDA when available, CPU otherwise.
 """
 
 from __future__ import annotations
