@@ -18,6 +18,8 @@ _EXPORTS = {
     "TICCovarianceHead": "pose_toss.models.covariance_heads",
     "IsotropicCovariance": "pose_toss.models.covariance_heads",
     "load_model": "pose_toss.models.checkpoint",
+    "train": "pose_toss.engine.trainer",
+    "evaluate_checkpoint": "pose_toss.commands.eval",
     "PoseEstimator": "pose_toss.engine.estimator",
     "Person": "pose_toss.engine.estimator",
     "save_model": "pose_toss.models.checkpoint",

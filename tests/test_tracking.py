@@ -158,6 +158,11 @@ def test_visualize_smooths_a_folder_of_frames(tmp_path, capsys):
     assert main(["visualize", "--checkpoint", str(ckpt), "--images", str(folder), "--boxes", str(boxes), "--smooth",
                  "--out", str(tmp_path / "two")]) == 2
     assert "give at most one box per image" in capsys.readouterr().err
+    frame = cv2.imread(str(folder / "frame_002.png"))
+    cv2.imwrite(str(folder / "frame_002.png"), cv2.resize(frame, (frame.shape[1] * 2, frame.shape[0])))
+    assert main(["visualize", "--checkpoint", str(ckpt), "--images", str(folder), "--smooth",
+                 "--out", str(tmp_path / "sizes")]) == 2
+    assert "--smooth: the frames are not one video: " in capsys.readouterr().err
 
 
 def motion(t_len: int, d: int, q: float, g: torch.Generator) -> torch.Tensor:

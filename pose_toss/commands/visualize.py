@@ -140,10 +140,16 @@ def visualize(checkpoint, images, out, *, boxes=None, score_threshold: float = 0
                 "file_name": path.name, "bbox": [round(float(v), 2) for v in box], "picture": f"{path.stem}_{p}.png"}
                for _, joints, cov, box, image_id, path, p in people]
     if smooth and people:
-
         frames = [path for *_, path, _ in people]
         if len(set(frames)) != len(frames):
             raise ValueError("--smooth follows one person through the frames: give at most one box per image")
+        sizes = {}
+        for image, *_, path, _ in people:
+            sizes.setdefault(image.shape[:2], path)
+        if len(sizes) > 1:
+            (a, pa), (b, pb) = list(sizes.items())[:2]
+            raise ValueError(f"--smooth: the frames are not one video: {pa.name} is {a[1]} x {a[0]} and {pb.name} "
+                             f"{b[1]} x {b[0]} pixels")
         for frame, r in enumerate(results):
             r["frame"] = frame  # the files' sorted order
         results = smooth_results(results, source="--images")
