@@ -84,8 +84,9 @@ class AugmentConfig:
     rotation: float = opt(30.0, min=0.0, max=180.0, help="max absolute rotation, degrees")
     scale: tuple[float, float] = opt(factory=lambda: (0.8, 1.2), help="scale range (lo, hi), lo <= hi")
     flip_prob: float = opt(0.5, min=0.0, max=1.0, help="horizontal flip probability (swaps left/right)")
-    color_jitter_prob: float = opt(0.5, min=0.0, max=1.0)
-    blur_prob: float = opt(0.1, min=0.0, max=1.0)
+    color_jitter_prob: float = opt(0.5, min=0.0, max=1.0, help="probability of brightness, contrast, saturation "
+                                                               "and hue jitter")
+    blur_prob: float = opt(0.1, min=0.0, max=1.0, help="probability of a small Gaussian blur")
 
 
 @dataclass
@@ -94,15 +95,16 @@ class DataConfig:
                        help="synthetic, lsp, mpii, coco, or mpii_lsp (MPII + LSP + LSP-extended on 14 joints)")
     input_size: int = opt(128, min=32, max=2048, help="side of the square network input, px (multiple of 4)")
     padding: float = opt(1.25, min=1.0, max=3.0, help="crop side = padding x person size")
-    heatmap_stride: int = opt(4, choices=(1, 2, 4, 8))
+    heatmap_stride: int = opt(4, choices=(1, 2, 4, 8), help="input pixels per heatmap pixel (4: SimpleBaseline; 8 "
+                                                           "halves the deconvolutions and TIC's Jacobian cost)")
     heatmap_sigma: float = opt(2.0, min=0.25, max=16.0, help="Gaussian heatmap sigma, heatmap px")
     oks_sigmas: list[float] | None = opt(None, help="per-joint OKS constants for COCO AP (null: the skeleton's, "
                                                     "COCO's published values; see skeletons.OKS_SIGMAS)")
-    batch_size: int = opt(32, min=1)
-    num_workers: int = opt(2, min=0, max=64)
-    synthetic: SyntheticConfig = opt(factory=SyntheticConfig)
-    real: RealDataConfig = opt(factory=RealDataConfig)
-    augment: AugmentConfig = opt(factory=AugmentConfig)
+    batch_size: int = opt(32, min=1, help="people per training step (per process under torchrun)")
+    num_workers: int = opt(2, min=0, max=64, help="data-loading worker processes (0: in the main process)")
+    synthetic: SyntheticConfig = opt(factory=SyntheticConfig, help="the built-in synthetic dataset")
+    real: RealDataConfig = opt(factory=RealDataConfig, help="where the real datasets live")
+    augment: AugmentConfig = opt(factory=AugmentConfig, help="training augmentation (albumentations)")
 
 
 LOSSES = ("mse", "nll", "beta_nll", "faithful", "kl_calibrated", "w2_bound", "loss_pred")
@@ -180,23 +182,28 @@ class PseudoLabelConfig:
 
 @dataclass
 class StageConfig:
-    loss: str = opt("nll", choices=LOSSES)
-    epochs: int = opt(1, min=1)
+    loss: str = opt("nll", choices=LOSSES, help="mse (identity covariance), nll (Gaussian NLL), beta_nll, faithful "
+                                              "(MSE for the mean, NLL of the detached residual), kl_calibrated and "
+                                              "w2_bound (both read pseudo-labels), loss_pred (isotropic head)")
+    epochs: int = opt(1, min=1, help="epochs of this stage")
     beta: float = opt(0.5, min=0.0, max=1.0, help="beta of beta_nll")
-    pseudo_labels: PseudoLabelConfig = opt(factory=PseudoLabelConfig)
+    pseudo_labels: PseudoLabelConfig = opt(factory=PseudoLabelConfig,
+                                           help="the covariance pseudo-labels of w2_bound and kl_calibrated stages")
 
 
 @dataclass
 class TrainConfig:
     seed: int = opt(0, min=0, help="one seed for weights, data order and augmentation")
-    device: str = opt("auto", choices=("auto", "cpu", "cuda"))
-    lr: float = opt(1e-3, min=0.0)
-    weight_decay: float = opt(1e-4, min=0.0)
-    schedule: str = opt("cosine", choices=("cosine", "plateau", "constant"))
+    device: str = opt("auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
+    lr: float = opt(1e-3, min=0.0, help="AdamW learning rate")
+    weight_decay: float = opt(1e-4, min=0.0, help="AdamW weight decay (none on norms and biases)")
+    schedule: str = opt("cosine", choices=("cosine", "plateau", "constant"),
+                        help="after the warm-up: cosine to min_lr_ratio, steps down when the validation NLL stalls "
+                             "(plateau), or constant")
     warmup_steps: int = opt(100, min=0, help="linear warm-up from 1% of lr")
     min_lr_ratio: float = opt(0.01, min=0.0, max=1.0, help="cosine floor as a fraction of lr")
     plateau_patience: int = opt(3, min=0, help="epochs without a better validation NLL before the lr drops")
-    plateau_factor: float = opt(0.3, min=0.0, max=1.0)
+    plateau_factor: float = opt(0.3, min=0.0, max=1.0, help="the lr's factor at each plateau step")
     grad_clip: float = opt(10.0, min=0.0, help="max gradient norm; 0 turns clipping off")
     heatmap_weight: float = opt(0.0, min=0.0,
                                 help="weight of the heatmap cross-entropy (heatmap head) added to the stage loss")
@@ -210,11 +217,13 @@ class TrainConfig:
 
 @dataclass
 class Config:
-    data: DataConfig = opt(factory=DataConfig)
-    model: ModelConfig = opt(factory=ModelConfig)
-    train: TrainConfig = opt(factory=TrainConfig)
+    data: DataConfig = opt(factory=DataConfig, help="what is trained on and how it is cropped and augmented")
+    model: ModelConfig = opt(factory=ModelConfig, help="the pose model and its covariance")
+    train: TrainConfig = opt(factory=TrainConfig, help="optimiser, schedule, precision, stopping")
     # NLL-TIC alone: ahead of the two-stage W2 -> NLL-TIC recipe (configs/toss.yaml) in the measured sweep.
-    stages: list[StageConfig] = opt(factory=lambda: [StageConfig(loss="nll", epochs=100)])
+    stages: list[StageConfig] = opt(factory=lambda: [StageConfig(loss="nll", epochs=100)],
+                                    help="the training stages in order, each a loss for some epochs (default: "
+                                         "NLL with the model's covariance for 100 epochs)")
 
     @property
     def total_epochs(self) -> int:
@@ -519,3 +528,66 @@ def dump_config(cfg: Any) -> str:
 def save_config(cfg: Any, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (atomically) so every output says how it was made."""
     atomic_write_text(path, dump_config(cfg))
+
+
+# --------------------------------------------------------------------------------------------------
+# The configuration reference (docs/configuration.md is this function's output; a test keeps it current)
+# --------------------------------------------------------------------------------------------------
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        value = f.default_factory()  # type: ignore[misc]
+        if dataclasses.is_dataclass(value):
+            return "(section)"
+        if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            return yaml.safe_dump(config_to_dict(value), default_flow_style=True, width=1000).strip()
+    else:
+        return "required"
+    if isinstance(value, tuple):
+        value = list(value)
+    return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("\n...").strip()
+
+
+def _allowed_text(f: dataclasses.Field, tp: Any) -> str:
+    meta = f.metadata
+    parts = []
+    if meta.get("choices"):
+        parts.append("one of " + ", ".join("null" if c is None else str(c) for c in meta["choices"]))
+    if meta.get("min") is not None:
+        parts.append(f">= {meta['min']:g}")
+    if meta.get("max") is not None:
+        parts.append(f"<= {meta['max']:g}")
+    return "; ".join(parts) if parts else _describe(tp)
+
+
+def configuration_reference() -> str:
+    """Every config key as Markdown tables, one per section: its default, what it accepts and its help text,
+    all read from the schema above (``docs/configuration.md`` is this text)."""
+    out = ["# Configuration reference", "",
+           "Generated from the schema in `pose_toss/config.py` (`python -c \"from pose_toss.config import "
+           "configuration_reference as r; print(r(), end='')\" > docs/configuration.md`); a test fails when this "
+           "file falls behind it. Keys are written `section.key` on the command line: `--set train.lr=1e-3`.", ""]
+
+    def section(cls: type, prefix: str, title: str) -> None:
+        hints = typing.get_type_hints(cls)
+        rows, nested = [], []
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                nested.append((tp, f"{prefix}{f.name}."))
+                continue
+            if typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+                nested.append((typing.get_args(tp)[0], f"{prefix}{f.name}.N."))
+            help_text = f.metadata.get("help", "").replace("|", "\\|")
+            allowed = _allowed_text(f, tp).replace("|", "\\|")
+            rows.append(f"| `{prefix}{f.name}` | `{_default_text(f)}` | {allowed} | {help_text} |")
+        out.extend([f"## {title}", "", "| key | default | accepts | what it does |", "| --- | --- | --- | --- |",
+                    *rows, ""])
+        for sub, sub_prefix in nested:
+            section(sub, sub_prefix, f"`{sub_prefix.rstrip('.')}`")
+
+    section(Config, "", "Top level")
+    return "\n".join(out) + "\n"

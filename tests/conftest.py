@@ -49,3 +49,41 @@ def shared_data() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"real data folder {SHARED} not present")
     return SHARED
+
+
+def table_cells(line: str) -> int:
+    """The cells of one GFM table row: its unescaped pipes, less the leading and trailing ones."""
+    text = line.strip()
+    bars = [i for i, ch in enumerate(text) if ch == "|" and (i == 0 or text[i - 1] != "\\")]
+    n = len(bars) + 1
+    if text.startswith("|"):
+        n -= 1
+    if text.endswith("|") and not text.endswith("\\|"):
+        n -= 1
+    return n
+
+
+def gfm_table_problems(markdown: str) -> list[str]:
+    """Every table markdown-it (GFM tables) finds, each row's cell count against its header's; and the lines
+    that look like table rows but are in no table it recognises."""
+    from markdown_it import MarkdownIt
+
+    lines = markdown.splitlines()
+    tokens = MarkdownIt("commonmark").enable("table").parse(markdown)
+    problems, in_tables = [], set()
+    for token in tokens:
+        if token.type != "table_open":
+            continue
+        start, end = token.map
+        in_tables.update(range(start, end))
+        header = table_cells(lines[start])
+        for n in range(start, end):
+            if table_cells(lines[n]) != header:
+                problems.append(f"line {n + 1}: {table_cells(lines[n])} cells under a {header}-cell header: "
+                                f"{lines[n][:80]}")
+    fenced = False
+    for n, line in enumerate(lines):
+        fenced ^= line.lstrip().startswith("```")
+        if not fenced and line.lstrip().startswith("|") and n not in in_tables:
+            problems.append(f"line {n + 1}: a table row outside any table: {line[:80]}")
+    return problems
