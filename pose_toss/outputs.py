@@ -95,6 +95,9 @@ def check_output_file(out: str | os.PathLike, overwrite: bool, inputs: Iterable 
     """Refuse an output file that is one of ``inputs`` (even with ``overwrite``: writing it would destroy what
     the command reads), and an existing one unless ``overwrite`` was asked for."""
     out = Path(out)
+    if out.is_dir():
+        raise OutputExistsError(f"{out} is a folder; give a file name for the output (e.g. {out / 'out'}"
+                                f"{out.suffix or ''}), or another path")
     if out.exists():
         for item in inputs:
             if item is not None and _resolved(item) == _resolved(out):

@@ -43,3 +43,24 @@ def test_numbers_out_of_range_are_refused_naming_the_option(argv, message, capsy
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_output_file_that_is_a_folder_is_named_as_one(tmp_path, capsys):
+    predictions = tmp_path / "p.json"
+    predictions.write_text("[]")
+    folder = tmp_path / "out.json"
+    folder.mkdir()
+    assert main(["smooth", "--predictions", str(predictions), "--out", str(folder), "--overwrite"]) == 2
+    assert f"{folder} is a folder; give a file name for the output" in capsys.readouterr().err
+    assert folder.is_dir() and not any(folder.iterdir())  # nothing written into it, nothing removed
+
+
+def test_compare_refuses_an_output_that_holds_its_own_config(tmp_path, capsys):
+    from conftest import QUICK
+
+    out = tmp_path / "sweep"
+    out.mkdir()
+    config = out / "my.yaml"
+    config.write_text(QUICK.read_text())
+    assert main(["compare", "--config", str(config), "--out", str(out), "--overwrite", "--methods", "mse"]) == 2
+    assert "holds" in capsys.readouterr().err and config.read_text() == QUICK.read_text()

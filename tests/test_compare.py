@@ -53,6 +53,13 @@ def test_compare_sweeps_seeds_and_lrs_and_resumes(tmp_path):
     said.clear()
     compare(base, ["mse"], tmp_path / "cmp", lrs=[2e-3], overwrite=True, log=said.append)
     assert any("resuming" in s for s in said) and (cell / "eval" / "metrics.json").is_file()
+    # A finished sweep is read back without --overwrite; a truncated metrics.json is named and evaluated again.
+    metrics_file = cell / "eval" / "metrics.json"
+    metrics_file.write_text(metrics_file.read_text()[:300])
+    said.clear()
+    compare(base, ["mse"], tmp_path / "cmp", lrs=[2e-3], log=said.append)
+    assert any(f"warning: {cell}: its finished results cannot be read (metrics.json" in s for s in said)
+    assert json.loads(metrics_file.read_text())["mean_joint_error"] > 0
     with pytest.raises(ValueError, match="--lrs"):
         parse_lrs("1e-3,-1")
     with pytest.raises(ValueError, match="--seeds must be at least 1"):

@@ -43,8 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=1, help="seeds per cell: train.seed, train.seed + 1, ...")
     p.add_argument("--jobs", type=int, default=1, help="cells trained at once (worker processes sharing the "
                                                       "device; the CPU threads and data workers are divided)")
-    add_output(p, "output directory; a sweep interrupted in it resumes: finished cells are read back, interrupted "
-                  "ones continue from their last checkpoint")
+    add_output(p, "output directory; running again into it resumes: finished cells are read back, interrupted "
+                  "ones continue from their last checkpoint, new ones are trained")
     add_config(p)
 
 
@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods)
     lrs = parse_lrs(args.lrs) if args.lrs else None
     cfg = load_config(args.config, args.overrides)
-    result = compare(cfg, methods, args.out, lrs=lrs, seeds=args.seeds, jobs=args.jobs, overwrite=args.overwrite)
+    result = compare(cfg, methods, args.out, lrs=lrs, seeds=args.seeds, jobs=args.jobs, overwrite=args.overwrite,
+                     inputs=[args.config] if args.config else [])
     print(result["markdown"])
     print(f"table: {Path(args.out) / 'comparison.md'} and comparison.json; curves: comparison_curves.png")
     return 0
@@ -105,7 +106,15 @@ def run_cell(cfg: Config, run_dir: Path, log=print) -> tuple[dict, float, bool]:
     diverged = run_dir / DIVERGED_FILE
     same_config = _has_config(run_dir, cfg)
     if same_config and done.is_file() and timing.is_file():
-        return json.loads(done.read_text()), json.loads(timing.read_text())["seconds"], True
+        try:
+            return json.loads(done.read_text()), json.loads(timing.read_text())["seconds"], True
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:  # damaged: evaluate again
+            log(f"warning: {run_dir}: its finished results cannot be read ({done.name} or {timing.name}: {e}); "
+                "evaluating it again")
+            metrics = evaluate_checkpoint(run_dir, "synthetic", run_dir / "eval", overwrite=True,
+                                          device=cfg.train.device, progress=cfg.train.progress)
+            atomic_write_text(timing, json.dumps({"seconds": math.nan}))
+            return metrics, math.nan, True
     if same_config and diverged.is_file():
         return json.loads(diverged.read_text()), math.nan, True
     resume = same_config and latest_checkpoint(run_dir) is not None
@@ -166,7 +175,7 @@ def read_curves(run_dir: Path) -> dict[str, list[float]]:
 
 
 def compare(base: Config, methods: list[str], out, *, lrs: list[float] | None = None, seeds: int = 1,
-            jobs: int = 1, overwrite: bool = False, log=print) -> dict:
+            jobs: int = 1, overwrite: bool = False, inputs=(), log=print) -> dict:
     """Train and evaluate every method x learning rate x seed into ``out/lr_<lr>/seed_<s>/<method>/``;
     write ``comparison.md`` / ``.json`` (mean ± std over seeds) and ``comparison_curves.png``.
 
@@ -184,8 +193,9 @@ def compare(base: Config, methods: list[str], out, *, lrs: list[float] | None = 
     lrs = list(lrs or [base.train.lr])
     cells = [Cell(m, lr, base.train.seed + s) for lr in lrs for s in range(seeds) for m in methods]
     configs = {c: method_config(base, c.method, c.lr, c.seed) for c in cells}  # every config checked first
-    resuming = (out / "comparison.partial").is_file()
-    check_output_dir(out, overwrite or resuming, base.input_paths())
+    # An interrupted sweep resumes; a finished one is read back (its tables written again, new cells trained).
+    resuming = (out / "comparison.partial").is_file() or (out / "comparison.json").is_file()
+    check_output_dir(out, overwrite or resuming, [*base.input_paths(), *inputs])  # ``inputs``: the config file
     with run_lock(out, log):
         return _compare(base, methods, out, lrs, seeds, jobs, cells, configs, log)
 
