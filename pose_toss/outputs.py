@@ -127,7 +127,8 @@ def replace_dir(new: Path, out: Path) -> None:
 
 def remove_orphaned_stages(folder: str | os.PathLike, log=None, name: str | None = None) -> list[Path]:
     """Delete the ``.*.partial`` and ``.*.old`` folders that a killed process left in ``folder`` (only those
-    staging the output ``name`` when given): they are this package's own staging (never anything a user
+    staging the output ``name`` when given), and with ``name`` the ``.<name>.*.tmp`` files that
+    ``atomic_write_bytes`` was writing for it: they are this package's own staging (never anything a user
     wrote) and hold no complete output."""
     folder = Path(folder)
     prefix = "" if name is None else glob.escape(name) + "."
@@ -137,8 +138,12 @@ def remove_orphaned_stages(folder: str | os.PathLike, log=None, name: str | None
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
+        for p in sorted(folder.glob(f".{prefix}*.tmp")) if name is not None else []:
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
     if removed and log is not None:
-        log(f"removed {len(removed)} unfinished staging folder(s) left by an interrupted run in {folder}")
+        log(f"removed {len(removed)} unfinished staging folder(s) or file(s) left by an interrupted run in {folder}")
     return removed
 
 

@@ -64,3 +64,21 @@ def test_compare_refuses_an_output_that_holds_its_own_config(tmp_path, capsys):
     config.write_text(QUICK.read_text())
     assert main(["compare", "--config", str(config), "--out", str(out), "--overwrite", "--methods", "mse"]) == 2
     assert "holds" in capsys.readouterr().err and config.read_text() == QUICK.read_text()
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_run(tmp_path):
+    import json
+
+    import numpy as np
+
+    cov = (np.eye(28) * 4).tolist()
+    results = [{"image_id": t, "covariance": cov,
+                "keypoints": [v for j in range(14) for v in (10.0 + j + t, 20.0 + j, 0.9)]} for t in range(5)]
+    predictions = tmp_path / "p.json"
+    predictions.write_text(json.dumps(results))
+    left = tmp_path / ".smoothed.json.x1y2z3.tmp"  # what a SIGKILL during atomic_write_bytes leaves
+    left.write_bytes(b"half of a file")
+    mine = tmp_path / ".smoothed.json.notes"  # not the package's: kept
+    mine.write_text("mine")
+    assert main(["smooth", "--predictions", str(predictions), "--out", str(tmp_path / "smoothed.json")]) == 0
+    assert not left.exists() and mine.exists() and json.loads((tmp_path / "smoothed.json").read_text())
