@@ -119,7 +119,8 @@ def video_benchmark(model, data_cfg, sequences: int = 8, length: int = 60, seed:
             raise ValueError(f"sequence {s}: {len(preds.get('index', []))} of {length} frames predicted")
         results = coco_results(preds["mean"].numpy(), preds["cov"].numpy(), preds["affine"].numpy(),
                                list(range(length)))
-        means = torch.tensor([np.asarray(r["keypoints"]).reshape(-1, 3)[:, :2].reshape(-1) for r in results])
+        means = torch.from_numpy(np.stack([np.asarray(r["keypoints"]).reshape(-1, 3)[:, :2].reshape(-1)
+                                           for r in results]))
         covs = torch.tensor(np.stack([r["covariance"] for r in results]))
         truth = torch.from_numpy(np.stack([f["joints_true"].reshape(-1) for f in frames]))
         visible = torch.from_numpy(np.stack([f["visibility"] > 0 for f in frames]))
