@@ -237,6 +237,16 @@ def test_eval_names_unreadable_and_damaged_images(run_dir, tmp_path, capsys):
 
     assert image_file_problem(images[3]) == "PNG is truncated (no IEND chunk)"
     assert image_file_problem(images[0]) is None
+    # A whole JPEG with 500 random bytes in its middle: OpenCV decodes it, libjpeg only warns; that is named.
+    whole = cv2.imencode(".jpg", cv2.imread(str(images[0])))[1].tobytes()
+    noise = np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes()
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(whole[: len(whole) // 2] + noise + whole[len(whole) // 2:])
+    assert cv2.imread(str(corrupt)) is not None
+    assert image_file_problem(corrupt).startswith("JPEG data is corrupt (libjpeg: Corrupt JPEG data")
+    clean = tmp_path / "clean.jpg"
+    clean.write_bytes(whole)
+    assert image_file_problem(clean) is None
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run_dir), "--data", str(data), "--out", str(tmp_path / "e"), "--quiet",
                  "--pictures", "0"]) == 0

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
+import tempfile
 import zlib
 from collections.abc import Sequence
 
@@ -48,10 +51,32 @@ def image_file_problem(path) -> str | None:
     if head.startswith(b"\xff\xd8"):
         # Entropy-coded data never holds FF D9, so a truncated scan has none near its end; an intact file
         # ends with it (some cameras append a short trailer after it).
-        return None if b"\xff\xd9" in tail else "JPEG is truncated (no end-of-image marker)"
+        if b"\xff\xd9" not in tail:
+            return "JPEG is truncated (no end-of-image marker)"
+        complaint = libjpeg_complaint(path)
+        return f"JPEG data is corrupt (libjpeg: {complaint})" if complaint else None
     if head.startswith(b"\x89PNG"):
         return None if b"IEND" in tail[-64:] else "PNG is truncated (no IEND chunk)"
     return None
+
+
+def libjpeg_complaint(path) -> str | None:
+    """What libjpeg writes to stderr while OpenCV decodes ``path``, or None. A JPEG whose data is damaged but
+    whose structure is whole decodes with only that warning (garbage in part of the picture), so the file
+    descriptor 2 is caught for the call and read back."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            cv2.imread(str(path), cv2.IMREAD_COLOR)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        sink.seek(0)
+        said = sink.read().decode("utf-8", errors="replace")
+    found = re.search(r"(Corrupt JPEG data[^\n]*|Premature end of JPEG file|Invalid JPEG file structure[^\n]*)", said)
+    return found.group(1).strip() if found else None
 
 
 def record_crop_source(record: dict, padding: float) -> tuple[np.ndarray, float]:
