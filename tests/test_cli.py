@@ -82,3 +82,23 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_run(tmp_path):
     mine.write_text("mine")
     assert main(["smooth", "--predictions", str(predictions), "--out", str(tmp_path / "smoothed.json")]) == 0
     assert not left.exists() and mine.exists() and json.loads((tmp_path / "smoothed.json").read_text())
+
+
+def test_a_failed_write_names_the_file_it_was_writing(tmp_path, capsys, monkeypatch):
+    import errno
+    import json
+
+    import pose_toss.outputs
+
+    def full_disk(fd):  # what a write to a full disk raises: an OSError that names no file
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    predictions = tmp_path / "p.json"
+    cov = [[4.0 * (i == j) for j in range(28)] for i in range(28)]
+    predictions.write_text(json.dumps([{"image_id": t, "covariance": cov, "keypoints": [1.0 + t, 2.0, 0.9] * 14}
+                                       for t in range(4)]))
+    monkeypatch.setattr(pose_toss.outputs.os, "fsync", full_disk)
+    out = tmp_path / "s.json"
+    assert main(["smooth", "--predictions", str(predictions), "--out", str(out)]) == 1
+    assert f"{out}: No space left on device (the disk is full" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json"]  # no half-written file, temp file or lock
