@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from concurrent.futures.process import BrokenProcessPool
 
 from pose_toss.commands import COMMANDS, command_module
 from pose_toss.config import ConfigError
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         # Imported here: the command that ran has loaded the trainer already, and --help must not.
         from pose_toss.engine.trainer import TrainingDiverged
 
+        if isinstance(e, BrokenProcessPool):  # compare --jobs: a worker was killed
+            print(f"pose-toss {args.command}: stopped: {e}", file=sys.stderr)
+            return 3
         if not isinstance(e, TrainingDiverged):
             raise
         print(f"pose-toss {args.command}: training stopped: {e}", file=sys.stderr)

@@ -102,3 +102,16 @@ def test_a_failed_write_names_the_file_it_was_writing(tmp_path, capsys, monkeypa
     assert main(["smooth", "--predictions", str(predictions), "--out", str(out)]) == 1
     assert f"{out}: No space left on device (the disk is full" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json"]  # no half-written file, temp file or lock
+
+
+def test_a_killed_compare_worker_stops_the_sweep_with_a_message_not_a_traceback(monkeypatch, capsys):
+    from concurrent.futures.process import BrokenProcessPool
+
+    import pose_toss.commands.compare as compare_command
+
+    def killed(*args, **kwargs):
+        raise BrokenProcessPool("a worker process died (killed, or out of memory) ... Run the same command again")
+
+    monkeypatch.setattr(compare_command, "compare", killed)
+    assert main(["compare", "--out", "runs/never", "--methods", "mse"]) == 3
+    assert "pose-toss compare: stopped: a worker process died" in capsys.readouterr().err

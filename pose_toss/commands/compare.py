@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,7 +223,13 @@ def _compare(base: Config, methods: list[str], out: Path, lrs: list[float], seed
             log(f"{len(cells)} cells, {jobs} at a time ({threads} threads each); logs in {out / 'logs'}")
             for future in as_completed(futures):
                 c = futures[future]
-                metrics, seconds, was_done = future.result()
+                try:
+                    metrics, seconds, was_done = future.result()
+                except BrokenProcessPool:
+                    raise BrokenProcessPool(
+                        f"a worker process died (killed, or out of memory) while {out} was being swept: "
+                        f"{len(results)} of {len(cells)} cells had finished. Run the same command again: finished "
+                        "cells are read back and interrupted ones continue from their checkpoints") from None
                 results[c] = (metrics, seconds)
                 log(f"{c.name}: " + ("already done" if was_done else "diverged" if "diverged" in metrics else
                                      f"{metrics['mean_joint_error']:.2f} px, NLL {metrics['nll']:.2f} "
