@@ -44,13 +44,21 @@ def coco_result(joints: np.ndarray, cov: np.ndarray, image_id, category_id: int 
     cov = 0.5 * (cov + cov.T)
     area = _person_size(joints) ** 2 if area is None else float(area)
     eks = keypoint_scores(cov, area, sigmas)
-    kps = np.concatenate([joints, eks[:, None]], axis=1).reshape(-1)
+    return coco_entry(joints, cov, eks, image_id, float(eks.mean()), area, category_id)
+
+
+def coco_entry(joints: np.ndarray, cov: np.ndarray, scores: np.ndarray, image_id, score: float, area: float,
+               category_id: int = 1) -> dict:
+    """A COCO keypoint result as written to ``predictions.json``: joints (J x 2) with their ``scores`` (J) as
+    ``keypoints`` [x, y, c, ...], the person's ``score``, ``area`` (OKS's s^2 the scores used; COCOeval
+    recomputes its own) and the ``covariance``, rounded as every pose-toss output rounds them."""
+    kps = np.concatenate([np.asarray(joints), np.asarray(scores)[:, None]], axis=1).reshape(-1)
     return {
         "image_id": image_id.item() if hasattr(image_id, "item") else image_id,
         "category_id": category_id,
         "keypoints": [round(float(v), 4) for v in kps],
-        "score": round(float(eks.mean()), 5),
-        "area": round(area, 3),  # OKS's s^2 the scores used (COCOeval recomputes its own from the keypoints)
+        "score": round(float(score), 5),
+        "area": round(float(area), 3),
         "covariance": [[round(float(v), 4) for v in row] for row in cov],
     }
 

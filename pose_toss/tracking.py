@@ -271,10 +271,10 @@ class OnlineSmoother:
 
     @classmethod
     def from_warmup(cls, means: torch.Tensor, covs: torch.Tensor, observed: torch.Tensor | None = None,
-                    lag: int = 0) -> tuple[OnlineSmoother, list]:
-        """alpha and q fitted on the warm-up frames, which are then fed through; returns the smoother and what
-        it gave out for them."""
-        fit = fit_noise(means, covs, observed)
+                    lag: int = 0, alpha: float | None = None, q: float | None = None) -> tuple[OnlineSmoother, list]:
+        """alpha and q fitted on the warm-up frames (a given one kept), which are then fed through; returns the
+        smoother and what it gave out for them."""
+        fit = fit_noise(means, covs, observed, alpha, q)
         smoother = cls(means.shape[1], fit.alpha, fit.q, lag)
         observed = torch.ones_like(means, dtype=torch.bool) if observed is None else observed
         out = [e for t in range(len(means)) for e in smoother.step(means[t], covs[t], observed[t])]
@@ -485,12 +485,11 @@ def _online(means: torch.Tensor, covs: torch.Tensor, observed: torch.Tensor, alp
     """One track through an ``OnlineSmoother``, frame by frame: alpha and q given, or fitted on the first
     ``warmup`` frames (at least 3) and fixed from then on."""
     if alpha is not None and q is not None:
-        smoother = OnlineSmoother(means.shape[1], alpha, q, lag)
+        smoother, given, start = OnlineSmoother(means.shape[1], alpha, q, lag), [], 0
     else:
-        head = slice(0, max(3, min(warmup, len(means))))
-        fit = fit_noise(means[head], covs[head], observed[head], alpha, q)
-        smoother = OnlineSmoother(means.shape[1], fit.alpha, fit.q, lag)
-    given = [e for t in range(len(means)) for e in smoother.step(means[t], covs[t], observed[t])]
+        start = max(3, min(warmup, len(means)))
+        smoother, given = OnlineSmoother.from_warmup(means[:start], covs[:start], observed[:start], lag, alpha, q)
+    given += [e for t in range(start, len(means)) for e in smoother.step(means[t], covs[t], observed[t])]
     given += smoother.flush()
     given.sort(key=lambda e: e[0])
     fit = NoiseFit(smoother.alpha, smoother.q, math.nan)

@@ -490,15 +490,10 @@ def startup_times(commands=(("--help",), ("smooth", "--help"), ("predict", "--he
     """Seconds from starting ``python -m pose_toss ARGS`` to its exit (median of ``repeats``), for the
     commands whose answer needs no model: they must not pay for importing torch."""
 
-    out = {}
-    for args in commands:
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "pose_toss", *args], check=True, capture_output=True)
-            times.append(time.perf_counter() - start)
-        out["pose-toss " + " ".join(args)] = sorted(times)[len(times) // 2]
-    return out
+    def start(args):
+        return lambda: subprocess.run([sys.executable, "-m", "pose_toss", *args], check=True, capture_output=True)
+
+    return {"pose-toss " + " ".join(args): median_seconds(start(args), repeats, warmup=0) for args in commands}
 
 
 def run_benchmarks(cfg: Config, batch: int = 32, repeats: int = 5, device: str = "auto",

@@ -9,7 +9,6 @@ import numpy as np
 
 from pose_toss.coco_results import coco_result, write_coco_results
 from pose_toss.commands.options import add_checkpoint, add_device, add_output, parse_levels
-from pose_toss.data.dataset import image_file_problem
 from pose_toss.data.detections import read_detections, usable_boxes
 from pose_toss.data.media import IMAGE_SUFFIXES, find_media, readable_images
 from pose_toss.engine.estimator import model_skeleton
@@ -126,9 +125,6 @@ def visualize(checkpoint, images, out, *, boxes=None, score_threshold: float = 0
     dets = read_detections(boxes, files, score_threshold, log) if boxes else None
     people, skipped = [], []  # (image, joints, cov, box, image_id, path, person index) in file order
     for n, path, image in readable_images(files, skipped, log):
-        problem = image_file_problem(path)
-        if problem:
-            log(f"warning: {path}: {problem}; its predictions are drawn but may be wrong")
         person_boxes = None if dets is None else usable_boxes(dets[path], image.shape[1], image.shape[0], path, log)
         if person_boxes is not None and len(person_boxes) == 0:
             continue

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pose_toss.data.dataset import load_image_rgb
+from pose_toss.data.dataset import image_file_problem, load_image_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -102,7 +102,7 @@ def write_video(path, frames, fps: float) -> int:
 
 def readable_images(files, skipped: list, log=print) -> Iterator[tuple[int, Path, np.ndarray]]:
     """``(index, path, uint8 RGB image)`` for each file that reads; each one that does not is said and its error
-    appended to ``skipped``."""
+    appended to ``skipped``, and one that reads but is damaged (``image_file_problem``) is said and given."""
     for n, path in enumerate(files):
         try:
             image = load_image_rgb(path)
@@ -110,4 +110,7 @@ def readable_images(files, skipped: list, log=print) -> Iterator[tuple[int, Path
             skipped.append(str(e))
             log(f"warning: skipped: {e}")
             continue
+        problem = image_file_problem(path)
+        if problem:
+            log(f"warning: {path}: {problem}; its predictions are drawn but may be wrong")
         yield n, Path(path), image

@@ -14,12 +14,12 @@ MMPose combines them: the expected OKS says how well a person is localised, the 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pose_toss.coco_results import keypoint_scores
+from pose_toss.coco_results import coco_entry, keypoint_scores
 from pose_toss.config import load_config
 from pose_toss.data.dataset import load_image_rgb
 from pose_toss.data.media import IMAGE_SUFFIXES, as_rgb_image, find_media, is_video
@@ -45,16 +45,15 @@ class Person:
     box: np.ndarray
     score: float
     detection_score: float = 1.0
-    extra: dict = field(default_factory=dict)
 
     def coco(self, image_id) -> dict:
-        """A COCO keypoint result with the covariance (what ``eval`` and ``predict`` write)."""
-        kps = np.concatenate([self.keypoints, self.keypoint_scores[:, None]], axis=1).reshape(-1)
-        return {"image_id": image_id, "category_id": 1, "keypoints": [round(float(v), 4) for v in kps],
-                "score": round(float(self.score), 5), "keypoint_score": round(float(self.keypoint_scores.mean()), 5),
+        """A COCO keypoint result with the covariance (what ``eval`` and ``predict`` write), its box and both
+        parts of its score."""
+        return {**coco_entry(self.keypoints, self.covariance, self.keypoint_scores, image_id, self.score,
+                             self.box[2] * self.box[3]),
+                "keypoint_score": round(float(self.keypoint_scores.mean()), 5),
                 "detection_score": round(float(self.detection_score), 5),
-                "bbox": [round(float(v), 2) for v in self.box], "area": round(float(self.box[2] * self.box[3]), 3),
-                "covariance": [[round(float(v), 4) for v in row] for row in self.covariance], **self.extra}
+                "bbox": [round(float(v), 2) for v in self.box]}
 
 
 @dataclass

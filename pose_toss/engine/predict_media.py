@@ -9,7 +9,6 @@ import numpy as np
 from tqdm import tqdm
 
 from pose_toss.coco_results import write_coco_results
-from pose_toss.data.dataset import image_file_problem
 from pose_toss.data.detections import read_detections, usable_boxes
 from pose_toss.data.media import find_media, is_video, readable_images, video_frames, video_properties, write_video
 from pose_toss.engine.estimator import Person, PoseEstimator
@@ -106,9 +105,6 @@ def predict_media(checkpoint, inputs, out, *, detector: str | None = None, detec
     with staged_output_dir(out, overwrite, reads) as stage:
         shown = tqdm(images, desc="images", disable=not progress or len(images) < 2, leave=False)
         for n, path, image in readable_images(shown, skipped, log):
-            problem = image_file_problem(path)
-            if problem:
-                log(f"warning: {path}: {problem}; its predictions are drawn but may be wrong")
             given = None if detections is None else usable_boxes(detections[path], image.shape[1], image.shape[0],
                                                                   path, log)
             people = [] if given is not None and not len(given) else estimator.predict_image(image, given)
@@ -132,8 +128,7 @@ def predict_media(checkpoint, inputs, out, *, detector: str | None = None, detec
                 write_video(stage / f"{path.stem}.mp4", drawn, video_properties(path)["fps"])
                 written_videos.append(str(Path(out) / f"{path.stem}.mp4"))
         write_coco_results(stage / "predictions.json", results)
-    frames = sum(1 for r in results if "frame" in r)
     return {"people": len(results), "images": len(images) - len(skipped), "skipped": skipped,
-            "frames": len({(r["video"], r["frame"]) for r in results if "frame" in r}) if frames else 0,
+            "frames": len({(r["video"], r["frame"]) for r in results if "frame" in r}),
             "tracks": len({(r["video"], r["track_id"]) for r in results if "track_id" in r}),
             "videos": written_videos}
