@@ -251,8 +251,9 @@ def cholesky_from_vector(vec: torch.Tensor, dim: int, floor: float = 1e-3) -> to
     the same function exports to ONNX."""
     vec = at_least_float32(vec)
     rows, cols = torch.tril_indices(dim, dim, device=vec.device)
-    place = torch.zeros(rows.numel(), dim * dim, dtype=vec.dtype, device=vec.device)
-    place[torch.arange(rows.numel(), device=vec.device), rows * dim + cols] = 1.0
+    # A comparison, not an indexed write of a Python scalar: that would copy from the CPU, which a CUDA graph
+    # capture refuses.
+    place = ((rows * dim + cols)[:, None] == torch.arange(dim * dim, device=vec.device)).to(vec.dtype)
     low = (vec @ place).reshape(vec.shape[0], dim, dim)
     eye = torch.eye(dim, dtype=vec.dtype, device=vec.device)
     diag = torch.nn.functional.softplus((low * eye).sum(-1)) + floor**0.5

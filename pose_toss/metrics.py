@@ -51,8 +51,8 @@ def tic_summary(share: torch.Tensor, singular_values: torch.Tensor, rtol: float 
     effective rank is ``exp`` of the entropy of the normalised singular values (Roy and Vetterli),
     min(D, E) when they are all equal and 1 when one dominates.
     """
-    q = torch.quantile(share.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
-    s = singular_values.double()
+    share, s = share.detach().double().cpu(), singular_values.detach().double().cpu()  # a few numbers: any device
+    q = torch.quantile(share, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
     rank = (s > rtol * s[:, :1]).sum(1) * (s[:, 0] > 0)
     p = s / s.sum(1, keepdim=True).clamp_min(1e-300)
     effective = torch.exp(-torch.where(p > 0, p * p.clamp_min(1e-300).log(), torch.zeros_like(p)).sum(1))

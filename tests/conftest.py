@@ -87,3 +87,13 @@ def gfm_table_problems(markdown: str) -> list[str]:
         if not fenced and line.lstrip().startswith("|") and n not in in_tables:
             problems.append(f"line {n + 1}: a table row outside any table: {line[:80]}")
     return problems
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` run where a CUDA device is (``pytest -m cuda`` selects them) and skip elsewhere."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)

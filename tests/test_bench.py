@@ -75,3 +75,20 @@ def test_pseudo_label_exponent_is_the_log_log_slope():
     (a, b) = r["rows"]
     expected = math.log(b["seconds"] / a["seconds"]) / math.log(800 / 200)
     assert math.isclose(r["exponent"], expected, rel_tol=1e-9)
+
+
+@pytest.mark.cuda
+def test_bench_on_cuda_times_the_graphed_forward(tmp_path):
+    """On CUDA the bench also replays the forward as a captured CUDA graph, at both batch sizes."""
+    out = tmp_path / "bench"
+    args = ["bench", "--out", str(out), "--batch", "4", "--repeats", "1", "--pseudo-sizes", "3000",
+            "--data-sizes", "64", "--data-samples", "4", "--no-onnx", "--device", "cuda"]
+    for o in TINY:
+        args += ["--set", o]
+    assert main(args) == 0
+    r = json.loads((out / "bench.json").read_text())
+    assert r["device"].startswith("cuda") and r["machine"]["cuda"]
+    graphed = r["inference_cuda_graph_images_per_s"]
+    assert set(graphed) == {"1", "32"} and all(isinstance(v, float) and v > 0 for v in graphed.values()), graphed
+    assert r["onnx_runtime_cpu_images_per_s"] is None
+    assert "with covariance, CUDA graph |" in (out / "bench.md").read_text()

@@ -84,6 +84,9 @@ def test_tic_summary_ranks_and_share_quartiles():
     q = np.quantile(share.numpy(), [0.25, 0.5, 0.75])
     assert [out["tic_share_q25"], out["tic_share_median"], out["tic_share_q75"]] == pytest.approx(q.tolist())
 
+    if torch.cuda.is_available():  # the bench passes CUDA tensors (this once failed there: a CPU quantile grid)
+        assert tic_summary(share.cuda(), svals.cuda()) == out
+
 
 def test_coverage_hand_case():
     # Identity covariance: Mahalanobis^2 is the squared distance. Radii^2 at p = 0.5 is 2 ln 2 = 1.386.

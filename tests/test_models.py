@@ -386,7 +386,7 @@ def test_closed_form_jacobian_equals_autograd(kwargs):
     torch.testing.assert_close(fast.cov, plain.cov, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_closed_form_jacobian_on_cuda_under_bf16_autocast():
     """On CUDA, with bf16 autocast as in training: the closed form is computed in float32 and equals the
     reverse passes taken in float32 on the same inputs."""

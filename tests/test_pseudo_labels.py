@@ -148,7 +148,7 @@ def test_chunked_labels_equal_unchunked(masked):
         pseudo_covariances(emb, targets, k=12, chunk_size=0)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_a_bank_of_100000_runs_on_cuda():
     """100 000 28 x 28 labels at once made cuSOLVER's batched eigh fail (CUSOLVER_STATUS_INTERNAL_ERROR);
     in chunks they are computed, and agree with the CPU's on a sample of rows."""

@@ -43,6 +43,42 @@ def test_same_seed_same_bytes_and_order_independence():
     assert c["image"].tobytes() != ra["image"].tobytes()
 
 
+def test_cached_figures_are_the_rendered_ones_and_cannot_be_changed_through_a_record():
+    """``cache_images`` keeps each rendered record: the same bytes as rendering again, in a fresh dict per call,
+    with read-only arrays (a consumer that writes into the image fails loudly instead of changing later epochs)."""
+    import torch
+
+    from pose_toss.config import load_config
+    from pose_toss.data.dataset import PoseDataset
+
+    plain, cached = SyntheticPoseDataset(5, 64, seed=2), SyntheticPoseDataset(5, 64, seed=2, cache_images=True)
+    for _ in range(2):
+        for i in (3, 0, 3):
+            a, b = plain.record(i), cached.record(i)
+            assert a.keys() == b.keys()
+            for key in ("image", "joints", "joints_true", "cov_true", "visibility"):
+                assert a[key].tobytes() == b[key].tobytes(), key
+    rec = cached.record(1)
+    assert rec is not cached.record(1)
+    with pytest.raises(ValueError, match="read-only"):
+        rec["image"][0, 0] = 0
+    rec["joints"] = None  # the dict is the caller's own
+    assert cached.record(1)["joints"] is not None
+    # The training pipeline (crop, augmentation, heatmaps) runs on cached records as on rendered ones.
+    cfg = load_config(overrides=["data.input_size=64"])
+    for train in (False, True):
+        x, y = PoseDataset.from_config(plain, cfg.data, train=train), PoseDataset.from_config(cached, cfg.data,
+                                                                                              train=train)
+        for i in range(5):
+            torch.manual_seed(i)
+            np.random.seed(i)
+            xi = x[i]
+            torch.manual_seed(i)
+            np.random.seed(i)
+            yi = y[i]
+            assert torch.equal(torch.as_tensor(xi["image"]), torch.as_tensor(yi["image"]))
+
+
 def test_annotation_equals_record_labels():
     ds = SyntheticPoseDataset(5, 128, seed=2)
     for i in range(5):

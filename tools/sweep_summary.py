@@ -3,6 +3,10 @@ method's mean ± sample std over seeds of the numbers that judge a covariance on
 
     python tools/sweep_summary.py runs/sweep            # every learning rate found
     python tools/sweep_summary.py runs/sweep 0.01       # one
+    python tools/sweep_summary.py runs/sweep --val-epoch 27   # the validation split at epoch 27 of each cell's
+                                                              # log: a sweep stopped before its cells finished
+
+(The occlusion columns exist only for the test split's evaluation.)
 """
 
 from __future__ import annotations
@@ -27,15 +31,22 @@ COLUMNS = [
 ]
 
 
-def cell_values(cell: Path) -> dict | None:
-    metrics_file = cell / "eval" / "metrics.json"
-    if not metrics_file.is_file():
-        return None
-    m = json.loads(metrics_file.read_text())
+def cell_values(cell: Path, val_epoch: int | None = None) -> dict | None:
+    log = cell / "metrics.jsonl"
+    if val_epoch is None:
+        metrics_file = cell / "eval" / "metrics.json"
+        if not metrics_file.is_file():
+            return None
+        m = json.loads(metrics_file.read_text())
+    else:
+        rows = [r for r in map(json.loads, log.read_text().splitlines()) if r.get("epoch") == val_epoch] \
+            if log.is_file() else []
+        if not rows:
+            return None
+        m = {k.removeprefix("val_"): v for k, v in rows[-1].items() if k.startswith("val_")}
     values = {key: m.get(key) for _, key, _ in COLUMNS if key}
     values["occluded"] = m.get("occlusion_coverage@0.9_occluded")
     values["clean"] = m.get("occlusion_coverage@0.9_plain")
-    log = cell / "metrics.jsonl"
     refreshes = [r["pseudo_label_trace_spearman"] for r in map(json.loads, log.read_text().splitlines())
                  if r.get("pseudo_label_trace_spearman") is not None] if log.is_file() else []
     values["spearman"] = refreshes[-1] if refreshes else None
@@ -50,12 +61,14 @@ def fmt(values, digits: int) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def table(root: Path, lr_dir: Path) -> str:
+def table(root: Path, lr_dir: Path, val_epoch: int | None = None) -> str:
     methods: dict[str, list[dict]] = {}
     for cell in sorted(lr_dir.glob("seed_*/*")):
-        values = cell_values(cell)
+        values = cell_values(cell, val_epoch)
         if values is not None:
             methods.setdefault(cell.name, []).append(values)
+    if not methods:
+        return ""
     header = ["method", "seeds"] + [h for h, _, _ in COLUMNS]
     out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     for method, cells in methods.items():
@@ -73,11 +86,16 @@ def table(root: Path, lr_dir: Path) -> str:
 
 
 def main(argv: list[str]) -> int:
+    val_epoch = None
+    if "--val-epoch" in argv:
+        at = argv.index("--val-epoch")
+        val_epoch = int(argv[at + 1])
+        argv = argv[:at] + argv[at + 2:]
     root = Path(argv[0])
     lrs = sorted(root.glob("lr_*"), key=lambda p: -float(p.name.removeprefix("lr_")))
     if len(argv) > 1:
         lrs = [root / f"lr_{argv[1]}"]
-    print("\n".join(table(root, lr) for lr in lrs))
+    print("\n".join(t for t in (table(root, lr, val_epoch) for lr in lrs) if t))
     return 0
 
 

@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import cv2
+import timm
 import torch
 from torch.profiler import ProfilerActivity, profile
 
@@ -38,7 +39,7 @@ from pose_toss.covariance import jacobian, taylor_diagnostics
 from pose_toss.data.dataset import PoseDataset
 from pose_toss.data.synthetic import SyntheticPoseDataset
 from pose_toss.engine.objectives import LOSSES, StageObjective, labels_in_batch_frame, method_config
-from pose_toss.engine.runtime import autocast_context, resolve_device
+from pose_toss.engine.runtime import GraphedInference, autocast_context, resolve_device
 from pose_toss.engine.trainer import build_model_from_config
 from pose_toss.metrics import tic_summary
 from pose_toss.models.checkpoint import load_model
@@ -64,6 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                            "share of the covariance on validation images")
     p.add_argument("--profile", action="store_true", help="also profile an NLL-TIC step (torch.profiler): the "
                                                           "operators with the most self time")
+    p.add_argument("--no-onnx", action="store_true", help="skip timing the exported model in ONNX Runtime on the CPU")
     add_config(p)
 
 
@@ -73,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(args.out, args.overwrite, inputs)
     result = run_benchmarks(cfg, batch=args.batch, repeats=args.repeats, device=args.device,
                             pseudo_sizes=tuple(args.pseudo_sizes), data_sizes=tuple(args.data_sizes),
-                            data_samples=args.data_samples, checkpoint=args.checkpoint, profile=args.profile)
+                            data_samples=args.data_samples, checkpoint=args.checkpoint, profile=args.profile,
+                            onnx=not args.no_onnx)
     text = benchmark_markdown(result, "pose-toss bench " + " ".join(shlex.quote(a) for a in args.argv))
     with staged_output_dir(args.out, overwrite=args.overwrite, inputs=inputs) as stage:
         atomic_write_text(stage / "bench.json", json.dumps(jsonable(result), indent=1))
@@ -94,9 +97,22 @@ def machine_description() -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "opencv": cv2.__version__, "python": platform.python_version(),
-            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+    out = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+           "opencv": cv2.__version__, "python": platform.python_version(), "timm": timm.__version__,
+           "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+    if torch.cuda.is_available():
+        out.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                   driver=_nvidia_driver())
+    return out
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
 
 
 def _sync(device: torch.device) -> None:
@@ -399,10 +415,12 @@ def data_throughput(input_size: int, num: int = 400, warmup: int = 20, seed: int
 
 def inference_throughput(cfg: Config, batches=(1, 32), repeats: int = 5, warmup: int = 2,
                          device: torch.device | None = None, embedding_only: bool = False,
-                         with_covariance: bool = True) -> dict:
+                         with_covariance: bool = True, cuda_graph: bool = False) -> dict:
     """Images/s of an eval-mode forward with the configured covariance (``with_covariance=False``: the mean
     alone), per batch size; with ``embedding_only`` just the bottleneck z (what a pseudo-label refresh
-    computes per image). bf16 autocast on CUDA when the config asks for it, as in training."""
+    computes per image); with ``cuda_graph`` the forward replayed as a captured CUDA graph
+    (``GraphedInference``; a capture that fails gives its error instead of a number). bf16 autocast on CUDA
+    when the config asks for it, as in training."""
 
     device = device or torch.device("cpu")
     torch.manual_seed(0)
@@ -410,6 +428,15 @@ def inference_throughput(cfg: Config, batches=(1, 32), repeats: int = 5, warmup:
     out = {}
     for b in batches:
         images = torch.rand(b, 3, cfg.data.input_size, cfg.data.input_size, device=device)
+        if cuda_graph:
+            try:
+                graphed = GraphedInference(model, images, amp=cfg.train.amp, with_covariance=with_covariance)
+            except RuntimeError as e:  # an operation that cannot be captured: say which
+                out[str(b)] = f"capture failed: {str(e).splitlines()[0][:200]}"
+                continue
+            out[str(b)] = b / median_seconds(lambda graphed=graphed, images=images: graphed(images), 5 * repeats,
+                                             warmup, device)
+            continue
 
         def forward(images=images):
             with torch.no_grad(), autocast_context(device, cfg.train.amp):
@@ -498,13 +525,14 @@ def startup_times(commands=(("--help",), ("smooth", "--help"), ("predict", "--he
 
 def run_benchmarks(cfg: Config, batch: int = 32, repeats: int = 5, device: str = "auto",
                    pseudo_sizes=(10_000, 40_000, 100_000, 150_000), data_sizes=(128, 256), data_samples: int = 400,
-                   checkpoint=None, profile: bool = False, log=print) -> dict:
+                   checkpoint=None, profile: bool = False, onnx: bool = True, log=print) -> dict:
     """Every section of the module docstring; ``checkpoint`` (a trained TIC model or run) adds its J
     spectrum and Taylor share on validation images."""
 
     dev = resolve_device(device)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
+        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark  # as the trainer runs
     m = cfg.model
     result = {"machine": machine_description(), "device": str(dev),
               "model": {"backbone": m.backbone, "input_size": cfg.data.input_size, "batch": batch,
@@ -547,7 +575,10 @@ def run_benchmarks(cfg: Config, batch: int = 32, repeats: int = 5, device: str =
     result["inference_images_per_s"] = inference_throughput(cfg, device=dev, repeats=repeats)
     result["inference_mean_only_images_per_s"] = inference_throughput(cfg, device=dev, repeats=repeats,
                                                                       with_covariance=False)
-    result["onnx_runtime_cpu_images_per_s"] = onnx_throughput(cfg, repeats=repeats)
+    if dev.type == "cuda":
+        result["inference_cuda_graph_images_per_s"] = inference_throughput(cfg, device=dev, repeats=repeats,
+                                                                           cuda_graph=True)
+    result["onnx_runtime_cpu_images_per_s"] = onnx_throughput(cfg, repeats=repeats) if onnx else None
     log("tracking ...")
     result["tracking"] = tracking_times(repeats=repeats)
     result["memory"] = peak_memory(dev)
@@ -556,8 +587,11 @@ def run_benchmarks(cfg: Config, batch: int = 32, repeats: int = 5, device: str =
 
 def benchmark_markdown(r: dict, command: str) -> str:
     mc, md = r["machine"], r["model"]
+    cuda = (f", CUDA {mc['cuda']}, cuDNN {mc['cudnn']}, driver {mc.get('driver') or 'unknown'}" if mc.get("cuda")
+            else "")
     out = [f"Machine: {mc['cpu']}, {mc['cores']} cores ({mc['torch_threads']} torch threads), device {r['device']} "
-           f"({mc['device']}), torch {mc['torch']}, OpenCV {mc['opencv']}, Python {mc['python']}.",
+           f"({mc['device']}), torch {mc['torch']}{cuda}, timm {mc.get('timm', '?')}, OpenCV {mc['opencv']}, "
+           f"Python {mc['python']}.",
            f"Model: {md['backbone']}, {md['input_size']} px, batch {md['batch']}, deconv {md['deconv_channels']}, "
            f"E = {md['embed_dim']}, heatmap stride {md['heatmap_stride']}, z enters at the {md['bottleneck_at']}"
            + (", bf16 autocast" if md["amp"] else "") + f"; median of {r['repeats']} after warm-up.",
@@ -609,13 +643,17 @@ def benchmark_markdown(r: dict, command: str) -> str:
         out.append(f"\nFitted scaling: time ∝ N^{pl['exponent']:.2f}.")
     out += ["", "| data pipeline, input px | samples/s per core |", "| --- | --- |"]
     out += [f"| {k} | {v:.0f} |" for k, v in r["data_samples_per_s_per_core"].items()]
+    graphed = r.get("inference_cuda_graph_images_per_s")
     out += ["", "| inference, batch | images/s with covariance | images/s, mean only | covariance's cost | "
-            "ONNX Runtime CPU, with covariance |", "| --- | --- | --- | --- | --- |"]
+            + ("with covariance, CUDA graph | " if graphed else "") + "ONNX Runtime CPU, with covariance |",
+            "| --- | --- | --- | --- | --- |" + (" --- |" if graphed else "")]
     mean_only = r.get("inference_mean_only_images_per_s", {})
     onnx = r.get("onnx_runtime_cpu_images_per_s") or {}
     for k, v in r["inference_images_per_s"].items():
         m = mean_only.get(k)
+        g = (graphed or {}).get(k)
         out.append(f"| {k} | {v:.1f} | " + (f"{m:.1f} | {100 * (m / v - 1):.0f} % |" if m else "– | – |")
+                   + ("" if graphed is None else f" {g:.1f} |" if isinstance(g, float) else f" {g or '–'} |")
                    + (f" {onnx[k]:.1f} |" if k in onnx else " – |"))
     tr = r.get("tracking")
     if tr:

@@ -178,7 +178,7 @@ class SyntheticPoseDataset(Sequence):
     def __init__(self, num_samples: int, image_size: int = 128, seed: int = 0, *,
                  poses_from: str | None = None, cue_prob: float = 0.6, max_cues: int = 2,
                  label_noise: str = "annotators", cue_gain: float = 4.0, clean_noise: float = 0.006,
-                 cue_noise: float = 0.05, offset: int = 0) -> None:
+                 cue_noise: float = 0.05, offset: int = 0, cache_images: bool = False) -> None:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if image_size < 32:
@@ -199,6 +199,8 @@ class SyntheticPoseDataset(Sequence):
         self.poses_from = poses_from
         self.offset = int(offset)  # sample i is generated as global index offset + i: disjoint splits
         self._poses = load_lsp_poses(poses_from) if poses_from else None
+        # Rendering is about half the training pipeline's cost, and sample i is the same every epoch.
+        self._cache: dict[int, dict] | None = {} if cache_images else None
 
     @classmethod
     def from_config(cls, cfg, split: str = "train") -> SyntheticPoseDataset:
@@ -208,7 +210,8 @@ class SyntheticPoseDataset(Sequence):
         num = {"train": cfg.num_samples, "val": cfg.val_samples, "test": cfg.test_samples}[split]
         return cls(num, cfg.image_size, cfg.seed, poses_from=cfg.poses_from, cue_prob=cfg.cue_prob,
                    max_cues=cfg.max_cues, label_noise=cfg.label_noise, cue_gain=cfg.cue_gain,
-                   clean_noise=cfg.clean_noise, cue_noise=cfg.cue_noise, offset=SPLIT_OFFSETS[split])
+                   clean_noise=cfg.clean_noise, cue_noise=cfg.cue_noise, offset=SPLIT_OFFSETS[split],
+                   cache_images=cfg.cache_images)
 
     @property
     def generator_settings(self) -> dict:
@@ -325,11 +328,19 @@ class SyntheticPoseDataset(Sequence):
     # ---------------------------------------------------------------------------------------------
 
     def record(self, i: int) -> dict:
+        if self._cache is not None and i in self._cache:
+            return dict(self._cache[i])  # the arrays are read-only: a consumer cannot change the cached figure
         label_rng, render_rng = self._rngs(i)
         rec = self._annotate(label_rng)
         rec["image"] = render_figure(self.image_size, rec["joints_true"], rec["person_height"], rec["cues"],
                                      render_rng)
         rec["index"] = i
+        if self._cache is not None:
+            for value in rec.values():
+                if isinstance(value, np.ndarray):
+                    value.flags.writeable = False
+            self._cache[i] = rec
+            return dict(rec)
         return rec
 
     def with_cues(self, i: int, cues: Sequence[Cue]) -> dict:

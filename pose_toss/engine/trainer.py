@@ -138,6 +138,8 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(out)
         self.rt = runtime or setup_runtime(cfg.train.device)
+        if self.rt.device.type == "cuda":
+            torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
         self.log = log if self.rt.is_main else (lambda *a, **k: None)
         self.progress_bars = cfg.train.progress and self.rt.is_main
         self.amp = cfg.train.amp and self.rt.device.type == "cuda"
