@@ -33,7 +33,10 @@ _EXPORTS = {
     "COCO17": "pose_toss.skeletons",
     "COMMON14": "pose_toss.skeletons",
     "get_skeleton": "pose_toss.skeletons",
+    "load_skeleton": "pose_toss.skeletons",
     "to_common14": "pose_toss.skeletons",
+    "keypoint_ap_against_file": "pose_toss.engine.coco_eval",
+    "GraphedInference": "pose_toss.engine.runtime",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -14,24 +14,25 @@ from pose_toss.skeletons import get_skeleton
 
 
 def coco_results(means: np.ndarray, covs: np.ndarray, affines: np.ndarray, image_ids, category_id: int = 1,
-                 areas=None, sigmas=None) -> list[dict]:
+                 areas=None, sigmas=None, skeleton: str | None = None) -> list[dict]:
     """One COCO result per person: ``image_id``, ``category_id``, ``keypoints`` ([x, y, c] per joint, in the
     skeleton's joint order), ``score``, plus ``covariance`` (2J x 2J, [x0, y0, x1, y1, ...], pixels^2 of
     the original image); see ``coco_result`` for c and the score. ``means`` / ``covs`` are in crop pixels
     with ``affines`` the original-image -> crop maps; they are mapped back through the inverse affine.
-    ``areas``: each person's area (for OKS; default: the predicted joints' box)."""
+    ``areas``: each person's area (for OKS; default: the predicted joints' box). ``skeleton``: the joint set's
+    name, written into each result."""
     results = []
     areas = [None] * len(means) if areas is None else areas
     for mean, cov, a, image_id, area in zip(means, covs, affines, image_ids, areas, strict=True):
         inv = invert_affine(np.asarray(a, dtype=np.float64))
         joints = affine_points(inv, np.asarray(mean, dtype=np.float64).reshape(-1, 2))
         results.append(coco_result(joints, affine_covariance(inv, np.asarray(cov, dtype=np.float64)), image_id,
-                                   category_id, area, sigmas))
+                                   category_id, area, sigmas, skeleton))
     return results
 
 
 def coco_result(joints: np.ndarray, cov: np.ndarray, image_id, category_id: int = 1, area: float | None = None,
-                sigmas=None) -> dict:
+                sigmas=None, skeleton: str | None = None) -> dict:
     """One person's COCO result from joints (J x 2) and covariance (2J x 2J), both in image pixels.
 
     Each keypoint's third value is its expected keypoint similarity E[ks_j] (``metrics.
@@ -44,15 +45,17 @@ def coco_result(joints: np.ndarray, cov: np.ndarray, image_id, category_id: int 
     cov = 0.5 * (cov + cov.T)
     area = _person_size(joints) ** 2 if area is None else float(area)
     eks = keypoint_scores(cov, area, sigmas)
-    return coco_entry(joints, cov, eks, image_id, float(eks.mean()), area, category_id)
+    return coco_entry(joints, cov, eks, image_id, float(eks.mean()), area, category_id, skeleton)
 
 
 def coco_entry(joints: np.ndarray, cov: np.ndarray, scores: np.ndarray, image_id, score: float, area: float,
-               category_id: int = 1) -> dict:
+               category_id: int = 1, skeleton: str | None = None) -> dict:
     """A COCO keypoint result as written to ``predictions.json``: joints (J x 2) with their ``scores`` (J) as
     ``keypoints`` [x, y, c, ...], the person's ``score``, ``area`` (OKS's s^2 the scores used; COCOeval
-    recomputes its own) and the ``covariance``, rounded as every pose-toss output rounds them."""
+    recomputes its own) and the ``covariance``, rounded as every pose-toss output rounds them; ``skeleton``: the
+    name of the joint set the keypoints follow (pycocotools ignores it; ``keypoint_ap_against_file`` checks it)."""
     kps = np.concatenate([np.asarray(joints), np.asarray(scores)[:, None]], axis=1).reshape(-1)
+    extra = {} if skeleton is None else {"skeleton": skeleton}
     return {
         "image_id": image_id.item() if hasattr(image_id, "item") else image_id,
         "category_id": category_id,
@@ -60,6 +63,7 @@ def coco_entry(joints: np.ndarray, cov: np.ndarray, scores: np.ndarray, image_id
         "score": round(float(score), 5),
         "area": round(float(area), 3),
         "covariance": [[round(float(v), 4) for v in row] for row in cov],
+        **extra,
     }
 
 

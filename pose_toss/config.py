@@ -76,6 +76,9 @@ class RealDataConfig:
     coco_root: str = opt("data/coco", help="COCO folder: annotations/ and train2017/, val2017/")
     coco_train: str = opt("annotations/person_keypoints_train2017.json", help="relative to coco_root")
     coco_val: str = opt("annotations/person_keypoints_val2017.json", help="relative to coco_root")
+    coco_images: str | None = opt(None, help="images folder of both COCO files, relative to coco_root (null: the "
+                                             "annotation file's folder when the images are there, else ../<split> "
+                                             "beside annotations/person_keypoints_<split>.json)")
 
 
 DATASETS = ("synthetic", "lsp", "mpii", "coco", "mpii_lsp")
@@ -96,6 +99,9 @@ class AugmentConfig:
 class DataConfig:
     dataset: str = opt("synthetic", choices=DATASETS,
                        help="synthetic, lsp, mpii, coco, or mpii_lsp (MPII + LSP + LSP-extended on 14 joints)")
+    skeleton: str | None = opt(None, help="keypoint set: coco17, mpii16, lsp14, common14 or a skeleton YAML file "
+                                          "(names, flip pairs, links, OKS sigmas; see skeletons.py). null: the "
+                                          "dataset's own (coco: its file's keypoint category)")
     input_size: int = opt(128, min=32, max=2048, help="side of the square network input, px (multiple of 4)")
     padding: float = opt(1.25, min=1.0, max=3.0, help="crop side = padding x person size")
     heatmap_stride: int = opt(4, choices=(1, 2, 4, 8), help="input pixels per heatmap pixel (4: SimpleBaseline; 8 "
@@ -219,6 +225,10 @@ class TrainConfig:
     max_bad_steps: int = opt(20, min=1, help="stop after this many non-finite steps in a row")
     max_steps_per_epoch: int | None = opt(None, min=1, help="cut epochs short (smoke tests, benchmarks)")
     progress: bool = opt(True, help="progress bars")
+    log: list[str] = opt(factory=lambda: ["jsonl"], help="experiment logs: jsonl (metrics.jsonl, always written) and "
+                                                         "tensorboard (out/tensorboard: the same numbers per epoch "
+                                                         "and validation pictures; pip install "
+                                                         "'pose-toss[tensorboard]')")
 
 
 @dataclass
@@ -240,12 +250,23 @@ class Config:
         output directory must never hold one of them."""
         r = self.data.real
         roots = [r.mpii_root, r.lsp_root, r.lspet_root, r.coco_root, self.data.synthetic.poses_from,
-                 *(st.pseudo_labels.file for st in self.stages)]
+                 self.data.skeleton, *(st.pseudo_labels.file for st in self.stages)]
         return [p for p in roots if p and os.path.exists(p)]
 
     def validate(self, source: str) -> None:
         if not self.stages:
             raise ConfigError(f"{source}: key 'stages': expected at least one stage")
+        unknown = [k for k in self.train.log if k not in ("jsonl", "tensorboard")]
+        if unknown or not self.train.log:
+            raise ConfigError(f"{source}: key 'train.log': expected a list of jsonl and tensorboard, got "
+                              f"{self.train.log!r}")
+        if self.data.skeleton is not None:
+            from pose_toss.skeletons import get_skeleton
+
+            try:
+                get_skeleton(self.data.skeleton)
+            except (KeyError, ValueError, FileNotFoundError) as e:
+                raise ConfigError(f"{source}: key 'data.skeleton': {str(e).strip(chr(34))}") from None
         cov = self.model.covariance
         for i, st in enumerate(self.stages):
             where = f"{source}: key 'stages.{i}.loss'"
@@ -486,16 +507,32 @@ def _accepts_str(tp: Any) -> bool:
     return tp is str or str in typing.get_args(tp)
 
 
+# The configs shipped with the package (the repository's configs/ is a link to this folder).
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def resolve_config_path(path: str | os.PathLike) -> Path:
+    """``path`` when that file exists, else the shipped config it names: ``quick``, ``quick.yaml`` and
+    ``configs/quick.yaml`` all name the package's ``configs/quick.yaml`` where no such file is at hand."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    name = p.name if p.suffix in (".yaml", ".yml") else p.name + ".yaml"
+    if (len(p.parts) == 1 or (len(p.parts) == 2 and p.parts[0] == "configs")) and (PACKAGED_CONFIGS / name).is_file():
+        return PACKAGED_CONFIGS / name
+    shipped = ", ".join(sorted(f.stem for f in PACKAGED_CONFIGS.glob("*.yaml")))
+    raise ConfigError(f"config file not found: {p} (the shipped configs, by name: {shipped})")
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: typing.Iterable[str] = (),
                 cls: type = Config) -> Any:
-    """Load ``path`` (or the defaults when None), apply ``overrides``, validate, return the dataclass."""
+    """Load ``path`` (a file, or a shipped config's name such as ``quick``; the defaults when None), apply
+    ``overrides``, validate, return the dataclass."""
     source = "defaults"
     data: dict = {}
     if path is not None:
-        p = Path(path)
-        source = str(p)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
+        p = resolve_config_path(path)
+        source = str(path)
         try:
             loaded = yaml_load(p.read_text(encoding="utf-8"))
         except UnicodeDecodeError as e:

@@ -136,9 +136,15 @@ def reliability(predicted: torch.Tensor, observed: torch.Tensor, bins: int = 10)
 
 def torso_sizes(target: torch.Tensor, visibility: torch.Tensor, skeleton) -> torch.Tensor:
     """LSP's torso diameter per sample: left shoulder to right hip (right shoulder to left hip when
-    that pair is missing); NaN when neither diagonal is visible."""
+    that pair is missing); NaN when neither diagonal is visible. A skeleton without shoulders and hips (a hand,
+    an animal's own keypoints) uses the diagonal of its visible joints' box instead (NaN below two joints)."""
     t, v = _joints(target), visibility.bool()
     sizes = torch.full((t.shape[0],), float("nan"), dtype=torch.float64)
+    if not {"l_shoulder", "r_shoulder", "l_hip", "r_hip"} <= set(skeleton.joint_names):
+        big = torch.finfo(torch.float64).max
+        lo = torch.where(v.unsqueeze(-1), t.double(), big).amin(1)
+        hi = torch.where(v.unsqueeze(-1), t.double(), -big).amax(1)
+        return torch.where(v.sum(1) >= 2, (hi - lo).norm(dim=-1), sizes)
     for a, b in (("l_shoulder", "r_hip"), ("r_shoulder", "l_hip")):
         i, j = skeleton.index(a), skeleton.index(b)
         ok = v[:, i] & v[:, j] & torch.isnan(sizes)

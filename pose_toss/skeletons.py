@@ -1,12 +1,24 @@
-"""Joint sets: names, left/right flip pairs, limbs for drawing, and maps onto the common 14 joints.
+"""Joint sets: names, left/right flip pairs, limbs for drawing, OKS constants, and maps onto the common 14 joints.
 
 Coordinates everywhere are flat ``[x0, y0, x1, y1, ...]`` in joint order, so a skeleton's joint
 order fixes the order of the 2J-dimensional mean and of the 2J x 2J covariance.
+
+Built in: ``coco17``, ``mpii16``, ``lsp14`` and ``common14`` (LSP's 14, what MPII + LSP merge on). Any other
+keypoint set is a YAML file (``load_skeleton``)::
+
+    name: hand5
+    joints: [wrist, thumb, index, middle, little]
+    flip_pairs: []                     # pairs of joint names (or indices) that swap in a mirror image
+    links: [[wrist, thumb], [wrist, index], [wrist, middle], [wrist, little]]   # drawn limbs
+    sigmas: [0.05, 0.03, 0.03, 0.03, 0.03]   # OKS constants per joint (optional for names COCO knows)
+
+or comes from a COCO keypoints file's category (``skeleton_from_coco_category``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -19,12 +31,20 @@ class Skeleton:
     limbs: tuple[tuple[int, int], ...]
     # Limb colour group for drawing: "left", "right" or "centre", one per limb.
     limb_sides: tuple[str, ...] = field(default=())
+    # OKS constants per joint; empty: COCO's published ones by joint name (``OKS_SIGMAS``).
+    sigmas: tuple[float, ...] = field(default=())
 
     def __post_init__(self) -> None:
         n = len(self.joint_names)
+        if n < 1 or len(set(self.joint_names)) != n:
+            raise ValueError(f"skeleton {self.name!r}: joint names must be distinct and at least one, got "
+                             f"{list(self.joint_names)}")
         for a, b in (*self.flip_pairs, *self.limbs):
             if not (0 <= a < n and 0 <= b < n):
                 raise ValueError(f"skeleton {self.name!r}: joint index out of range in pair ({a}, {b})")
+        if self.sigmas and (len(self.sigmas) != n or not all(np.isfinite(v) and v > 0 for v in self.sigmas)):
+            raise ValueError(f"skeleton {self.name!r}: sigmas must be {n} positive numbers (one per joint), got "
+                             f"{list(self.sigmas)}")
         if not self.limb_sides:
             object.__setattr__(self, "limb_sides", tuple(self._side(a, b) for a, b in self.limbs))
 
@@ -54,11 +74,20 @@ class Skeleton:
 
     @property
     def oks_sigmas(self) -> np.ndarray:
-        """Per-joint OKS constants (COCO's ``sigmas``; kappa = 2 sigma), from ``OKS_SIGMAS`` by joint name."""
+        """Per-joint OKS constants (COCO's ``sigmas``; kappa = 2 sigma): the skeleton's own, else ``OKS_SIGMAS``
+        by joint name."""
+        if self.sigmas:
+            return np.array(self.sigmas, dtype=np.float64)
         missing = [n for n in self.joint_names if n not in OKS_SIGMAS]
         if missing:
-            raise KeyError(f"skeleton {self.name!r}: no OKS sigma for joints {missing}; pass sigmas explicitly")
+            raise KeyError(f"skeleton {self.name!r}: no OKS sigma for joints {missing}; give the skeleton's "
+                           "'sigmas' in its YAML file, or data.oks_sigmas")
         return np.array([OKS_SIGMAS[n] for n in self.joint_names])
+
+    def to_dict(self) -> dict:
+        """The YAML / JSON form ``skeleton_from_dict`` reads back (stored in model files and results)."""
+        return {"name": self.name, "joints": list(self.joint_names), "flip_pairs": [list(p) for p in self.flip_pairs],
+                "links": [list(p) for p in self.limbs], "sigmas": [float(v) for v in self.sigmas] or None}
 
     def index(self, name: str) -> int:
         try:
@@ -125,14 +154,112 @@ COCO17 = Skeleton(
 # The common skeleton MPII + LSP + LSP-extended (+ COCO) train on is LSP-14.
 COMMON14 = LSP14
 
-SKELETONS = {s.name: s for s in (LSP14, MPII16, COCO17)}
+SKELETONS = {**{s.name: s for s in (LSP14, MPII16, COCO17)}, "common14": COMMON14}
 
 
-def get_skeleton(name: str) -> Skeleton:
+def get_skeleton(spec: str | dict | Skeleton) -> Skeleton:
+    """A built-in skeleton by name, a YAML skeleton file (a path ending in .yaml or .yml), a dict in
+    ``Skeleton.to_dict``'s form, or a Skeleton."""
+    if isinstance(spec, Skeleton):
+        return spec
+    if isinstance(spec, dict):
+        return skeleton_from_dict(spec)
+    if str(spec).endswith((".yaml", ".yml")):
+        return load_skeleton(spec)
     try:
-        return SKELETONS[name]
+        return SKELETONS[spec]
     except KeyError:
-        raise KeyError(f"unknown skeleton {name!r}; expected one of {sorted(SKELETONS)}") from None
+        raise KeyError(f"unknown skeleton {spec!r}; expected one of {sorted(SKELETONS)} or a skeleton YAML "
+                       "file") from None
+
+
+def _joint_ref(ref, names: list[str], where: str) -> int:
+    if isinstance(ref, bool) or not isinstance(ref, (int, str)):
+        raise ValueError(f"{where}: {ref!r} is neither a joint name nor an index")
+    if isinstance(ref, int):
+        if not 0 <= ref < len(names):
+            raise ValueError(f"{where}: joint index {ref} out of range for {len(names)} joints")
+        return ref
+    if ref not in names:
+        raise ValueError(f"{where}: unknown joint {ref!r}; joints: {names}")
+    return names.index(ref)
+
+
+def skeleton_from_dict(d: dict, source: str = "skeleton") -> Skeleton:
+    """A Skeleton from ``{name, joints, flip_pairs, links, sigmas}`` (pairs by joint name or index); errors
+    name ``source`` and the key."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{source}: expected a mapping with name, joints, flip_pairs, links and sigmas, got "
+                         f"{type(d).__name__}")
+    unknown = sorted(set(d) - {"name", "joints", "flip_pairs", "links", "sigmas"})
+    if unknown:
+        raise ValueError(f"{source}: unknown keys {unknown}; expected name, joints, flip_pairs, links, sigmas")
+    names = d.get("joints")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"{source}: 'joints' must be a non-empty list of joint names, got {names!r}")
+
+    def pairs(key: str) -> tuple[tuple[int, int], ...]:
+        value = d.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(p, list) and len(p) == 2 for p in value):
+            raise ValueError(f"{source}: '{key}' must be a list of [joint, joint] pairs, got {value!r}")
+        return tuple((_joint_ref(a, names, f"{source}: {key}"), _joint_ref(b, names, f"{source}: {key}"))
+                     for a, b in value)
+
+    sigmas = d.get("sigmas") or ()
+    if not isinstance(sigmas, (list, tuple)) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                        for v in sigmas):
+        raise ValueError(f"{source}: 'sigmas' must be a list of numbers, got {sigmas!r}")
+    name = d.get("name") or Path(source).stem
+    if not isinstance(name, str):
+        raise ValueError(f"{source}: 'name' must be a string, got {name!r}")
+    try:
+        return Skeleton(name=name, joint_names=tuple(names), flip_pairs=pairs("flip_pairs"), limbs=pairs("links"),
+                        sigmas=tuple(float(v) for v in sigmas))
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+
+
+def load_skeleton(path) -> Skeleton:
+    """A skeleton YAML file (see the module docstring)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"skeleton file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"{p}: not a readable YAML file ({e})") from None
+    return skeleton_from_dict(data, str(p))
+
+
+def coco_joint_name(name: str) -> str:
+    """COCO's keypoint names ('left_eye') in this package's form ('l_eye')."""
+    for long, short in (("left_", "l_"), ("right_", "r_")):
+        if name.startswith(long):
+            return short + name[len(long):]
+    return name
+
+
+def skeleton_from_coco_category(category: dict, source: str = "category") -> Skeleton:
+    """The skeleton of a COCO keypoints category: ``coco17`` when its keypoints are COCO's, else one made of its
+    ``keypoints`` names and its ``skeleton`` links (1-based, COCO's convention), with left/right flip pairs
+    found by name (l_/left_ and r_/right_)."""
+    names = category.get("keypoints")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"{source}: 'keypoints' must be a non-empty list of keypoint names, got {names!r}")
+    short = [coco_joint_name(n) for n in names]
+    if tuple(short) == COCO17.joint_names:
+        return COCO17
+    links = category.get("skeleton") or []
+    if not isinstance(links, list) or not all(isinstance(p, list) and len(p) == 2 and all(
+            isinstance(v, int) and 1 <= v <= len(names) for v in p) for p in links):
+        raise ValueError(f"{source}: 'skeleton' must be a list of 1-based [keypoint, keypoint] index pairs up to "
+                         f"{len(names)}, got {links!r}")
+    flips = tuple((i, short.index("r_" + n[2:])) for i, n in enumerate(short)
+                  if n.startswith("l_") and "r_" + n[2:] in short)
+    return Skeleton(name=str(category.get("name") or "keypoints"), joint_names=tuple(short), flip_pairs=flips,
+                    limbs=tuple((a - 1, b - 1) for a, b in links))
 
 
 def _mapping(source: Skeleton, rows: list[dict[str, float]]) -> np.ndarray:

@@ -115,3 +115,28 @@ def test_a_killed_compare_worker_stops_the_sweep_with_a_message_not_a_traceback(
     monkeypatch.setattr(compare_command, "compare", killed)
     assert main(["compare", "--out", "runs/never", "--methods", "mse"]) == 3
     assert "pose-toss compare: stopped: a worker process died" in capsys.readouterr().err
+
+
+def test_help_texts_state_the_defaults_the_code_uses():
+    """Every number a help text gives as its default ("default 200", "default: 16") is the option's real default,
+    and what `train --help` says a run does without a config is what the built-in config does."""
+    import argparse
+    import re
+
+    from pose_toss.cli import build_parser
+    from pose_toss.config import load_config
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    checked = 0
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            for literal in re.findall(r"default:? (-?\d+(?:\.\d+)?(?:e-?\d+)?)\b", action.help or ""):
+                assert action.default is not None and float(literal) == float(action.default), (
+                    f"{name} {action.option_strings}: help says default {literal}, the code has {action.default}")
+                checked += 1
+    assert checked >= 1  # eval --occlusions (default 200)
+    help_text = " ".join(sub.choices["train"].format_help().split())
+    defaults = load_config()
+    assert "(default: NLL with the TIC covariance)" in help_text
+    assert [s.loss for s in defaults.stages] == ["nll"] and defaults.model.covariance == "tic"

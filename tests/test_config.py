@@ -114,3 +114,38 @@ def test_stage_losses_must_fit_the_covariance():
         load_config(None, ["stages.0.loss=huber"])
     assert load_config(None, ["model.pretrained=false"]).model.pretrained is False
     assert load_config(None, ["model.pretrained=weights/r18.pth"]).model.pretrained == "weights/r18.pth"
+
+
+@pytest.mark.slow
+def test_shipped_configs_load_by_name_and_by_path_from_an_installed_wheel(tmp_path):
+    """The configs are package data: from a wheel installed away from any checkout, `--config quick` and
+    `--config configs/quick.yaml` both give the shipped quick config, and the CLI trains from it."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            str(tmp_path / "dist"), str(root)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-2000:]
+    wheel = next((tmp_path / "dist").glob("pose_toss-*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        shipped = {n for n in z.namelist() if n.startswith("pose_toss/configs/")}
+        z.extractall(tmp_path / "site")
+    assert {f"pose_toss/configs/{f.name}" for f in (root / "configs").glob("*.yaml")} == shipped
+    away = tmp_path / "elsewhere"
+    away.mkdir()
+    code = ("from pose_toss.config import load_config, PACKAGED_CONFIGS\n"
+            "a, b = load_config('quick'), load_config('configs/quick.yaml')\n"
+            "assert a == b and 'site' in str(PACKAGED_CONFIGS), PACKAGED_CONFIGS\n"
+            "print(a.stages[0].loss, a.model.backbone)\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path / "site")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=away, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [load_config(root / "configs" / "quick.yaml").stages[0].loss,
+                                   load_config(root / "configs" / "quick.yaml").model.backbone]
+    made = subprocess.run([sys.executable, "-m", "pose_toss", "make-synthetic", "--config", "quick", "--out", "figs",
+                           "--set", "data.synthetic.num_samples=2", "--set", "data.synthetic.image_size=64"],
+                          cwd=away, env=env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr[-2000:]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,12 @@ from pose_toss.coco_results import coco_results, write_coco_results
 from pose_toss.commands.options import add_checkpoint, add_device, add_output, add_quiet, whole_number
 from pose_toss.config import Config, load_config
 from pose_toss.data.coco_format import coco_ground_truth, record_area, record_image_id
-from pose_toss.data.dataset import PoseDataset, crop_labels, image_file_problem, sample_image_rgb
+from pose_toss.data.dataset import PoseDataset, crop_labels, image_file_problem
 from pose_toss.data.loading import load_records, make_loader, skeleton_for
-from pose_toss.data.readers import AnnotationError
+from pose_toss.data.readers import AnnotationError, read_coco
 from pose_toss.data.synthetic import SyntheticPoseDataset
 from pose_toss.data.synthetic_files import ANNOTATION_FILE, read_synthetic
-from pose_toss.engine.coco_eval import ap_by_score
+from pose_toss.engine.coco_eval import ap_by_score, keypoint_ap_against_file
 from pose_toss.engine.coco_eval import simulated_detections as simulate
 from pose_toss.engine.occlusion import occlusion_check
 from pose_toss.engine.prediction import (
@@ -33,20 +34,25 @@ from pose_toss.engine.prediction import (
     predict_dataset,
     residual_reference,
 )
-from pose_toss.engine.report import comparison_table, evaluation_report
+from pose_toss.engine.report import comparison_table, evaluation_report, prediction_pictures
 from pose_toss.engine.runtime import Runtime, resolve_device
 from pose_toss.metrics import joint_errors, keypoint_similarity, reliability
 from pose_toss.models.checkpoint import load_model
 from pose_toss.outputs import atomic_write_text, check_output_dir, jsonable, run_lock, staged_output_dir
 from pose_toss.run_dir import CONFIG_FILE, resolve_checkpoint
-from pose_toss.viz.draw import contact_sheet, draw_crosses, draw_pose_scaled, with_legend, write_png
+from pose_toss.viz.draw import write_png
 from pose_toss.viz.plots import calibration_plot, keypoint_reliability_plot, sparsification_plot, training_curves_plot
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_checkpoint(p)
-    p.add_argument("--data", default="synthetic",
-                   help="'synthetic' (the run's generator), a .yaml config, or a make-synthetic directory")
+    p.add_argument("--data", default=None,
+                   help="'synthetic' (the run's generator; the default), a .yaml config, or a make-synthetic directory")
+    p.add_argument("--ann", metavar="FILE", help="a COCO-style keypoints file to evaluate on instead of --data (any "
+                                                 "keypoint set; its results are also scored against it by plain "
+                                                 "pycocotools)")
+    p.add_argument("--images", metavar="DIR", help="with --ann: its images folder (default: beside the file, or "
+                                                   "../<split> beside annotations/person_keypoints_<split>.json)")
     p.add_argument("--split", default="test", choices=("test", "val"))
     add_output(p)
     add_device(p)
@@ -68,13 +74,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.occlusions < 0:
         raise ValueError(f"--occlusions: expected a number of figures >= 0, got {args.occlusions}")
-    m = evaluate_checkpoint(args.checkpoint, args.data, args.out, split=args.split, overwrite=args.overwrite,
+    if args.ann is not None and args.data is not None:
+        raise ValueError("give --data or --ann FILE (a COCO-style keypoints file), not both")
+    if args.images is not None and args.ann is None:
+        raise ValueError("--images goes with --ann FILE: the images of that COCO-style file")
+    data = CocoFile(args.ann, args.images) if args.ann else args.data or "synthetic"
+    m = evaluate_checkpoint(args.checkpoint, data, args.out, split=args.split, overwrite=args.overwrite,
                             device=args.device, batch_size=args.batch_size, pictures=args.pictures,
                             progress=not args.quiet, flip_test=args.flip_test,
                             simulated_detections=parse_detector(args.simulated_detections),
                             occlusions=args.occlusions)
     print(summary_text(m, Path(args.out), args.pictures > 0))
     return 0
+
+
+@dataclass(frozen=True)
+class CocoFile:
+    """A COCO-style keypoints file (any keypoint set) and its images folder to evaluate on (``--ann``, ``--images``;
+    None: found beside the file)."""
+    annotations: str
+    images: str | None = None
 
 
 def against_mean_pose(error: float, mean_pose: float) -> str:
@@ -92,6 +111,9 @@ def summary_text(m: dict, out: Path, pictures: bool) -> str:
              f"90% ellipses hold {100 * m['coverage@0.9']:.1f}% of the ground truths",
              "COCO keypoints (scores: expected OKS): " + ", ".join(
                  f"{k} {v:.3f}" for k, v in m["coco"].items() if v is not None)]
+    if m.get("coco_file"):
+        lines.append("against the file itself (plain pycocotools): " + ", ".join(
+            f"{k} {v:.3f}" for k, v in m["coco_file"].items() if v is not None))
     if m.get("flip_test"):
         single = m["mean_joint_error_no_flip"]
         lines.append(f"flip test on; without it, the mean joint error is {single:.2f} px "
@@ -134,11 +156,21 @@ def parse_detector(text: str | None) -> tuple[float, float] | None:
     return jitter, false_positives
 
 
-def resolve_eval_data(data: str, input_size: int, run_dir=None, split: str = "test", progress: bool = False):
+def resolve_eval_data(data, input_size: int, run_dir=None, split: str = "test", progress: bool = False,
+                      skeleton=None):
     """(data config, records, skeleton, description) for ``--data``: ``synthetic`` (the run's own
-    synthetic generator when the checkpoint belongs to a run, else the defaults), a YAML config, or
-    a directory written by ``pose-toss make-synthetic``. The crop size follows the model."""
+    synthetic generator when the checkpoint belongs to a run, else the defaults), a YAML config, a
+    directory written by ``pose-toss make-synthetic``, or a ``CocoFile`` (read with ``skeleton``, the model's, when
+    given: its flips and OKS constants, checked against the file's keypoint names). The crop size follows the
+    model."""
     base = load_config(Path(run_dir) / CONFIG_FILE) if run_dir is not None else Config()
+    if isinstance(data, CocoFile):
+        data_cfg = base.data
+        data_cfg.input_size = input_size
+        records = read_coco(data.annotations, data.images, skeleton=skeleton)
+        if not records:
+            raise ValueError(f"--ann {data.annotations}: no annotation with keypoints to evaluate on")
+        return data_cfg, records, skeleton_for(records), f"{data.annotations} ({len(records)} people)"
     p = Path(data)
     if data == "synthetic":
         data_cfg, source = base.data, f"synthetic {split} split"
@@ -159,6 +191,8 @@ def resolve_eval_data(data: str, input_size: int, run_dir=None, split: str = "te
 
 def is_synthetic_generator(data: str, data_cfg) -> bool:
     """Whether ``--data`` is the synthetic generator itself (not files written by make-synthetic)."""
+    if isinstance(data, CocoFile):
+        return False
     return data_cfg.dataset == "synthetic" and (data == "synthetic" or Path(data).suffix in (".yaml", ".yml"))
 
 
@@ -177,38 +211,26 @@ def reference_records(data: str, data_cfg, evaluated, records) -> tuple:
             f"{len(train)} figures of the training split")
 
 
-def mean_pose_baseline(preds: dict, data_cfg) -> tuple[float, str]:
+def mean_pose_baseline(preds: dict, data_cfg, own_training_set: bool = True) -> tuple[float, str]:
     """Mean joint error of predicting one fixed pose for everybody: the training set's mean pose (crop
-    frame, per joint over its visible labels) when the training split can be read, else the evaluated
-    set's own. The floor a model must clearly beat to have learned anything."""
+    frame, per joint over its visible labels) when the training split can be read (and has the same joints),
+    else the evaluated set's own. The floor a model must clearly beat to have learned anything."""
     target = preds["target"].reshape(len(preds["target"]), -1, 2)
     vis = preds["visibility"].bool()
-    try:
-        train, _ = load_records(data_cfg, "train", images=False)
-        labels = crop_labels(train, data_cfg.input_size, data_cfg.padding)
-        poses = torch.from_numpy(labels["targets"]).reshape(len(train), -1, 2)
-        weights = torch.from_numpy(labels["visibility"]).unsqueeze(-1)
-        source = "training set"
-    except (OSError, ValueError, AnnotationError):
+    poses = None
+    if own_training_set:
+        try:
+            train, _ = load_records(data_cfg, "train", images=False)
+            labels = crop_labels(train, data_cfg.input_size, data_cfg.padding)
+            poses = torch.from_numpy(labels["targets"]).reshape(len(train), -1, 2)
+            weights = torch.from_numpy(labels["visibility"]).unsqueeze(-1)
+            source = "training set"
+        except (OSError, ValueError, AnnotationError):
+            poses = None
+    if poses is None or poses.shape[1] != target.shape[1]:
         poses, weights, source = target, vis.unsqueeze(-1).float(), "evaluated set"
     centre = (poses * weights).sum(0) / weights.sum(0).clamp_min(1)
     return float((target - centre).norm(dim=-1)[vis].mean()), source
-
-
-def prediction_pictures(dataset, preds: dict, skeleton, count: int = 16, tile: int = 256) -> np.ndarray:
-    """A contact sheet of crops with the predicted pose, its 50% / 90% joint ellipses and the labels (crosses),
-    with a legend."""
-    tiles = []
-    for n in range(min(count, len(preds["index"]))):
-        sample = dataset[int(preds["index"][n])]
-        image = sample_image_rgb(sample)
-        factor = tile / image.shape[0]
-        drawn = draw_pose_scaled(image, preds["mean"][n].numpy(), preds["cov"][n].numpy(), factor,
-                                 skeleton=skeleton, levels=(0.5, 0.9))
-        labels = (sample["target"].numpy().reshape(-1, 2) + 0.5) * factor - 0.5
-        tiles.append(draw_crosses(drawn, labels[sample["visibility"].numpy() > 0]))
-    return with_legend(contact_sheet(tiles, cols=4, tile_size=tile), (0.5, 0.9),
-                       ["white crosses: the labels (ground truth) of the visible joints"])
 
 
 def evaluate_checkpoint(checkpoint, data: str, out, *, split: str = "test", overwrite: bool = False,
@@ -224,7 +246,8 @@ def evaluate_checkpoint(checkpoint, data: str, out, *, split: str = "test", over
     simulated_detections``) and report COCO AP by each way of scoring people there. ``occlusions``: on the
     synthetic generator, this many test figures are also predicted with and without an added occluder
     (``occlusion.occlusion_check``; 0 skips it)."""
-    inputs = [checkpoint, data if data != "synthetic" else None]
+    inputs = ([checkpoint, data.annotations, data.images] if isinstance(data, CocoFile) else
+              [checkpoint, data if data != "synthetic" else None])
     check_output_dir(out, overwrite, inputs)
     with run_lock(out):
         return _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_workers, pictures, progress,
@@ -236,10 +259,14 @@ def _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_w
     model_file, run_dir = resolve_checkpoint(checkpoint)
     dev = resolve_device(device)
     model = load_model(model_file, map_location=dev)
-    data_cfg, records, skeleton, source = resolve_eval_data(data, model.input_size, run_dir, split, progress)
+    data_cfg, records, skeleton, source = resolve_eval_data(data, model.input_size, run_dir, split, progress,
+                                                            skeleton=model.skeleton)
     if skeleton.num_joints != model.num_joints:
         raise ValueError(f"{model_file}: the model predicts {model.num_joints} joints but {source} has "
                          f"{skeleton.num_joints} ({skeleton.name})")
+    if model.skeleton is not None and model.skeleton.joint_names != skeleton.joint_names:
+        raise ValueError(f"{model_file}: the model's joints are {list(model.skeleton.joint_names)} "
+                         f"({model.skeleton.name}); {source} has {list(skeleton.joint_names)}")
     dataset = PoseDataset.from_config(records, data_cfg, train=False, skeleton=skeleton)
     loader = make_loader(dataset, batch_size or data_cfg.batch_size, Runtime(dev), shuffle=False,
                          num_workers=num_workers)
@@ -285,7 +312,8 @@ def _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_w
     if flip_test:
         single = joint_errors(preds["mean_no_flip"], preds["target"])
         metrics["mean_joint_error_no_flip"] = float(single[preds["visibility"] > 0].mean())
-    metrics["mean_pose_error"], metrics["mean_pose_from"] = mean_pose_baseline(preds, data_cfg)
+    metrics["mean_pose_error"], metrics["mean_pose_from"] = mean_pose_baseline(
+        preds, data_cfg, own_training_set=not isinstance(data, CocoFile))
     # COCO: results scored by expected OKS, against these same people as ground truth.
     sigmas = skeleton.oks_sigmas if data_cfg.oks_sigmas is None else np.asarray(data_cfg.oks_sigmas)
     if len(sigmas) != skeleton.num_joints:
@@ -293,10 +321,13 @@ def _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_w
                          f"{skeleton.name}")
     results = coco_results(preds["mean"].numpy(), preds["cov"].numpy(), preds["affine"].numpy(),
                            [record_image_id(r, int(i)) for r, i in zip(picked, preds["index"], strict=True)],
-                           areas=[record_area(r) for r in picked], sigmas=sigmas)
+                           areas=[record_area(r) for r in picked], sigmas=sigmas, skeleton=skeleton.name,
+                           category_id=int(picked[0].get("category_id", 1)) if picked else 1)
     ground_truth = coco_ground_truth(picked, skeleton)
     by_score = {"ground-truth boxes": ap_by_score(ground_truth, results, preds.get("heatmap_max"), sigmas)}
     metrics["coco"] = by_score["ground-truth boxes"]["expected_oks"]
+    if isinstance(data, CocoFile):  # the written results, by plain pycocotools against the original file
+        metrics["coco_file"] = keypoint_ap_against_file(results, data.annotations, sigmas)
     metrics["oks_sigmas"] = [float(v) for v in sigmas]
     metrics.update({f"coco_{k.lower()}": v for k, v in metrics["coco"].items()})
     metrics["keypoint_reliability"] = keypoint_confidence_reliability(results, picked, sigmas)

@@ -6,7 +6,8 @@ import argparse
 
 
 def add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config file (defaults when omitted)")
+    p.add_argument("--config", help="YAML config file, or a shipped config by name (quick, demo, default, toss, "
+                                    "coco_resnet, mpii_lsp_resnet, ...); the built-in defaults when omitted")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value; repeatable")
 

@@ -36,6 +36,7 @@ def coco_ground_truth(records: list[dict], skeleton) -> dict:
     """A COCO keypoints dataset (images, annotations, categories) of ``records``: one annotation per
     record, keypoints ``[x, y, v]`` with v = 2 for a visible joint and 0 (at 0, 0) otherwise."""
     images, annotations = {}, []
+    category_id = int(records[0].get("category_id", 1)) if records else 1  # a COCO file's own, else person's 1
     for n, r in enumerate(records):
         image_id = record_image_id(r, n)
         if image_id not in images:
@@ -48,9 +49,9 @@ def coco_ground_truth(records: list[dict], skeleton) -> dict:
         vis = np.asarray(r["visibility"]) > 0
         kps = np.concatenate([np.where(vis[:, None], joints, 0.0), np.where(vis, 2.0, 0.0)[:, None]], axis=1)
         box = [float(v) for v in np.asarray(r["bbox"], dtype=np.float64)]
-        annotations.append({"id": n + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0,
+        annotations.append({"id": n + 1, "image_id": image_id, "category_id": category_id, "iscrowd": 0,
                             "keypoints": [round(float(v), 3) for v in kps.reshape(-1)],
                             "num_keypoints": int(vis.sum()), "bbox": box, "area": record_area(r)})
-    category = {"id": 1, "name": "person", "supercategory": "person", "keypoints": list(skeleton.joint_names),
+    category = {"id": category_id, "name": "person", "supercategory": "person", "keypoints": list(skeleton.joint_names),
                 "skeleton": [[a + 1, b + 1] for a, b in skeleton.limbs]}
     return {"images": list(images.values()), "annotations": annotations, "categories": [category]}

@@ -30,7 +30,13 @@ def load_records(data_cfg, split: str, progress: bool = False, images: bool = Tr
     records = dataset_records(data_cfg, split)
     if not records:
         raise ValueError(f"data.dataset {data_cfg.dataset!r}: the {split} split holds no people with joints")
-    return records, get_skeleton(DATASET_SKELETONS[data_cfg.dataset])
+    if data_cfg.dataset == "coco":  # the file's own keypoint set (checked against data.skeleton when set)
+        return records, skeleton_for(records)
+    skeleton = get_skeleton(DATASET_SKELETONS[data_cfg.dataset])
+    if data_cfg.skeleton is not None and get_skeleton(data_cfg.skeleton).joint_names != skeleton.joint_names:
+        raise ValueError(f"data.skeleton {data_cfg.skeleton!r} is not the joint set of data.dataset "
+                         f"{data_cfg.dataset!r} ({skeleton.name}); leave it null or use a COCO-style file")
+    return records, skeleton
 
 
 def make_loader(dataset: PoseDataset, batch_size: int, runtime=None, *, shuffle: bool, seed: int = 0,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pose_toss.skeletons import to_common14
+from pose_toss.skeletons import COCO17, SKELETONS, get_skeleton, skeleton_from_coco_category, to_common14
 
 # MPII's head size for PCKh: 60% of the head box's diagonal (the official evaluation's SC_BIAS).
 MPII_HEAD_FACTOR = 0.6
@@ -53,6 +53,11 @@ def _check_file(path) -> Path:
     if not p.is_file():
         raise AnnotationError(f"annotation file not found: {p}")
     return p
+
+
+def read_annotation_json(path):
+    """An annotation file's JSON; a missing or unreadable file is an ``AnnotationError`` naming it."""
+    return _read_json(_check_file(path))
 
 
 def _loadmat(path: Path, **kwargs) -> dict:
@@ -278,19 +283,32 @@ def _read_mpii_mat(p: Path, single_person_only: bool) -> list[dict]:
 # --------------------------------------------------------------------------------------------------
 
 
-def read_coco(annotation_json, images_dir=None) -> list[dict]:
-    """COCO person keypoints through pycocotools: one record per non-crowd person with keypoints.
+def read_coco(annotation_json, images_dir=None, skeleton=None) -> list[dict]:
+    """COCO-style keypoints through pycocotools: one record per non-crowd annotation with keypoints.
 
-    Joints in COCO's 17-joint order (skeleton ``coco17``); a keypoint counts when its flag ``v`` is
-    1 or 2 (labelled, occluded or not: what COCO's OKS scores). The crop comes from ``bbox``.
-    ``images_dir`` defaults to the annotation file's folder when the images are there, else to
-    ``../<split>`` beside an ``annotations/person_keypoints_<split>.json``.
+    The keypoint set is the file's keypoint category's (``skeletons.skeleton_from_coco_category``: ``coco17`` for
+    COCO's own, any other count and names otherwise); a ``skeleton`` given (a name, YAML file or Skeleton) must
+    have as many joints with the same names. A keypoint counts when its flag ``v`` is 1 or 2 (labelled,
+    occluded or not: what COCO's OKS scores). The crop comes from ``bbox``. ``images_dir`` defaults to the
+    annotation file's folder when the images are there, else to ``../<split>`` beside an
+    ``annotations/person_keypoints_<split>.json``.
     """
     p = _check_file(annotation_json)
     data = _read_json(p)
     for key in ("images", "annotations", "categories"):
         if key not in data:
             raise AnnotationError(f"{p}: missing field {key!r} (expected a COCO keypoints annotation file)")
+    category = keypoint_category(p, data)
+    try:
+        found = skeleton_from_coco_category(category, f"{p}: category {category.get('name')!r}")
+    except ValueError as e:
+        raise AnnotationError(str(e)) from None
+    if skeleton is not None:
+        wanted = get_skeleton(skeleton)
+        if wanted.joint_names != found.joint_names:
+            raise AnnotationError(f"{p}: category {category.get('name')!r} has keypoints {list(found.joint_names)}; "
+                                  f"the configured skeleton {wanted.name!r} has {list(wanted.joint_names)}")
+        found = wanted
     from pycocotools.coco import COCO
 
     coco = COCO()
@@ -298,15 +316,18 @@ def read_coco(annotation_json, images_dir=None) -> list[dict]:
     with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):  # pycocotools prints progress
         coco.createIndex()
     images = Path(images_dir) if images_dir is not None else _coco_images_dir(p, data)
-    person_ids = coco.getCatIds(catNms=["person"]) or [1]
+    n = found.num_joints
+    tag = found.name if SKELETONS.get(found.name) == found else found
     records = []
-    for ann in coco.loadAnns(coco.getAnnIds(catIds=person_ids, iscrowd=False)):
+    for ann in coco.loadAnns(coco.getAnnIds(catIds=[category["id"]], iscrowd=False)):
         if ann.get("iscrowd", 0) or "keypoints" not in ann:
             continue
         kp = np.asarray(ann["keypoints"], dtype=np.float64)
-        if kp.size != 51:
-            raise AnnotationError(f"{p}: annotation {ann.get('id')}: 'keypoints' has {kp.size} values; expected 51")
-        kp = kp.reshape(17, 3)
+        if kp.size != 3 * n:
+            raise AnnotationError(f"{p}: annotation {ann.get('id')}: 'keypoints' has {kp.size} values; expected "
+                                  f"{3 * n} (x, y, v for each of the {n} keypoints of category "
+                                  f"{category.get('name')!r})")
+        kp = kp.reshape(n, 3)
         if not (kp[:, 2] > 0).any():
             continue
         if "bbox" not in ann or len(ann["bbox"]) != 4:
@@ -324,11 +345,30 @@ def read_coco(annotation_json, images_dir=None) -> list[dict]:
                 raise AnnotationError(f"{p}: image {info.get('id', ann['image_id'])} has no {key!r} (every COCO "
                                       "image entry needs file_name, width and height)")
         records.append({"image_path": str(images / info["file_name"]), "joints": joints, "visibility": vis,
-                        "bbox": np.asarray(ann["bbox"], dtype=np.float64), "skeleton": "coco17",
-                        "dataset": "coco", "image_id": int(ann["image_id"]),
+                        "bbox": np.asarray(ann["bbox"], dtype=np.float64), "skeleton": tag,
+                        "dataset": "coco", "image_id": int(ann["image_id"]), "category_id": int(category["id"]),
                         "annotation_id": int(ann["id"]), "image_size": (int(info["width"]), int(info["height"])),
                         "area": float(ann["area"]) if ann.get("area") is not None else None})
     return records
+
+
+def keypoint_category(p: Path, data: dict) -> dict:
+    """The file's keypoint category: the only one with keypoints, or 'person' among several; a 'person' category
+    that lists no keypoints is COCO's (as minimal COCO-17 files write it)."""
+    cats = [c for c in data["categories"] if isinstance(c, dict) and c.get("keypoints")]
+    if not cats:
+        person = [c for c in data["categories"] if isinstance(c, dict) and c.get("name") == "person" and "id" in c]
+        if len(person) == 1:
+            names = [n.replace("l_", "left_", 1) if n.startswith("l_") else
+                     n.replace("r_", "right_", 1) if n.startswith("r_") else n for n in COCO17.joint_names]
+            return {**person[0], "keypoints": names, "skeleton": [[a + 1, b + 1] for a, b in COCO17.limbs]}
+    if len(cats) > 1:
+        cats = [c for c in cats if c.get("name") == "person"] or cats
+    if len(cats) != 1 or "id" not in cats[0]:
+        names = [c.get("name") for c in data["categories"] if isinstance(c, dict)]
+        raise AnnotationError(f"{p}: expected one category with 'keypoints' and an 'id' (or 'person' among several), "
+                              f"found categories {names}")
+    return cats[0]
 
 
 def _coco_images_dir(p: Path, data: dict) -> Path:
@@ -396,7 +436,9 @@ def dataset_records(data_cfg, split: str) -> list[dict]:
     if name == "mpii":
         return mpii("train" if split == "train" else "val")
     if name == "coco":
-        return read_coco(_configured(real, "coco_root", "coco_train" if split == "train" else "coco_val"))
+        images = Path(real.coco_root) / real.coco_images if real.coco_images else None
+        return read_coco(_configured(real, "coco_root", "coco_train" if split == "train" else "coco_val"), images,
+                         skeleton=data_cfg.skeleton)
     if name == "mpii_lsp":
         if split == "train":
             lspet = read_lspet(_configured(real, "lspet_root", default="joints.mat"))

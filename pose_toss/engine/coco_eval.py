@@ -17,6 +17,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from pose_toss.data.coco_format import record_image_size
+from pose_toss.data.readers import AnnotationError, keypoint_category, read_annotation_json
+from pose_toss.skeletons import SKELETONS, skeleton_from_coco_category
 
 AP_NAMES = ("AP", "AP50", "AP75", "AP_M", "AP_L", "AR", "AR50", "AR75", "AR_M", "AR_L")
 
@@ -44,6 +46,40 @@ def keypoint_ap(ground_truth: dict, results: list[dict], sigmas) -> dict:
         ev.accumulate()
         ev.summarize()
     return {name: (float(v) if v >= 0 else None) for name, v in zip(AP_NAMES, ev.stats, strict=True)}
+
+
+def keypoint_ap_against_file(results, ground_truth_file, sigmas=None) -> dict:
+    """COCO keypoint AP of ``results`` (a list, or a results JSON file as ``eval`` and ``predict`` write) against an
+    original COCO keypoints file, by plain pycocotools (``COCO.loadRes``, ``COCOeval``) with that file's OKS
+    constants (its skeleton's; ``sigmas`` to override). Results of another joint set than the file's keypoint
+    category are refused, naming both: an LSP-14 or MPII-16 model's results cannot be scored against COCO's 17."""
+    import json
+    from pathlib import Path
+
+    gt_path = Path(ground_truth_file)
+    ground_truth = read_annotation_json(gt_path)
+    if not isinstance(ground_truth, dict) or not {"images", "annotations", "categories"} <= set(ground_truth):
+        raise AnnotationError(f"{gt_path}: expected a COCO keypoints file (images, annotations, categories)")
+    if not isinstance(results, list):
+        results_path = Path(results)
+        results = json.loads(results_path.read_text())
+        if not isinstance(results, list):
+            raise ValueError(f"{results_path}: expected a list of COCO keypoint results")
+    category = keypoint_category(gt_path, ground_truth)
+    skeleton = skeleton_from_coco_category(category, f"{gt_path}: category {category.get('name')!r}")
+    for r in results:
+        count = len(r.get("keypoints", ())) // 3
+        named = r.get("skeleton")
+        other_builtin = named in SKELETONS and skeleton.name in SKELETONS and SKELETONS[named] != skeleton
+        if count != skeleton.num_joints or other_builtin:
+            raise ValueError(f"results of image {r.get('image_id')} are for skeleton {named or '?'} ({count} "
+                             f"keypoints), but {gt_path}'s category {category.get('name')!r} has "
+                             f"{skeleton.num_joints} keypoints ({skeleton.name}): score results against a ground "
+                             "truth of the same keypoint set")
+        if r.get("category_id") != category["id"]:
+            raise ValueError(f"results of image {r.get('image_id')} have category_id {r.get('category_id')}; "
+                             f"{gt_path}'s keypoint category {category.get('name')!r} is {category['id']}")
+    return keypoint_ap(ground_truth, results, skeleton.oks_sigmas if sigmas is None else sigmas)
 
 
 SCORES = ("expected_oks", "heatmap_max", "constant")

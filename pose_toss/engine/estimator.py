@@ -45,12 +45,13 @@ class Person:
     box: np.ndarray
     score: float
     detection_score: float = 1.0
+    skeleton: str | None = None  # the name of the joint set the keypoints follow
 
     def coco(self, image_id) -> dict:
         """A COCO keypoint result with the covariance (what ``eval`` and ``predict`` write), its box and both
         parts of its score."""
         return {**coco_entry(self.keypoints, self.covariance, self.keypoint_scores, image_id, self.score,
-                             self.box[2] * self.box[3]),
+                             self.box[2] * self.box[3], skeleton=self.skeleton),
                 "keypoint_score": round(float(self.keypoint_scores.mean()), 5),
                 "detection_score": round(float(self.detection_score), 5),
                 "bbox": [round(float(v), 2) for v in self.box]}
@@ -65,8 +66,11 @@ class ImagePeople:
 
 
 def model_skeleton(model, run_dir) -> Skeleton:
-    """The joint set a model was trained on: from its run's config, else from its joint count."""
+    """The joint set a model was trained on: the one its file stores, else its run's config's, else the built-in
+    one with its joint count."""
 
+    if getattr(model, "skeleton", None) is not None:
+        return model.skeleton
     if run_dir is not None and (Path(run_dir) / CONFIG_FILE).is_file():
         dataset = load_config(Path(run_dir) / CONFIG_FILE).data.dataset
         return get_skeleton(DATASET_SKELETONS.get(dataset, "lsp14"))
@@ -143,7 +147,7 @@ class PoseEstimator:
             scores = keypoint_scores(cov, float(box[2] * box[3]), self.skeleton.oks_sigmas)
             people.append(Person(keypoints=joints, keypoint_scores=scores, covariance=0.5 * (cov + cov.T),
                                  box=box[:4], score=float(box[4]) * float(scores.mean()),
-                                 detection_score=float(box[4])))
+                                 detection_score=float(box[4]), skeleton=self.skeleton.name))
         return people
 
     @staticmethod

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
+from pose_toss.data.dataset import sample_image_rgb
+from pose_toss.viz.draw import contact_sheet, draw_crosses, draw_pose_scaled, with_legend
+
 # (metric key, column title, lower is better?)
 SUMMARY_COLUMNS = (
     ("mean_joint_error", "error px", True),
@@ -217,3 +222,19 @@ def evaluation_report(metrics: dict, title: str, context: list[str], pictures: l
             "predicted and true major axis on strongly cued limbs; AUROC corr. = the canonical correlation of a "
             "limb's two joints telling cued limbs from clean ones (references: the section above).", ""]
     return "\n".join(out)
+
+
+def prediction_pictures(dataset, preds: dict, skeleton, count: int = 16, tile: int = 256) -> np.ndarray:
+    """A contact sheet of crops with the predicted pose, its 50% / 90% joint ellipses and the labels (crosses),
+    with a legend."""
+    tiles = []
+    for n in range(min(count, len(preds["index"]))):
+        sample = dataset[int(preds["index"][n])]
+        image = sample_image_rgb(sample)
+        factor = tile / image.shape[0]
+        drawn = draw_pose_scaled(image, preds["mean"][n].numpy(), preds["cov"][n].numpy(), factor,
+                                 skeleton=skeleton, levels=(0.5, 0.9))
+        labels = (sample["target"].numpy().reshape(-1, 2) + 0.5) * factor - 0.5
+        tiles.append(draw_crosses(drawn, labels[sample["visibility"].numpy() > 0]))
+    return with_legend(contact_sheet(tiles, cols=4, tile_size=tile), (0.5, 0.9),
+                       ["white crosses: the labels (ground truth) of the visible joints"])

@@ -27,6 +27,7 @@ from pose_toss.config import Config, ConfigError, ModelConfig, config_to_dict, s
 from pose_toss.data.dataset import PoseDataset, crop_labels
 from pose_toss.data.loading import make_loader, run_data
 from pose_toss.data.synthetic import record_cue_strengths
+from pose_toss.engine.experiment_log import TENSORBOARD_DIR, TensorBoardLog
 from pose_toss.engine.objectives import (
     LOSSES,
     BankData,
@@ -43,6 +44,7 @@ from pose_toss.engine.prediction import (
     residual_reference,
     scalar_metrics,
 )
+from pose_toss.engine.report import prediction_pictures
 from pose_toss.engine.runtime import Runtime, restore_rng_states, rng_states, seed_everything, setup_runtime
 from pose_toss.engine.schedule import LRSchedule
 from pose_toss.models.checkpoint import ModelFileError, load_state_checked, non_finite_tensors, save_model
@@ -173,6 +175,8 @@ class Trainer:
                                   f"{len(train_records)} training samples, got {st.pseudo_labels.k}")
         d = cfg.data
         self.train_set, self.val_set = data.train_set, data.val_set
+        self.tensorboard: TensorBoardLog | None = None  # opened at the first epoch's end (rank 0)
+        self.val_predictions: dict | None = None
         self.train_loader, self.val_loader = data.train_loader, data.val_loader
         self.bank_set = PoseDataset.from_config(train_records, d, train=False, skeleton=self.skeleton)
         self.bank_loader = make_loader(self.bank_set, d.batch_size, self.rt, shuffle=False, num_workers=d.num_workers)
@@ -194,6 +198,7 @@ class Trainer:
         self._objective_stage = -1
 
         self.model = build_model_from_config(cfg, self.skeleton.num_joints).to(self.rt.device)
+        self.model.skeleton = self.skeleton  # stored in its model files
         self.net = self.model
         if self.rt.distributed:
             ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
@@ -381,6 +386,7 @@ class Trainer:
         """Every metric of the current model on the validation split (the synthetic cue metrics against a
         constant fitted on training figures); stops a run whose predictions are no longer finite."""
         preds = predict_dataset(self.model, self.val_loader, self.rt.device, self.amp)
+        self.val_predictions = preds
         bad = non_finite_predictions(preds)
         if len(bad):
             raise self._diverged(where, f"the model predicts NaN or Inf for {len(bad)} of {len(preds['index'])} "
@@ -433,6 +439,7 @@ class Trainer:
             s.history.append(line)
             if self.rt.is_main:
                 self._write_metrics()
+                self._log_tensorboard(line)
             self._stop_if_diverged(val, where)
             if self.rt.is_main:
                 if is_best:
@@ -445,6 +452,9 @@ class Trainer:
                      + (f", skipped {train['skipped_steps']}" if train["skipped_steps"] else "")
                      + (f", {train['missing_images']} unreadable images" if train["missing_images"] else "")
                      + (f" | pseudo-labels {pl_seconds:.1f} s" if pl_seconds else "") + f" | {train_seconds:.0f} s")
+        if self.tensorboard is not None:  # closed before a staged output is moved into place
+            self.tensorboard.close()
+            self.tensorboard = None
         if s.epoch == cfg.total_epochs:
             if s.best_epoch < 0:
                 raise TrainingDiverged(f"{self.out}: no epoch of {cfg.total_epochs} gave a finite validation NLL, so "
@@ -471,6 +481,17 @@ class Trainer:
             if bad_state:
                 what.append(f"{len(bad_state)} non-finite weight or buffer tensors (e.g. {bad_state[0]})")
             raise self._diverged(where, "; ".join(what))
+
+    def _log_tensorboard(self, line: dict) -> None:
+        """The epoch's line and a few validation crops with their ellipses, when train.log lists tensorboard."""
+        if "tensorboard" not in self.cfg.train.log:
+            return
+        if self.tensorboard is None:
+            self.tensorboard = TensorBoardLog(self.out / TENSORBOARD_DIR)
+        picture = None
+        if self.val_predictions is not None and "index" in self.val_predictions:
+            picture = prediction_pictures(self.val_set, self.val_predictions, self.skeleton, count=8, tile=160)
+        self.tensorboard.epoch(line, picture)
 
     def _write_metrics(self) -> None:
         # Rewritten whole from the history each epoch, so a resumed run never duplicates lines.

@@ -16,6 +16,7 @@ from pose_toss.config import ModelConfig
 from pose_toss.models.covariance_heads import UNSET_IS_NAN
 from pose_toss.models.pose_model import PoseModel
 from pose_toss.outputs import atomic_write_bytes
+from pose_toss.skeletons import skeleton_from_dict
 
 META_KEY = "pose_toss_model"
 CHECKSUM_KEY = "pose_toss_sha256"
@@ -143,4 +144,12 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     except (TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"{path}: metadata '{META_KEY}' does not describe a model this version builds ({e})") from None
     _load_weights(model, state, path, "the weights do not match the model its metadata describes")
+    if config.get("skeleton") is not None:
+        try:
+            model.skeleton = skeleton_from_dict(config["skeleton"], f"{path}: metadata skeleton")
+        except ValueError as e:
+            raise ModelFileError(str(e)) from None
+        if model.skeleton.num_joints != model.num_joints:
+            raise ModelFileError(f"{path}: its skeleton {model.skeleton.name!r} has {model.skeleton.num_joints} joints "
+                                 f"but the model predicts {model.num_joints}")
     return model.to(map_location).eval()

@@ -30,6 +30,7 @@ from pose_toss.models.covariance_heads import (
     heatmap_stats,
 )
 from pose_toss.models.heads import Bottleneck, HeatmapHead, RegressionHead
+from pose_toss.skeletons import Skeleton
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -90,13 +91,18 @@ class PoseModel(nn.Module):
         # TIC's J with z at the heatmap head's last layer: closed form (False: torch.func reverse passes,
         # the reference the closed form is tested against).
         self.closed_form_jacobian = True
+        # The joint set the model was trained on (set by the trainer, stored in model files): names, flips, OKS.
+        self.skeleton: Skeleton | None = None
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def file_metadata(self) -> dict:
         """What a model file stores to rebuild this model: its model section and the data-side sizes."""
-        return {"model": asdict(self.config), "num_joints": self.num_joints, "input_size": self.input_size,
+        meta = {"model": asdict(self.config), "num_joints": self.num_joints, "input_size": self.input_size,
                 "heatmap_stride": self.heatmap_stride}
+        if self.skeleton is not None:
+            meta["skeleton"] = self.skeleton.to_dict()
+        return meta
 
     # -- the pieces -------------------------------------------------------------------------------
 
