@@ -208,9 +208,28 @@ def hessian_gram(decode_fn: Callable[..., torch.Tensor], z: torch.Tensor, *args:
 
 
 def tic_covariance(jac: torch.Tensor, eps1: torch.Tensor, chol: torch.Tensor, eps2: torch.Tensor | None = None,
-                   hess_gram: torch.Tensor | None = None, floor: float = 1e-3) -> torch.Tensor:
+                   hess_gram: torch.Tensor | None = None, floor: float = 1e-3, check: bool = True) -> torch.Tensor:
     """TIC: ``eps1^2 J J^T + eps2^2 H~ + L L^T + floor I`` (B x D x D), in at least float32 whatever autocast
-    says (float64 inputs stay float64)."""
+    says (float64 inputs stay float64). ``check``: inputs so large that the result overflows (or NaN inputs) are a
+    ``CovarianceInputError`` naming the samples, not an Inf covariance (one device sync; the model's forward
+    passes False so it stays capturable as a CUDA graph and exportable, and its losses check instead)."""
+    cov = _tic_covariance(jac, eps1, chol, eps2, hess_gram, floor)
+    if check:
+        _require_finite_result("tic_covariance", cov, jac=jac, eps1=eps1, chol=chol)
+    return cov
+
+
+def _require_finite_result(fn: str, cov: torch.Tensor, **inputs: torch.Tensor) -> None:
+    """A covariance that came out NaN or Inf: say whether the inputs were, or the arithmetic overflowed."""
+    if bool(torch.isfinite(cov).all()):
+        return
+    require_finite(fn, **inputs)
+    rows = (~torch.isfinite(cov)).flatten(1).any(1).nonzero().flatten()
+    raise CovarianceInputError(f"{fn}: the covariance overflows {cov.dtype} in samples {rows[:8].tolist()}: its "
+                               "inputs are too large (pass float64, or bring them to a sane scale)")
+
+
+def _tic_covariance(jac, eps1, chol, eps2, hess_gram, floor):
     with torch.autocast(device_type=jac.device.type, enabled=False):
         dtype = torch.promote_types(torch.promote_types(jac.dtype, chol.dtype), torch.float32)
         jac, chol, eps1 = jac.to(dtype), chol.to(dtype), eps1.to(dtype)
@@ -260,10 +279,14 @@ def cholesky_from_vector(vec: torch.Tensor, dim: int, floor: float = 1e-3) -> to
     return low * (1.0 - eye) + eye * diag.unsqueeze(-1)
 
 
-def full_covariance(vec: torch.Tensor, dim: int, floor: float = 1e-3, scale: float = 1.0) -> torch.Tensor:
-    """``scale^2 L L^T + floor I`` with L from ``cholesky_from_vector(vec)``."""
+def full_covariance(vec: torch.Tensor, dim: int, floor: float = 1e-3, scale: float = 1.0, check: bool = True
+                    ) -> torch.Tensor:
+    """``scale^2 L L^T + floor I`` with L from ``cholesky_from_vector(vec)``; ``check`` as in ``tic_covariance``."""
     low = cholesky_from_vector(vec, dim, 0.0) * scale
-    return symmetrise_with_floor(low @ low.transpose(-1, -2), floor)
+    cov = symmetrise_with_floor(low @ low.transpose(-1, -2), floor)
+    if check:
+        _require_finite_result("full_covariance", cov, vec=vec)
+    return cov
 
 
 def diagonal_covariance(raw: torch.Tensor, floor: float = 1e-3, scale: float = 1.0) -> torch.Tensor:

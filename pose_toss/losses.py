@@ -182,7 +182,7 @@ def w2_bound(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, target
     with torch.autocast(device_type=mean.device.type, enabled=False):
         m = _coord_mask(mask, mean)
         cov = masked_covariance(at_least_float32(cov), m)
-        require_finite("w2_bound", covariance=cov)
+        robust_cholesky(cov, caller="w2_bound")  # NaN / Inf or not a covariance: refused by name
         pred_root = sqrtm_newton_schulz(cov)
         with torch.no_grad():
             target_root = masked_sqrtm(target_cov, m, target_sqrt).to(pred_root.dtype)

@@ -212,8 +212,9 @@ def skeleton_from_dict(d: dict, source: str = "skeleton") -> Skeleton:
     name = d.get("name") or Path(source).stem
     if not isinstance(name, str):
         raise ValueError(f"{source}: 'name' must be a string, got {name!r}")
+    flips, links = pairs("flip_pairs"), pairs("links")
     try:
-        return Skeleton(name=name, joint_names=tuple(names), flip_pairs=pairs("flip_pairs"), limbs=pairs("links"),
+        return Skeleton(name=name, joint_names=tuple(names), flip_pairs=flips, limbs=links,
                         sigmas=tuple(float(v) for v in sigmas))
     except ValueError as e:
         raise ValueError(f"{source}: {e}") from None

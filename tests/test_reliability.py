@@ -486,3 +486,44 @@ def test_a_read_only_folder_is_named(tmp_path, capsys):
         assert "Permission denied (no permission: pick a folder you can write to)" in capsys.readouterr().err
     finally:
         folder.chmod(0o755)
+
+
+def test_covariance_api_refuses_what_it_cannot_compute_by_name():
+    """w2_bound refuses a covariance that is not one, as gaussian_nll does; tic_covariance and full_covariance say
+    when their inputs overflow float32 instead of returning Inf, and float64 inputs of the same size compute."""
+    from pose_toss.covariance import CovarianceInputError, full_covariance, tic_covariance
+    from pose_toss.losses import gaussian_nll, w2_bound
+
+    negative = -torch.eye(4).expand(2, 4, 4).clone()
+    eye = torch.eye(4).expand(2, 4, 4)
+    for fn in (lambda: w2_bound(torch.zeros(2, 4), negative, torch.zeros(2, 4), eye),
+               lambda: gaussian_nll(torch.zeros(2, 4), negative, torch.zeros(2, 4))):
+        with pytest.raises(CovarianceInputError, match=r"not positive semi-definite in samples \[0, 1\]"):
+            fn()
+    with pytest.raises(CovarianceInputError, match=r"full_covariance: the covariance overflows torch.float32 in "
+                                                   r"samples \[1\]"):
+        full_covariance(torch.tensor([[0.1] * 10, [1e30] * 10]), 4)
+    with pytest.raises(CovarianceInputError, match=r"tic_covariance: the covariance overflows"):
+        tic_covariance(torch.full((2, 4, 3), 1e30), torch.ones(2), eye)
+    with pytest.raises(CovarianceInputError, match=r"tic_covariance: NaN or Inf in jac \(samples \[0\]\)"):
+        tic_covariance(torch.cat([torch.full((1, 4, 3), torch.nan), torch.ones(1, 4, 3)]), torch.ones(2), eye)
+    big = full_covariance(torch.full((2, 10), 1e30, dtype=torch.float64), 4)
+    assert torch.isfinite(big).all() and big.dtype == torch.float64
+
+
+def test_a_nan_image_gives_a_nan_mean_and_a_nan_covariance_and_the_others_are_untouched():
+    from pose_toss.models import build_pose_model
+
+    torch.manual_seed(0)
+    model = build_pose_model("resnet10t", num_joints=14, embed_dim=8, input_size=64, deconv_channels=16,
+                             cov_hidden=16)
+    with torch.no_grad():
+        model(torch.rand(4, 3, 64, 64))  # in training mode: sets TIC's running J scale, as a trained model has it
+    model.eval()
+    images = torch.rand(3, 3, 64, 64)
+    clean = model(images)
+    images[1, :, 5, 5] = float("nan")
+    out = model(images)
+    assert torch.isnan(out.mean[1]).all() and torch.isnan(out.cov[1]).all()
+    torch.testing.assert_close(out.mean[[0, 2]], clean.mean[[0, 2]])
+    torch.testing.assert_close(out.cov[[0, 2]], clean.cov[[0, 2]])

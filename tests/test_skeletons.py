@@ -74,3 +74,28 @@ def test_the_onnx_example_draws_the_skeletons_limbs():
     spec.loader.exec_module(example)  # the example's copy of the limbs must stay the skeletons'
     for skeleton in (LSP14, MPII16, COCO17):
         assert example.LIMBS[skeleton.num_joints] == list(skeleton.limbs)
+
+
+def test_yaml_skeletons_round_trip_and_bad_ones_name_the_file_and_key(tmp_path):
+    from pose_toss.skeletons import COCO17, get_skeleton, load_skeleton, skeleton_from_coco_category
+
+    good = tmp_path / "tri.yaml"
+    good.write_text("name: tri\njoints: [top, l_foot, r_foot]\nflip_pairs: [[l_foot, r_foot]]\n"
+                    "links: [[top, 1], [top, 2]]\nsigmas: [0.1, 0.2, 0.2]\n")
+    tri = get_skeleton(str(good))
+    assert tri == load_skeleton(good) and tri.flip_index.tolist() == [0, 2, 1] and tri.limbs == ((0, 1), (0, 2))
+    assert tri.oks_sigmas.tolist() == [0.1, 0.2, 0.2] and get_skeleton(tri.to_dict()) == tri
+    assert tri.limb_sides == ("left", "right")
+    cases = {"joints: [a, b]\nflip_pairs: [[a, c]]\n": r"bad.yaml: flip_pairs: unknown joint 'c'",
+             "joints: [a, a]\n": r"bad.yaml: skeleton 'bad': joint names must be distinct",
+             "joints: [a, b]\nsigmas: [0.1]\n": r"sigmas must be 2 positive numbers",
+             "joints: [a, b]\ncolour: red\n": r"bad.yaml: unknown keys \['colour'\]",
+             "- a\n- b\n": r"bad.yaml: expected a mapping"}
+    for text, message in cases.items():
+        (tmp_path / "bad.yaml").write_text(text)
+        with pytest.raises(ValueError, match=message):
+            load_skeleton(tmp_path / "bad.yaml")
+    # COCO's own category (long names) is the built-in COCO-17.
+    names = [n.replace("l_", "left_").replace("r_", "right_") if n[:2] in ("l_", "r_") else n
+             for n in COCO17.joint_names]
+    assert skeleton_from_coco_category({"keypoints": names, "skeleton": []}) is COCO17

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pose_toss.config import ConfigError
+
 LOG_KINDS = ("jsonl", "tensorboard")
 TENSORBOARD_DIR = "tensorboard"
 
@@ -24,17 +26,22 @@ def scalar_tag(key: str) -> str:
     return "train/" + key
 
 
+def summary_writer_class():
+    """torch's SummaryWriter; a clear error (before any training) when the tensorboard package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("key 'train.log' lists tensorboard, which needs the tensorboard package: pip install "
+                          "'pose-toss[tensorboard]' (or pip install tensorboard)") from None
+    return SummaryWriter
+
+
 class TensorBoardLog:
     """A run's TensorBoard event files under ``folder`` (``out/tensorboard``); resuming adds a new file there."""
 
     def __init__(self, folder: str | Path) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ImportError("train.log lists 'tensorboard', which needs the tensorboard package: pip install "
-                              "'pose-toss[tensorboard]' (or pip install tensorboard)") from None
         self.folder = Path(folder)
-        self.writer = SummaryWriter(str(self.folder))
+        self.writer = summary_writer_class()(str(self.folder))
 
     def epoch(self, line: dict, picture: np.ndarray | None = None) -> None:
         """One epoch's metrics line (numbers only; NaN and Inf are left out) and an RGB uint8 picture."""

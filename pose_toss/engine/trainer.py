@@ -27,7 +27,7 @@ from pose_toss.config import Config, ConfigError, ModelConfig, config_to_dict, s
 from pose_toss.data.dataset import PoseDataset, crop_labels
 from pose_toss.data.loading import make_loader, run_data
 from pose_toss.data.synthetic import record_cue_strengths
-from pose_toss.engine.experiment_log import TENSORBOARD_DIR, TensorBoardLog
+from pose_toss.engine.experiment_log import TENSORBOARD_DIR, TensorBoardLog, summary_writer_class
 from pose_toss.engine.objectives import (
     LOSSES,
     BankData,
@@ -176,6 +176,8 @@ class Trainer:
         d = cfg.data
         self.train_set, self.val_set = data.train_set, data.val_set
         self.tensorboard: TensorBoardLog | None = None  # opened at the first epoch's end (rank 0)
+        if "tensorboard" in cfg.train.log:
+            summary_writer_class()  # missing package: said now, not after the first epoch
         self.val_predictions: dict | None = None
         self.train_loader, self.val_loader = data.train_loader, data.val_loader
         self.bank_set = PoseDataset.from_config(train_records, d, train=False, skeleton=self.skeleton)

@@ -147,7 +147,7 @@ class FullCovariance(nn.Module):
     def forward(self, z: torch.Tensor, *_, **__) -> torch.Tensor:
         with torch.autocast(device_type=z.device.type, enabled=False):
             raw = self.mlp(_clean(z, self.mlp, self.covariance_trains_backbone)).clamp(-_CLAMP, _CLAMP)
-            return full_covariance(raw, self.dim, self.cov_floor, self.init_std / LN2)
+            return full_covariance(raw, self.dim, self.cov_floor, self.init_std / LN2, check=False)
 
 
 @dataclass
@@ -261,7 +261,8 @@ class TICCovarianceHead(nn.Module):
         return TICParts(jac, eps1, low, eps2 if hess is not None else None, hess)
 
     def assemble(self, parts: TICParts) -> torch.Tensor:
-        return tic_covariance(parts.jacobian, parts.eps1, parts.chol, parts.eps2, parts.hess_gram, self.cov_floor)
+        return tic_covariance(parts.jacobian, parts.eps1, parts.chol, parts.eps2, parts.hess_gram, self.cov_floor,
+                              check=False)
 
     def forward(self, z: torch.Tensor, decode_fn: Callable[..., torch.Tensor], *decode_args: torch.Tensor,
                 eval_modules: Iterable[nn.Module] = ()) -> torch.Tensor:

@@ -219,7 +219,14 @@ class PoseModel(nn.Module):
             if with_covariance:
                 cov, parts = self.covariance(z, feats, context, images=normalised)
         mean, heat = self.decode_all(z, context)
-        return PoseOutput(mean.float(), cov, z, heat, parts)
+        mean = mean.float()
+        if cov is not None:
+            # A sample whose mean or covariance is not finite (NaN pixels, a diverged model) gets NaN for both:
+            # never a finite covariance beside a NaN mean. (Selected, without a device sync.)
+            ok = torch.isfinite(mean).all(-1) & torch.isfinite(cov).flatten(1).all(-1)
+            mean = torch.where(ok[:, None], mean, torch.nan)
+            cov = torch.where(ok[:, None, None], cov, torch.nan)
+        return PoseOutput(mean, cov, z, heat, parts)
 
     # -- inference on whole images ------------------------------------------------------------------
 
