@@ -154,6 +154,10 @@ class ModelConfig:
                                               "covariance by what the image shows around the joint (a small CNN on a "
                                               "patch there, and its heatmap's spread; detached); heatmap head, "
                                               "bottleneck_at head")
+    local_form: str = opt("scale", choices=("scale", "affine"),
+                          help="with local_covariance: scale (one factor per joint, both axes) or affine (per joint "
+                               "a 2 x 2 lower-triangular map T, cov -> T cov T^T: the spread can grow along one "
+                               "direction, e.g. along an occluded limb)")
     use_hessian: bool = opt(False, help="add TIC's Hessian term (costly)")
     cov_floor: float = opt(1e-2, min=0.0, help="added to every variance, px^2")
     jacobian_chunk: int | None = opt(None, min=1, help="cotangents vmapped at once for TIC's Jacobian")

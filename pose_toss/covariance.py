@@ -335,6 +335,23 @@ def scale_joints(cov: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     return cov * s.unsqueeze(-1) * s.unsqueeze(-2)
 
 
+def transform_joints(cov: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+    """The local term applied to a covariance (B x D x D): ``local`` B x J is each joint's log-scale
+    (``scale_joints``); B x J x 3 is (log sx, log sy, shear) of a per-joint lower-triangular map
+    ``T_j = [[exp(a), 0], [c, exp(b)]]``, applied as ``T cov T^T`` with T block-diagonal (PSD kept, correlations
+    carried along; zeros give the covariance unchanged)."""
+    if local.dim() == 2:
+        return scale_joints(cov, local)
+    local = local.to(cov.dtype)
+    b, j = local.shape[:2]
+    sx, sy, shear = local[..., 0].exp(), local[..., 1].exp(), local[..., 2]
+    zero = torch.zeros_like(sx)
+    t = torch.stack([torch.stack([sx, zero], -1), torch.stack([shear, sy], -1)], -2)  # B x J x 2 x 2
+    blocks = cov.reshape(b, j, 2, j, 2)
+    out = torch.einsum("bipr,birks,bkqs->bipkq", t, blocks, t).reshape(b, 2 * j, 2 * j)
+    return 0.5 * (out + out.transpose(-1, -2))
+
+
 def symmetrise_with_floor(cov: torch.Tensor, floor: float) -> torch.Tensor:
     cov = 0.5 * (cov + cov.transpose(-1, -2))
     return cov + floor * torch.eye(cov.shape[-1], device=cov.device, dtype=cov.dtype)

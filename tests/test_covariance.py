@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -207,3 +208,24 @@ def test_scale_joints_is_s_cov_s():
     s = torch.diag_embed(log_scale.exp().repeat_interleave(2, dim=1))
     assert torch.allclose(scale_joints(cov, log_scale), s @ cov @ s)
     assert scale_joints(cov, log_scale).dtype == torch.float64
+
+
+def test_transform_joints_is_the_block_diagonal_congruence():
+    """Per joint (log sx, log sy, shear): ``T cov T^T`` with T = blockdiag([[e^a, 0], [c, e^b]]), against scipy's
+    block_diag in float64; zeros leave the covariance as it is; a B x J input is the scale of ``scale_joints``."""
+    import scipy.linalg
+
+    from pose_toss.covariance import scale_joints, transform_joints
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 8, 8, generator=g, dtype=torch.float64)
+    cov = a @ a.transpose(1, 2) + torch.eye(8, dtype=torch.float64)
+    local = torch.randn(3, 4, 3, generator=g, dtype=torch.float64)
+    got = transform_joints(cov, local)
+    for n in range(3):
+        t = scipy.linalg.block_diag(*[np.array([[np.exp(x), 0.0], [c, np.exp(y)]]) for x, y, c in local[n].numpy()])
+        np.testing.assert_allclose(got[n].numpy(), t @ cov[n].numpy() @ t.T, rtol=1e-12, atol=1e-12)
+    assert torch.linalg.eigvalsh(got).min() > 0
+    torch.testing.assert_close(transform_joints(cov, torch.zeros(3, 4, 3, dtype=torch.float64)), cov)
+    scale = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(transform_joints(cov, scale), scale_joints(cov, scale))

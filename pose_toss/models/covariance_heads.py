@@ -296,9 +296,11 @@ class JointLocalScale(nn.Module):
     """
 
     def __init__(self, num_joints: int, *, cov_hidden: int = 64, patch: int = 16, window: float = 0.25,
-                 channels: int = 32, bound: float = 3.0) -> None:
+                 channels: int = 32, bound: float = 3.0, outputs: int = 1) -> None:
         super().__init__()
-        self.patch, self.window, self.bound = patch, window, bound
+        if outputs not in (1, 3):
+            raise ValueError(f"outputs must be 1 (a scale per joint) or 3 (a 2 x 2 map per joint), got {outputs}")
+        self.patch, self.window, self.bound, self.outputs = patch, window, bound, outputs
         self.cnn = nn.Sequential(
             nn.Conv2d(3, channels // 2, 3, padding=1), nn.ReLU(),
             nn.Conv2d(channels // 2, channels, 3, stride=2, padding=1), nn.ReLU(),
@@ -307,14 +309,15 @@ class JointLocalScale(nn.Module):
         )
         self.hidden = nn.Linear(channels + len(HEATMAP_STATS), cov_hidden)
         self.joint_bias = nn.Parameter(0.1 * torch.randn(num_joints, cov_hidden))
-        self.out = nn.Linear(cov_hidden, 1)
+        self.out = nn.Linear(cov_hidden, outputs)
         nn.init.zeros_(self.out.weight)  # start from no change: S = I
         nn.init.zeros_(self.out.bias)
 
     def forward(self, images: torch.Tensor, joints: torch.Tensor, heat_prob: torch.Tensor, stride: int
                 ) -> torch.Tensor:
         """``images`` B x 3 x S x S (normalised), ``joints`` B x J x 2 (input pixels), ``heat_prob`` B x J x H x W
-        (each joint's heatmap distribution) -> log-scales B x J."""
+        (each joint's heatmap distribution) -> log-scales B x J (``outputs`` 1), or B x J x 3 (log sx, log sy,
+        shear of ``covariance.transform_joints``)."""
         with torch.autocast(device_type=images.device.type, enabled=False):
             dtype = _precision(self.out)
             b, j = joints.shape[:2]
@@ -322,7 +325,8 @@ class JointLocalScale(nn.Module):
             look = self.cnn(patches).reshape(b, j, -1)
             stats = heatmap_stats(heat_prob.detach().to(dtype), stride)
             x = torch.nan_to_num(torch.cat([look, stats], -1)).clamp(-1e4, 1e4)
-            raw = self.out(torch.nn.functional.gelu(self.hidden(x) + self.joint_bias.to(dtype))).squeeze(-1)
+            raw = self.out(torch.nn.functional.gelu(self.hidden(x) + self.joint_bias.to(dtype)))
+            raw = raw.squeeze(-1) if self.outputs == 1 else raw
             return self.bound * torch.tanh(raw / self.bound)  # bounded without a dead zone
 
 

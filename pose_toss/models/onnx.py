@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pose_toss.covariance import interpolation_matrix, scale_joints, tic_covariance
+from pose_toss.covariance import interpolation_matrix, tic_covariance, transform_joints
 from pose_toss.models.covariance_heads import TICCovarianceHead
 from pose_toss.models.heads import HeatmapHead
 from pose_toss.outputs import atomic_write_bytes
@@ -94,7 +94,7 @@ class ExportablePoseModel(nn.Module):
             j = m.num_joints
             prob = torch.softmax(m.head.log_beta.exp() * heat.float().flatten(2), -1).reshape(heat.shape)
             log_scale = m.local_scale(m.normalise(images), mean.reshape(b, j, 2), prob, m.head.out_stride)
-            cov = scale_joints(cov, log_scale)
+            cov = transform_joints(cov, log_scale)
         outputs = (mean, cov.float())
         return outputs + ((heat.float(),) if heat is not None else ())
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pose_toss.config import BOTTLENECK_AT, COVARIANCES, FITTED_COVARIANCES, HEADS, ModelConfig
-from pose_toss.covariance import heatmap_tail_jacobian, regression_tail_jacobian, scale_joints
+from pose_toss.covariance import heatmap_tail_jacobian, regression_tail_jacobian, transform_joints
 from pose_toss.data.media import as_rgb_image
 from pose_toss.data.transforms import (
     affine_covariance,
@@ -86,8 +86,9 @@ class PoseModel(nn.Module):
                                      else c, config.bottleneck_grid)
         # Initial spread: a few pixels on the crop.
         self.cov_head = create_covariance_head(config, num_joints, init_std=input_size / 32.0)
-        self.local_scale = (JointLocalScale(num_joints, cov_hidden=config.cov_hidden) if config.local_covariance
-                            else None)
+        self.local_scale = (JointLocalScale(num_joints, cov_hidden=config.cov_hidden,
+                                            outputs=3 if config.local_form == "affine" else 1)
+                            if config.local_covariance else None)
         # TIC's J with z at the heatmap head's last layer: closed form (False: torch.func reverse passes,
         # the reference the closed form is tested against).
         self.closed_form_jacobian = True
@@ -159,7 +160,7 @@ class PoseModel(nn.Module):
         if self.local_scale is not None:
             if images is None:
                 raise ValueError("a model with local_covariance needs the images for its covariance")
-            cov = scale_joints(cov, self.local_log_scale(z, context, images))
+            cov = transform_joints(cov, self.local_log_scale(z, context, images))
         return cov, parts
 
     def local_log_scale(self, z: torch.Tensor, context: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
