@@ -158,6 +158,9 @@ class ModelConfig:
                           help="with local_covariance: scale (one factor per joint, both axes) or affine (per joint "
                                "a 2 x 2 lower-triangular map T, cov -> T cov T^T: the spread can grow along one "
                                "direction, e.g. along an occluded limb)")
+    local_features: bool = opt(False, help="with local_covariance: the local term also reads the head's last "
+                                            "activation pooled under each joint's heatmap (detached), beside the "
+                                            "image patch")
     use_hessian: bool = opt(False, help="add TIC's Hessian term (costly)")
     cov_floor: float = opt(1e-2, min=0.0, help="added to every variance, px^2")
     jacobian_chunk: int | None = opt(None, min=1, help="cotangents vmapped at once for TIC's Jacobian")

@@ -443,3 +443,34 @@ def test_local_scale_starts_as_no_change_reads_the_image_and_trains_no_backbone(
     torch.testing.assert_close(again(images).cov, local(images).cov)
     with pytest.raises(ValueError, match="local_covariance reads each joint's heatmap"):
         tiny("tic", head="regression", local_covariance=True)
+
+
+def test_local_term_can_read_the_heads_activation_under_each_joints_heatmap():
+    """``pooled_under_heatmaps`` is each joint's activation averaged under its heatmap (against numpy); with
+    ``local_features`` the local term starts as no change and then depends on those pooled features."""
+    import numpy as np
+
+    from pose_toss.models.heads import pooled_under_heatmaps
+
+    g = torch.Generator().manual_seed(0)
+    prob = torch.rand(2, 3, 4, 5, generator=g)
+    prob = prob / prob.sum((2, 3), keepdim=True)
+    act = torch.randn(2, 6, 4, 5, generator=g)
+    want = np.einsum("bjhw,bchw->bjc", prob.numpy(), act.numpy())
+    np.testing.assert_allclose(pooled_under_heatmaps(prob, act).numpy(), want, rtol=1e-5, atol=1e-6)
+
+    plain, local = tiny("tic").eval(), tiny("tic", local_covariance=True, local_features=True).eval()
+    assert local.local_scale.feature_dim == local.head.out_channels
+    local.load_state_dict(plain.state_dict(), strict=False)
+    images = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(local(images).cov, plain(images).cov)  # zero-initialised output: S = I
+    with torch.no_grad():
+        for p in local.local_scale.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+        joints, prob = torch.rand(2, 14, 2) * 64, torch.full((2, 14, 16, 16), 1 / 256)
+        features = torch.randn(2, 14, local.head.out_channels, generator=g)
+        base = local.local_scale(local.normalise(images), joints, prob, local.head.out_stride, features)
+        moved = local.local_scale(local.normalise(images), joints, prob, local.head.out_stride, features + 1.0)
+    assert base.shape == (2, 14) and not torch.allclose(base, moved)  # the same patches, other features
+    with pytest.raises(ValueError, match="reads 16 features per joint; got none"):
+        local.local_scale(local.normalise(images), joints, prob, local.head.out_stride)

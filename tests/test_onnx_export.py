@@ -33,13 +33,15 @@ def _model(head: str, covariance: str, **kw):
 
 @pytest.mark.parametrize("head, covariance, local", [
     *((h, c, False) for h in ("heatmap", "regression") for c in ("tic", "full", "diagonal", "identity", "isotropic")),
-    ("heatmap", "tic", True), ("heatmap", "diagonal", True), ("heatmap", "tic", "affine")])
+    ("heatmap", "tic", True), ("heatmap", "diagonal", True), ("heatmap", "tic", "affine"),
+    ("heatmap", "tic", "features")])
 @pytest.mark.slow
 def test_onnx_runtime_equals_pytorch(head, covariance, local, tmp_path):
     from pose_toss.models.onnx import export_onnx
 
     model = _model(head, covariance, local_covariance=bool(local),
-                   **({"local_form": "affine"} if local == "affine" else {}))
+                   **({"local_form": "affine"} if local == "affine" else {}),
+                   **({"local_features": True} if local == "features" else {}))
     names = export_onnx(model, tmp_path / "m.onnx")
     assert not model.training  # the export hands the model back in the mode it had
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])

@@ -296,35 +296,41 @@ class JointLocalScale(nn.Module):
     """
 
     def __init__(self, num_joints: int, *, cov_hidden: int = 64, patch: int = 16, window: float = 0.25,
-                 channels: int = 32, bound: float = 3.0, outputs: int = 1) -> None:
+                 channels: int = 32, bound: float = 3.0, outputs: int = 1, feature_dim: int = 0) -> None:
         super().__init__()
         if outputs not in (1, 3):
             raise ValueError(f"outputs must be 1 (a scale per joint) or 3 (a 2 x 2 map per joint), got {outputs}")
         self.patch, self.window, self.bound, self.outputs = patch, window, bound, outputs
+        self.feature_dim = feature_dim
         self.cnn = nn.Sequential(
             nn.Conv2d(3, channels // 2, 3, padding=1), nn.ReLU(),
             nn.Conv2d(channels // 2, channels, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
-        self.hidden = nn.Linear(channels + len(HEATMAP_STATS), cov_hidden)
+        self.hidden = nn.Linear(channels + len(HEATMAP_STATS) + feature_dim, cov_hidden)
         self.joint_bias = nn.Parameter(0.1 * torch.randn(num_joints, cov_hidden))
         self.out = nn.Linear(cov_hidden, outputs)
         nn.init.zeros_(self.out.weight)  # start from no change: S = I
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, images: torch.Tensor, joints: torch.Tensor, heat_prob: torch.Tensor, stride: int
-                ) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, joints: torch.Tensor, heat_prob: torch.Tensor, stride: int,
+                features: torch.Tensor | None = None) -> torch.Tensor:
         """``images`` B x 3 x S x S (normalised), ``joints`` B x J x 2 (input pixels), ``heat_prob`` B x J x H x W
-        (each joint's heatmap distribution) -> log-scales B x J (``outputs`` 1), or B x J x 3 (log sx, log sy,
-        shear of ``covariance.transform_joints``)."""
+        (each joint's heatmap distribution), ``features`` B x J x ``feature_dim`` (what the head saw at each joint;
+        only with ``feature_dim``) -> log-scales B x J (``outputs`` 1), or B x J x 3 (log sx, log sy, shear of
+        ``covariance.transform_joints``)."""
+        if (features is None) != (self.feature_dim == 0):
+            raise ValueError(f"this local term reads {self.feature_dim} features per joint; got "
+                             f"{'none' if features is None else tuple(features.shape)}")
         with torch.autocast(device_type=images.device.type, enabled=False):
             dtype = _precision(self.out)
             b, j = joints.shape[:2]
             patches = joint_patches(images.detach().to(dtype), joints.detach().to(dtype), self.patch, self.window)
             look = self.cnn(patches).reshape(b, j, -1)
             stats = heatmap_stats(heat_prob.detach().to(dtype), stride)
-            x = torch.nan_to_num(torch.cat([look, stats], -1)).clamp(-1e4, 1e4)
+            parts = [look, stats] + ([features.detach().to(dtype)] if features is not None else [])
+            x = torch.nan_to_num(torch.cat(parts, -1)).clamp(-1e4, 1e4)
             raw = self.out(torch.nn.functional.gelu(self.hidden(x) + self.joint_bias.to(dtype)))
             raw = raw.squeeze(-1) if self.outputs == 1 else raw
             return self.bound * torch.tanh(raw / self.bound)  # bounded without a dead zone

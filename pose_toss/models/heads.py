@@ -119,3 +119,10 @@ class RegressionHead(nn.Module):
 
     def forward(self, features: torch.Tensor, offset: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
         return self.tail(self.trunk(features if offset is None else features + offset))
+
+
+def pooled_under_heatmaps(prob: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
+    """Each joint's activation averaged under its heatmap distribution: ``prob`` B x J x H x W (summing to 1 per
+    joint), ``activation`` B x C x H x W -> B x J x C, in float32."""
+    b, j = prob.shape[:2]
+    return prob.reshape(b, j, -1).float() @ activation.float().reshape(b, activation.shape[1], -1).transpose(1, 2)

@@ -17,7 +17,7 @@ from torch import nn
 
 from pose_toss.covariance import interpolation_matrix, tic_covariance, transform_joints
 from pose_toss.models.covariance_heads import TICCovarianceHead
-from pose_toss.models.heads import HeatmapHead
+from pose_toss.models.heads import HeatmapHead, pooled_under_heatmaps
 from pose_toss.outputs import atomic_write_bytes
 
 OUTPUTS = ("mean", "cov", "heatmaps")
@@ -93,7 +93,9 @@ class ExportablePoseModel(nn.Module):
         if m.local_scale is not None:
             j = m.num_joints
             prob = torch.softmax(m.head.log_beta.exp() * heat.float().flatten(2), -1).reshape(heat.shape)
-            log_scale = m.local_scale(m.normalise(images), mean.reshape(b, j, 2), prob, m.head.out_stride)
+            pooled = (pooled_under_heatmaps(prob, m.head.tail_activation(context, offset))
+                      if m.local_scale.feature_dim else None)
+            log_scale = m.local_scale(m.normalise(images), mean.reshape(b, j, 2), prob, m.head.out_stride, pooled)
             cov = transform_joints(cov, log_scale)
         outputs = (mean, cov.float())
         return outputs + ((heat.float(),) if heat is not None else ())

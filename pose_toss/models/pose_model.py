@@ -12,6 +12,7 @@ from torch import nn
 
 from pose_toss.config import BOTTLENECK_AT, COVARIANCES, FITTED_COVARIANCES, HEADS, ModelConfig
 from pose_toss.covariance import heatmap_tail_jacobian, regression_tail_jacobian, transform_joints
+from pose_toss.data.codec import soft_argmax
 from pose_toss.data.media import as_rgb_image
 from pose_toss.data.transforms import (
     affine_covariance,
@@ -29,7 +30,7 @@ from pose_toss.models.covariance_heads import (
     eval_mode,
     heatmap_stats,
 )
-from pose_toss.models.heads import Bottleneck, HeatmapHead, RegressionHead
+from pose_toss.models.heads import Bottleneck, HeatmapHead, RegressionHead, pooled_under_heatmaps
 from pose_toss.skeletons import Skeleton
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -87,7 +88,8 @@ class PoseModel(nn.Module):
         # Initial spread: a few pixels on the crop.
         self.cov_head = create_covariance_head(config, num_joints, init_std=input_size / 32.0)
         self.local_scale = (JointLocalScale(num_joints, cov_hidden=config.cov_hidden,
-                                            outputs=3 if config.local_form == "affine" else 1)
+                                            outputs=3 if config.local_form == "affine" else 1,
+                                            feature_dim=self.head.out_channels if config.local_features else 0)
                             if config.local_covariance else None)
         # TIC's J with z at the heatmap head's last layer: closed form (False: torch.func reverse passes,
         # the reference the closed form is tested against).
@@ -164,13 +166,17 @@ class PoseModel(nn.Module):
         return cov, parts
 
     def local_log_scale(self, z: torch.Tensor, context: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """Each joint's log-scale of the covariance (``JointLocalScale``, B x J), from the normalised images
-        around the joints the tail predicts from ``context`` and from their heatmaps (all detached)."""
+        """Each joint's local term of the covariance (``JointLocalScale``: B x J log-scales, or B x J x 3 maps), from
+        the normalised images around the joints the tail predicts from ``context``, their heatmaps and, with
+        ``local_features``, the head's activation pooled under them (all detached)."""
         with torch.no_grad():
-            joints, heat = self.head.tail(context, self.bottleneck.offset(z, context))
+            activation = self.head.tail_activation(context, self.bottleneck.offset(z, context))
+            heat = self.head.final(activation)
+            joints = soft_argmax(heat, self.head.out_stride, beta=self.head.log_beta.exp())
             b, j, h, w = heat.shape
             prob = torch.softmax(self.head.log_beta.exp() * heat.float().reshape(b, j, h * w), -1).reshape(b, j, h, w)
-        return self.local_scale(images, joints.float().reshape(b, j, 2), prob, self.head.out_stride)
+            pooled = pooled_under_heatmaps(prob, activation) if self.local_scale.feature_dim else None
+        return self.local_scale(images, joints.float().reshape(b, j, 2), prob, self.head.out_stride, pooled)
 
     def joint_descriptors(self, z: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """What the head sees at each joint (B x J x (C + 5), detached): its last activation pooled under the
@@ -184,7 +190,7 @@ class PoseModel(nn.Module):
             heat = self.head.final(activation).float()
             b, j, h, w = heat.shape
             prob = torch.softmax(self.head.log_beta.exp() * heat.reshape(b, j, h * w), -1)
-            pooled = torch.einsum("bjp,bcp->bjc", prob, activation.reshape(b, activation.shape[1], h * w))
+            pooled = pooled_under_heatmaps(prob.reshape(b, j, h, w), activation)
             return torch.cat([pooled, heatmap_stats(prob.reshape(b, j, h, w), self.head.out_stride)], -1)
 
     @property
