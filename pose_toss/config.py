@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from pose_toss.outputs import atomic_write_text
+from pose_toss.skeletons import get_skeleton
 
 
 class ConfigError(ValueError):
@@ -116,6 +117,8 @@ class DataConfig:
     augment: AugmentConfig = opt(factory=AugmentConfig, help="training augmentation (albumentations)")
 
 
+# What train.log may list (metrics.jsonl is always written).
+LOG_KINDS = ("jsonl", "tensorboard")
 LOSSES = ("mse", "nll", "beta_nll", "faithful", "kl_calibrated", "w2_bound", "loss_pred")
 # Losses that read covariance pseudo-labels (W2's target, the calibrated KL's prior).
 PSEUDO_LABEL_LOSSES = ("w2_bound", "kl_calibrated")
@@ -263,17 +266,15 @@ class Config:
     def validate(self, source: str) -> None:
         if not self.stages:
             raise ConfigError(f"{source}: key 'stages': expected at least one stage")
-        unknown = [k for k in self.train.log if k not in ("jsonl", "tensorboard")]
-        if unknown or not self.train.log:
-            raise ConfigError(f"{source}: key 'train.log': expected a list of jsonl and tensorboard, got "
+        if not self.train.log or any(k not in LOG_KINDS for k in self.train.log):
+            raise ConfigError(f"{source}: key 'train.log': expected a list of {' and '.join(LOG_KINDS)}, got "
                               f"{self.train.log!r}")
         if self.data.skeleton is not None:
-            from pose_toss.skeletons import get_skeleton
-
             try:
                 get_skeleton(self.data.skeleton)
             except (KeyError, ValueError, FileNotFoundError) as e:
-                raise ConfigError(f"{source}: key 'data.skeleton': {str(e).strip(chr(34))}") from None
+                message = e.args[0] if isinstance(e, KeyError) and e.args else e
+                raise ConfigError(f"{source}: key 'data.skeleton': {message}") from None
         cov = self.model.covariance
         for i, st in enumerate(self.stages):
             where = f"{source}: key 'stages.{i}.loss'"

@@ -242,6 +242,13 @@ def coco_joint_name(name: str) -> str:
     return name
 
 
+def coco_keypoint_names(skeleton: Skeleton) -> list[str]:
+    """A skeleton's joint names as a COCO category lists them ('l_eye' -> 'left_eye'): ``coco_joint_name``'s
+    inverse."""
+    return [("left_" + n[2:]) if n.startswith("l_") else ("right_" + n[2:]) if n.startswith("r_") else n
+            for n in skeleton.joint_names]
+
+
 def skeleton_from_coco_category(category: dict, source: str = "category") -> Skeleton:
     """The skeleton of a COCO keypoints category: ``coco17`` when its keypoints are COCO's, else one made of its
     ``keypoints`` names and its ``skeleton`` links (1-based, COCO's convention), with left/right flip pairs

@@ -23,7 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pose_toss.skeletons import COCO17, SKELETONS, get_skeleton, skeleton_from_coco_category, to_common14
+from pose_toss.skeletons import (
+    COCO17,
+    SKELETONS,
+    coco_keypoint_names,
+    get_skeleton,
+    skeleton_from_coco_category,
+    to_common14,
+)
 
 # MPII's head size for PCKh: 60% of the head box's diagonal (the official evaluation's SC_BIAS).
 MPII_HEAD_FACTOR = 0.6
@@ -359,9 +366,8 @@ def keypoint_category(p: Path, data: dict) -> dict:
     if not cats:
         person = [c for c in data["categories"] if isinstance(c, dict) and c.get("name") == "person" and "id" in c]
         if len(person) == 1:
-            names = [n.replace("l_", "left_", 1) if n.startswith("l_") else
-                     n.replace("r_", "right_", 1) if n.startswith("r_") else n for n in COCO17.joint_names]
-            return {**person[0], "keypoints": names, "skeleton": [[a + 1, b + 1] for a, b in COCO17.limbs]}
+            return {**person[0], "keypoints": coco_keypoint_names(COCO17),
+                    "skeleton": [[a + 1, b + 1] for a, b in COCO17.limbs]}
     if len(cats) > 1:
         cats = [c for c in cats if c.get("name") == "person"] or cats
     if len(cats) != 1 or "id" not in cats[0]:

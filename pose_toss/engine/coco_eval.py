@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
+from pathlib import Path
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -53,16 +55,16 @@ def keypoint_ap_against_file(results, ground_truth_file, sigmas=None) -> dict:
     original COCO keypoints file, by plain pycocotools (``COCO.loadRes``, ``COCOeval``) with that file's OKS
     constants (its skeleton's; ``sigmas`` to override). Results of another joint set than the file's keypoint
     category are refused, naming both: an LSP-14 or MPII-16 model's results cannot be scored against COCO's 17."""
-    import json
-    from pathlib import Path
-
     gt_path = Path(ground_truth_file)
     ground_truth = read_annotation_json(gt_path)
     if not isinstance(ground_truth, dict) or not {"images", "annotations", "categories"} <= set(ground_truth):
         raise AnnotationError(f"{gt_path}: expected a COCO keypoints file (images, annotations, categories)")
     if not isinstance(results, list):
         results_path = Path(results)
-        results = json.loads(results_path.read_text())
+        try:
+            results = json.loads(results_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{results_path}: cannot read as JSON ({e})") from None
         if not isinstance(results, list):
             raise ValueError(f"{results_path}: expected a list of COCO keypoint results")
     category = keypoint_category(gt_path, ground_truth)

@@ -14,7 +14,6 @@ import numpy as np
 
 from pose_toss.config import ConfigError
 
-LOG_KINDS = ("jsonl", "tensorboard")
 TENSORBOARD_DIR = "tensorboard"
 
 

@@ -121,8 +121,8 @@ class GraphedInference:
     def __call__(self, images: torch.Tensor):
         mine = self.images
         if images.shape != mine.shape or images.dtype != mine.dtype or images.device != mine.device:
-            raise ValueError(f"this graph was captured for images {tuple(self.images.shape)} {self.images.dtype} on "
-                             f"{self.images.device}, got {tuple(images.shape)} {images.dtype} on {images.device}")
+            raise ValueError(f"this graph was captured for images {tuple(mine.shape)} {mine.dtype} on {mine.device}, "
+                             f"got {tuple(images.shape)} {images.dtype} on {images.device}")
         self.images.copy_(images)
         self.graph.replay()
         return self.output

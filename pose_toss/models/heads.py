@@ -89,10 +89,21 @@ class HeatmapHead(nn.Module):
             return torch.relu(x if offset is None else x + offset)
         return x if offset is None else x + offset
 
+    def tail_parts(self, x: torch.Tensor, offset: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(joints B x 2J, heatmaps, the activation they were made from)."""
+        activation = self.tail_activation(x, offset)
+        heat = self.final(activation)
+        return soft_argmax(heat, self.out_stride, beta=self.log_beta.exp()).flatten(1), heat, activation
+
     def tail(self, x: torch.Tensor, offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        heat = self.final(self.tail_activation(x, offset))
-        coords = soft_argmax(heat, self.out_stride, beta=self.log_beta.exp())
-        return coords.flatten(1), heat
+        coords, heat, _ = self.tail_parts(x, offset)
+        return coords, heat
+
+    def distribution(self, heat: torch.Tensor) -> torch.Tensor:
+        """Each joint's heatmap as the distribution the soft-argmax takes its mean under (B x J x H x W, float32)."""
+        b, j = heat.shape[:2]
+        return torch.softmax(self.log_beta.exp() * heat.float().reshape(b, j, -1), -1).reshape(heat.shape)
 
     def forward(self, features: torch.Tensor, offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``offset`` (B x C x H x W, or broadcastable to it) is added to the features before the trunk."""

@@ -81,7 +81,10 @@ class ExportablePoseModel(nn.Module):
             offset = (up.reshape(b, c, -1) @ self.resize.T).reshape(b, c, h, w)
         else:
             offset = up
-        mean, heat = m.head.tail(context, offset)
+        if self.heatmap:
+            mean, heat, activation = m.head.tail_parts(context, offset)
+        else:
+            (mean, heat), activation = m.head.tail(context, offset), None
         mean = mean.float()
         if self.tic:
             head = m.cov_head
@@ -92,9 +95,8 @@ class ExportablePoseModel(nn.Module):
             cov = m.cov_head(z)
         if m.local_scale is not None:
             j = m.num_joints
-            prob = torch.softmax(m.head.log_beta.exp() * heat.float().flatten(2), -1).reshape(heat.shape)
-            pooled = (pooled_under_heatmaps(prob, m.head.tail_activation(context, offset))
-                      if m.local_scale.feature_dim else None)
+            prob = m.head.distribution(heat)
+            pooled = pooled_under_heatmaps(prob, activation) if m.local_scale.feature_dim else None
             log_scale = m.local_scale(m.normalise(images), mean.reshape(b, j, 2), prob, m.head.out_stride, pooled)
             cov = transform_joints(cov, log_scale)
         outputs = (mean, cov.float())

@@ -12,7 +12,6 @@ from torch import nn
 
 from pose_toss.config import BOTTLENECK_AT, COVARIANCES, FITTED_COVARIANCES, HEADS, ModelConfig
 from pose_toss.covariance import heatmap_tail_jacobian, regression_tail_jacobian, transform_joints
-from pose_toss.data.codec import soft_argmax
 from pose_toss.data.media import as_rgb_image
 from pose_toss.data.transforms import (
     affine_covariance,
@@ -170,12 +169,10 @@ class PoseModel(nn.Module):
         the normalised images around the joints the tail predicts from ``context``, their heatmaps and, with
         ``local_features``, the head's activation pooled under them (all detached)."""
         with torch.no_grad():
-            activation = self.head.tail_activation(context, self.bottleneck.offset(z, context))
-            heat = self.head.final(activation)
-            joints = soft_argmax(heat, self.head.out_stride, beta=self.head.log_beta.exp())
-            b, j, h, w = heat.shape
-            prob = torch.softmax(self.head.log_beta.exp() * heat.float().reshape(b, j, h * w), -1).reshape(b, j, h, w)
+            joints, heat, activation = self.head.tail_parts(context, self.bottleneck.offset(z, context))
+            prob = self.head.distribution(heat)
             pooled = pooled_under_heatmaps(prob, activation) if self.local_scale.feature_dim else None
+        b, j = heat.shape[:2]
         return self.local_scale(images, joints.float().reshape(b, j, 2), prob, self.head.out_stride, pooled)
 
     def joint_descriptors(self, z: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -186,12 +183,9 @@ class PoseModel(nn.Module):
             raise ValueError("joint descriptors read each joint's heatmap: they need head 'heatmap' with "
                              "bottleneck_at 'head'")
         with torch.no_grad():
-            activation = self.head.tail_activation(context, self.bottleneck.offset(z, context)).float()
-            heat = self.head.final(activation).float()
-            b, j, h, w = heat.shape
-            prob = torch.softmax(self.head.log_beta.exp() * heat.reshape(b, j, h * w), -1)
-            pooled = pooled_under_heatmaps(prob.reshape(b, j, h, w), activation)
-            return torch.cat([pooled, heatmap_stats(prob.reshape(b, j, h, w), self.head.out_stride)], -1)
+            _, heat, activation = self.head.tail_parts(context, self.bottleneck.offset(z, context))
+            prob = self.head.distribution(heat)
+            return torch.cat([pooled_under_heatmaps(prob, activation), heatmap_stats(prob, self.head.out_stride)], -1)
 
     @property
     def uses_closed_form_jacobian(self) -> bool:
