@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -301,8 +302,35 @@ def mean_residual_covariance(mean: torch.Tensor, target: torch.Tensor, visibilit
     return (evecs * evals) @ evecs.T
 
 
+def joints_on_limbs(limbs: torch.Tensor, selected: torch.Tensor, num_joints: int) -> torch.Tensor:
+    """B x J: whether a joint belongs to any of its sample's ``selected`` limbs (B x L bool; ``limbs`` L x 2)."""
+    member = torch.zeros(len(limbs), num_joints, dtype=torch.float64)
+    rows = torch.arange(len(limbs))
+    member[rows, limbs[:, 0].long()] = 1.0
+    member[rows, limbs[:, 1].long()] = 1.0
+    return (selected.double() @ member) > 0
+
+
+def cue_aurocs(scores: torch.Tensor, visibility: torch.Tensor, limbs: torch.Tensor, limb_cue: torch.Tensor,
+               limb_kind: torch.Tensor | None = None, cue_kinds: Sequence[str] = ()) -> dict:
+    """Within-joint AUROCs (``within_joint_auroc``) of per-joint ``scores`` (B x J) for joints on a cued limb:
+    ``all`` against joints on no cued limb, and with ``limb_kind`` (B x L, the index in ``cue_kinds`` of each
+    limb's strongest cue, -1 when clean) one per kind: joints on a limb with that cue against joints on none,
+    joints on other kinds' limbs left out."""
+    vis = visibility.bool()
+    cued_limb = limb_cue.double() > 0
+    on_cued = joints_on_limbs(limbs, cued_limb, vis.shape[1])
+    out = {"all": within_joint_auroc(scores, on_cued, vis)}
+    if limb_kind is not None:
+        for k, name in enumerate(cue_kinds):
+            on_kind = joints_on_limbs(limbs, (limb_kind == k) & cued_limb, vis.shape[1])
+            out[name] = within_joint_auroc(scores, on_kind, vis & (on_kind | ~on_cued))
+    return out
+
+
 def cue_metrics(cov: torch.Tensor, visibility: torch.Tensor, limbs: torch.Tensor, limb_cue: torch.Tensor,
-                cov_true: torch.Tensor | None = None, strong: float = 0.5) -> dict:
+                cov_true: torch.Tensor | None = None, strong: float = 0.5, limb_kind: torch.Tensor | None = None,
+                cue_kinds: Sequence[str] = ()) -> dict:
     """Does the covariance find the noise that cues put on limbs?
 
     - ``cue_auroc_spread``: AUROC of a joint's spread sqrt(tr C_jj) for telling the joint on a cued limb
@@ -310,7 +338,10 @@ def cue_metrics(cov: torch.Tensor, visibility: torch.Tensor, limbs: torch.Tensor
     - ``cue_axis_cos``: on limbs whose cue strength is at least ``strong``, the mean |cos| of the angle
       between the predicted and the true major axis of each visible joint's 2 x 2 block (needs ``cov_true``);
     - ``cue_corr_auroc``: AUROC of the first canonical correlation between a limb's two joints for telling
-      cued limbs from clean ones (both joints visible).
+      cued limbs from clean ones (both joints visible);
+    - with ``limb_kind`` (B x L, the index in ``cue_kinds`` of each limb's strongest cue, -1 when clean):
+      ``cue_auroc_spread_<kind>``, the spread's within-joint AUROC for joints on a limb cued by that kind
+      against the same joints on no cued limb (joints on other kinds' limbs left out): which cues it sees.
 
     Read each beside the same number for reference covariances (``cue_metrics_with_references``): a
     constant scores 0.5 on both AUROCs, and axes that ignore the image score well above 2 / pi on |cos|
@@ -318,19 +349,17 @@ def cue_metrics(cov: torch.Tensor, visibility: torch.Tensor, limbs: torch.Tensor
     """
     vis = visibility.bool()
     a, b = limbs[:, 0].long(), limbs[:, 1].long()
-    member = torch.zeros(len(limbs), vis.shape[1], dtype=torch.float64)
-    member[torch.arange(len(limbs)), a] = 1.0
-    member[torch.arange(len(limbs)), b] = 1.0
     cued_limb = limb_cue.double() > 0
-    on_cued = (cued_limb.double() @ member) > 0  # B x J
-    out = {"cue_auroc_spread": within_joint_auroc(joint_spread(cov), on_cued, vis)}
+    aurocs = cue_aurocs(joint_spread(cov), vis, limbs, limb_cue, limb_kind, cue_kinds)
+    out = {"cue_auroc_spread": aurocs.pop("all")}
+    out.update({f"cue_auroc_spread_{name}": value for name, value in aurocs.items()})
     pair_vis = vis[:, a] & vis[:, b]
     # Rounded: batched linear algebra gives equal matrices correlations that differ in the last bits, which
     # would break a constant covariance's ties at random.
     correlation = torch.round(canonical_correlation(cov, a, b), decimals=9)
     out["cue_corr_auroc"] = auroc(correlation[pair_vis], cued_limb[pair_vis])
     if cov_true is not None:
-        on_strong = (((limb_cue.double() >= strong) & cued_limb).double() @ member > 0) & vis
+        on_strong = joints_on_limbs(limbs, (limb_cue.double() >= strong) & cued_limb, vis.shape[1]) & vis
         if on_strong.any():
             gap = major_axis_angle(joint_blocks(cov)) - major_axis_angle(joint_blocks(cov_true))
             out["cue_axis_cos"] = float(torch.cos(gap)[on_strong].abs().mean())
@@ -341,12 +370,14 @@ def cue_metrics(cov: torch.Tensor, visibility: torch.Tensor, limbs: torch.Tensor
 
 def cue_metrics_with_references(cov: torch.Tensor, visibility: torch.Tensor, limbs: torch.Tensor,
                                 limb_cue: torch.Tensor, cov_true: torch.Tensor | None = None,
-                                constant: torch.Tensor | None = None, strong: float = 0.5) -> dict:
+                                constant: torch.Tensor | None = None, strong: float = 0.5,
+                                limb_kind: torch.Tensor | None = None, cue_kinds: Sequence[str] = ()) -> dict:
     """``cue_metrics`` of ``cov``, and the same numbers on the same figures for reference covariances, under
     the suffixes ``_constant`` (``constant``, D x D: each joint's mean residual covariance on the training
     split, no per-image information), ``_identity`` and ``_true`` (the label noise's own covariance: the
     ceiling). A covariance shows what the image holds only where it beats the constant."""
-    out = cue_metrics(cov, visibility, limbs, limb_cue, cov_true, strong)
+    kinds = {"limb_kind": limb_kind, "cue_kinds": cue_kinds}
+    out = cue_metrics(cov, visibility, limbs, limb_cue, cov_true, strong, **kinds)
     b, d = cov.shape[0], cov.shape[-1]
     references = {"identity": torch.eye(d, dtype=torch.float64).expand(b, d, d)}
     if constant is not None:
@@ -354,7 +385,7 @@ def cue_metrics_with_references(cov: torch.Tensor, visibility: torch.Tensor, lim
     if cov_true is not None:
         references["true"] = cov_true.double()
     for name, ref in references.items():
-        for key, value in cue_metrics(ref, visibility, limbs, limb_cue, cov_true, strong).items():
+        for key, value in cue_metrics(ref, visibility, limbs, limb_cue, cov_true, strong, **kinds).items():
             if not (name == "true" and key == "cue_axis_cos"):  # 1 by definition
                 out[f"{key}_{name}"] = value
     return out
@@ -438,14 +469,16 @@ def pose_metrics(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, vi
                  skeleton, head_sizes: torch.Tensor | None = None, target_true: torch.Tensor | None = None,
                  cov_true: torch.Tensor | None = None, pck_threshold: float = 0.2, pckh_threshold: float = 0.5,
                  limbs: torch.Tensor | None = None, limb_cue: torch.Tensor | None = None,
-                 reference_cov: torch.Tensor | None = None) -> dict:
+                 reference_cov: torch.Tensor | None = None, limb_kind: torch.Tensor | None = None,
+                 cue_kinds: Sequence[str] = ()) -> dict:
     """Every evaluation number of DESIGN.md's Metrics section, overall and per joint.
 
     All lengths in the pixels of ``target``. ``head_sizes`` (B) enables PCKh; ``target_true`` and
     ``cov_true`` (synthetic data) enable the exact W2 and KL(true || predicted) to the label
     distribution, computed over each sample's visible coordinates. ``limbs`` and ``limb_cue`` (the
     synthetic data's cued limbs) add ``cue_metrics_with_references``, with ``reference_cov`` (D x D, the
-    training split's ``mean_residual_covariance``) as the constant reference.
+    training split's ``mean_residual_covariance``) as the constant reference; ``limb_kind`` and ``cue_kinds``
+    add the spread's AUROC per cue kind.
     """
 
     mean, cov, target = mean.double(), cov.double(), target.double()
@@ -513,7 +546,8 @@ def pose_metrics(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, vi
         noise_trace = (torch.diagonal(cov_true.double(), dim1=-2, dim2=-1) * m).sum()
         out["label_noise_share"] = float(noise_trace / (torch.diagonal(cov, dim1=-2, dim2=-1) * m).sum())
     if limbs is not None and limb_cue is not None:
-        out.update(cue_metrics_with_references(cov, vis, limbs, limb_cue, cov_true, reference_cov))
+        out.update(cue_metrics_with_references(cov, vis, limbs, limb_cue, cov_true, reference_cov,
+                                               limb_kind=limb_kind, cue_kinds=cue_kinds))
     out["per_joint"] = per_joint
     out["calibration"] = {"levels": list(CALIBRATION_LEVELS), "overall": overall_cov,
                           "per_joint": cov_levels.T.tolist(), "has_joint": inside_any.tolist()}

@@ -248,3 +248,17 @@ def test_limb_cue_strengths_hand_case():
     want = np.zeros((2, len(CUE_LIMBS)))
     want[1, 3], want[1, 0] = 0.8 * CUE_STRENGTH["occluder"], 0.4 * CUE_STRENGTH["fade"]
     assert np.allclose(got, want)
+
+
+def test_limb_cue_kinds_name_each_limbs_strongest_cue():
+    from pose_toss.data.synthetic import CUE_KINDS, CUE_LIMBS, Cue, limb_cue_kinds, limb_cue_strengths
+
+    upper, fore = CUE_LIMBS[0], CUE_LIMBS[1]
+    cues = [[Cue("blur", upper, 1.0), Cue("occluder", upper, 0.5)],  # blur 0.6 beats an occluder at 0.5
+            [Cue("fade", fore, 0.4)], []]
+    kinds = limb_cue_kinds(cues)
+    strengths = limb_cue_strengths(cues)
+    assert kinds.shape == strengths.shape == (3, len(CUE_LIMBS))
+    assert kinds[0, 0] == CUE_KINDS.index("blur") and strengths[0, 0] == pytest.approx(0.6)
+    assert kinds[1, 1] == CUE_KINDS.index("fade") and strengths[1, 1] == pytest.approx(0.2)
+    assert ((kinds >= 0) == (strengths > 0)).all() and (kinds[2] == -1).all()

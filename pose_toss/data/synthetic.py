@@ -81,11 +81,32 @@ def limb_cue_strengths(cue_lists: Sequence[Sequence[Cue]]) -> np.ndarray:
     return out
 
 
+def limb_cue_kinds(cue_lists: Sequence[Sequence[Cue]]) -> np.ndarray:
+    """N x len(CUE_LIMBS) integers: the index in CUE_KINDS of each limb's strongest cue (the one
+    ``limb_cue_strengths`` reports), -1 when the limb is clean."""
+    column = {limb: n for n, limb in enumerate(CUE_LIMBS)}
+    kinds = np.full((len(cue_lists), len(CUE_LIMBS)), -1, dtype=np.int64)
+    strength = np.zeros(kinds.shape)
+    for i, cues in enumerate(cue_lists):
+        for cue in cues:
+            n, value = column[tuple(cue.limb)], cue.severity * CUE_STRENGTH[cue.kind]
+            if value > strength[i, n]:
+                kinds[i, n], strength[i, n] = CUE_KINDS.index(cue.kind), value
+    return kinds
+
+
 def record_cue_strengths(records: Sequence[dict]) -> np.ndarray | None:
     """``limb_cue_strengths`` of records that all know their cues (synthetic data), else None."""
     if not records or not all("cues" in r for r in records):
         return None
     return limb_cue_strengths([r["cues"] for r in records])
+
+
+def record_cue_kinds(records: Sequence[dict]) -> np.ndarray | None:
+    """``limb_cue_kinds`` of records that all know their cues (synthetic data), else None."""
+    if not records or not all("cues" in r for r in records):
+        return None
+    return limb_cue_kinds([r["cues"] for r in records])
 
 
 def _rot(theta: float) -> np.ndarray:

@@ -7,7 +7,7 @@ import torch
 from tqdm import tqdm
 
 from pose_toss.covariance import equal_mixture, taylor_diagnostics, unmirror
-from pose_toss.data.synthetic import CUE_LIMBS, record_cue_strengths
+from pose_toss.data.synthetic import CUE_KINDS, CUE_LIMBS, record_cue_kinds, record_cue_strengths
 from pose_toss.engine.runtime import autocast_context
 from pose_toss.metrics import mean_residual_covariance, pose_metrics, tic_summary
 
@@ -111,10 +111,13 @@ def non_finite_predictions(preds: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def attach_cues(preds: dict[str, torch.Tensor], records: list[dict]) -> dict[str, torch.Tensor]:
-    """Add ``limb_cue`` (B x limbs, the synthetic cues' strengths) when every predicted record knows its cues."""
-    strengths = record_cue_strengths([records[int(i)] for i in preds["index"]])
+    """Add ``limb_cue`` (B x limbs, the synthetic cues' strengths) and ``limb_cue_kind`` (B x limbs, each limb's
+    strongest cue as an index in ``CUE_KINDS``, -1 when clean) when every predicted record knows its cues."""
+    predicted = [records[int(i)] for i in preds["index"]]
+    strengths = record_cue_strengths(predicted)
     if strengths is not None:
         preds["limb_cue"] = torch.from_numpy(strengths)
+        preds["limb_cue_kind"] = torch.from_numpy(record_cue_kinds(predicted))
     return preds
 
 
@@ -126,7 +129,8 @@ def metrics_from_predictions(preds: dict[str, torch.Tensor], skeleton, reference
     metrics = pose_metrics(preds["mean"], preds["cov"], preds["target"], preds["visibility"], skeleton,
                            head_sizes=preds.get("head_size"), target_true=preds.get("target_true"),
                            cov_true=preds.get("cov_true"), limbs=torch.tensor(CUE_LIMBS) if cued else None,
-                           limb_cue=preds.get("limb_cue"), reference_cov=reference_cov)
+                           limb_cue=preds.get("limb_cue"), reference_cov=reference_cov,
+                           limb_kind=preds.get("limb_cue_kind"), cue_kinds=CUE_KINDS)
     if "tic_share" in preds:
         metrics.update(tic_summary(preds["tic_share"], preds["jacobian_singular_values"]))
     return metrics

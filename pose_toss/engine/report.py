@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from pose_toss.data.dataset import sample_image_rgb
+from pose_toss.data.synthetic import CUE_KINDS
 from pose_toss.viz.draw import contact_sheet, draw_crosses, draw_pose_scaled, with_legend
 
 # (metric key, column title, lower is better?)
@@ -104,6 +105,7 @@ def _finite(v) -> bool:
 CUE_METRICS = (("cue_auroc_spread", "AUROC of the spread, cued joints (within each joint)"),
                ("cue_corr_auroc", "AUROC of a limb's joint correlation, cued limbs"),
                ("cue_axis_cos", "major axis \\|cos\\| against the truth, strongly cued limbs"))
+KIND_PHRASES = {"occluder": "an occluder", "blur": "blur", "fade": "fading"}
 CUE_REFERENCES = (("", "this model"), ("_constant", "per-joint constant"), ("_identity", "identity"),
                   ("_true", "true label noise"))
 
@@ -112,7 +114,10 @@ def cue_section(metrics: dict) -> list[str]:
     """Markdown lines: the cue metrics beside the reference covariances', and the occlusion check."""
     if "cue_auroc_spread" not in metrics:
         return []
-    rows = [[title] + [metrics.get(key + suffix) for suffix, _ in CUE_REFERENCES] for key, title in CUE_METRICS]
+    by_kind = [(f"cue_auroc_spread_{kind}", f"… joints on a limb with {KIND_PHRASES[kind]}, against clean ones")
+               for kind in CUE_KINDS if f"cue_auroc_spread_{kind}" in metrics]
+    rows = [[title] + [metrics.get(key + suffix) for suffix, _ in CUE_REFERENCES]
+            for key, title in (CUE_METRICS[0], *by_kind, *CUE_METRICS[1:])]
     out = ["## Does the covariance see the cues?", "",
            "The same numbers on the same figures for reference covariances: a per-joint constant (each joint's mean "
            f"residual covariance, fitted on {metrics.get('cue_reference_from', 'the training split')}), the identity, "

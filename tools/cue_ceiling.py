@@ -1,0 +1,166 @@
+"""Can the cues be seen at all at a run's setting? A supervised reference for the cue metrics.
+
+The covariance learns what the image shows from residuals alone. This trains a classifier on the synthetic
+benchmark's *true* cue labels instead (is this joint on a cued limb?), from the run's own trained backbone
+(a copy, fine-tuned) reading its features at each joint the model predicts, on the run's training split.
+The epoch is chosen on the validation split; the test split is scored with the cue metrics' own rule
+(``metrics.cue_aurocs``), overall and per cue kind, and on the occlusion check's pairs (the same
+figure with and without an occluder on one limb: how often the distal joint's score rises). Beside it, the
+run's covariance on the same figures, and the model's squared residual (one draw of what NLL trains on).
+
+    python tools/cue_ceiling.py runs/sweep/lr_0.01/seed_0/w2_then_nll_tic [--epochs 12] [--seeds 3] [--pairs 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pose_toss.config import load_config
+from pose_toss.data.dataset import PoseDataset
+from pose_toss.data.loading import load_records, make_loader
+from pose_toss.data.synthetic import CUE_KINDS, CUE_LIMBS, SyntheticPoseDataset, limb_cue_kinds, limb_cue_strengths
+from pose_toss.engine.occlusion import occlusion_check, occlusion_pairs
+from pose_toss.engine.prediction import attach_cues, predict_dataset
+from pose_toss.metrics import cue_aurocs, cue_metrics, joint_errors, joints_on_limbs, mean_std
+from pose_toss.models.checkpoint import load_model
+
+CPU = torch.device("cpu")
+LIMBS = torch.tensor(CUE_LIMBS)
+
+
+class Split:
+    """A split's images, the model's predicted joints, visibility and per-joint cue kinds."""
+
+    def __init__(self, model, records: list[dict], data_cfg, skeleton) -> None:
+        dataset = PoseDataset.from_config(records, data_cfg, train=False, skeleton=skeleton)
+        images, joints, vis = [], [], []
+        with torch.no_grad():
+            for batch in make_loader(dataset, 64, None, shuffle=False):
+                images.append(batch["image"])
+                mean = model(batch["image"], with_covariance=False).mean.float()
+                joints.append(mean.reshape(len(mean), -1, 2))
+                vis.append(batch["visibility"] > 0)
+        self.images, self.joints, self.visible = torch.cat(images), torch.cat(joints), torch.cat(vis)
+        cues = [r["cues"] for r in records]
+        self.limb_cue, self.limb_kind = (torch.from_numpy(limb_cue_strengths(cues)),
+                                         torch.from_numpy(limb_cue_kinds(cues)))
+        self.on_cued = joints_on_limbs(LIMBS, self.limb_cue > 0, self.visible.shape[1])
+
+
+class CueClassifier(nn.Module):
+    """The pose model's backbone (a copy, trained) read at each predicted joint, then a per-joint logit."""
+
+    def __init__(self, model, num_joints: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.normalise = model.normalise
+        self.backbone = copy.deepcopy(model.backbone)
+        channels = self.backbone(model.normalise(torch.zeros(1, 3, model.input_size, model.input_size))).shape[1]
+        self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, num_joints))
+
+    def forward(self, images: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(self.normalise(images))
+        grid = joints / (images.shape[-1] - 1) * 2 - 1
+        at_joint = nn.functional.grid_sample(features, grid[:, :, None], align_corners=True)[..., 0].transpose(1, 2)
+        return torch.diagonal(self.mlp(at_joint), dim1=1, dim2=2)  # joint j's own output
+
+
+def scores(net: CueClassifier, split: Split) -> torch.Tensor:
+    net.eval()
+    with torch.no_grad():
+        batches = zip(split.images.split(128), split.joints.split(128), strict=True)
+        return torch.cat([net(images, joints) for images, joints in batches])
+
+
+def kind_aurocs(score: torch.Tensor, split: Split) -> dict:
+    return cue_aurocs(score, split.visible, LIMBS, split.limb_cue, split.limb_kind, CUE_KINDS)
+
+
+def train_classifier(model, train: Split, val: Split, epochs: int, seed: int) -> tuple[CueClassifier, int]:
+    """Trained on the true labels; returns the state of the epoch with the best validation AUROC, and that epoch."""
+    torch.manual_seed(seed)
+    net = CueClassifier(model, train.visible.shape[1])
+    optimizer = torch.optim.AdamW(net.parameters(), 1e-3)
+    best, best_state, best_epoch = -1.0, None, 0
+    for epoch in range(1, epochs + 1):
+        net.train()
+        for idx in torch.randperm(len(train.images)).split(32):
+            logits, visible = net(train.images[idx], train.joints[idx]), train.visible[idx]
+            cued = train.on_cued[idx][visible].float()
+            loss = nn.functional.binary_cross_entropy_with_logits(logits[visible], cued)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        value = kind_aurocs(scores(net, val), val)["all"]
+        if value > best:
+            best, best_state, best_epoch = value, copy.deepcopy(net.state_dict()), epoch
+    net.load_state_dict(best_state)
+    return net, best_epoch
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--pairs", type=int, default=200)
+    args = ap.parse_args(argv)
+    cfg = load_config(args.run / "config.yaml")
+    model_file = args.run / "best" / "model.safetensors"
+    model = load_model(model_file if model_file.exists() else args.run / "model.safetensors")
+    splits = {}
+    for name in ("train", "val", "test"):
+        records, skeleton = load_records(cfg.data, name)
+        splits[name] = Split(model, records, cfg.data, skeleton)
+    test_records = records
+
+    # The run's covariance and its squared residual on the same test figures.
+    loader = make_loader(PoseDataset.from_config(test_records, cfg.data, train=False, skeleton=skeleton), 64, None,
+                         shuffle=False)
+    preds = attach_cues(predict_dataset(model, loader, CPU), test_records)
+    own = cue_metrics(preds["cov"], preds["visibility"], LIMBS, preds["limb_cue"],
+                      limb_kind=preds["limb_cue_kind"], cue_kinds=CUE_KINDS)
+    squared_residual = joint_errors(preds["mean"].double(), preds["target"].double()) ** 2
+    generator = SyntheticPoseDataset.from_config(cfg.data.synthetic, "test")
+    own_rise = occlusion_check(model, generator, cfg.data, CPU, pairs=args.pairs)["spread_rise"]
+
+    # The classifier on the occlusion check's pairs: the distal joint's score with and without the occluder.
+    pair_records, pair_joints = occlusion_pairs(generator, args.pairs)
+    pairs = Split(model, pair_records, cfg.data, skeleton)
+    rows = torch.arange(len(pair_records))
+    distal = torch.tensor(pair_joints).repeat_interleave(2)
+
+    results = []
+    for seed in range(args.seeds):
+        net, epoch = train_classifier(model, splits["train"], splits["val"], args.epochs, seed)
+        result = kind_aurocs(scores(net, splits["test"]), splits["test"])
+        at_distal = scores(net, pairs)[rows, distal]
+        result["rise"] = float((at_distal[1::2] > at_distal[::2]).double().mean())
+        result["epoch"] = epoch
+        results.append(result)
+        print(f"classifier seed {seed}: epoch {epoch}, " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()
+                                                                     if k != "epoch"), flush=True)
+
+    def cell(key: str) -> str:
+        m, s = mean_std([r[key] for r in results])
+        return f"{m:.3f} ± {s:.3f}"
+
+    residual = kind_aurocs(squared_residual, splits["test"])
+    print(f"\nrun {args.run}, test split ({len(test_records)} figures), {args.seeds} classifier seeds, "
+          f"{args.pairs} occlusion pairs\n")
+    print("| score | cue AUROC, all | occluder | blur | fade | occluder added: score rises |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    print(f"| the run's covariance (spread) | {own['cue_auroc_spread']:.3f} | "
+          + " | ".join(f"{own[f'cue_auroc_spread_{k}']:.3f}" for k in CUE_KINDS) + f" | {own_rise:.2f} |")
+    print(f"| the model's squared residual (one draw) | {residual['all']:.3f} | "
+          + " | ".join(f"{residual[k]:.3f}" for k in CUE_KINDS) + " | – |")
+    print(f"| a classifier trained on the true cue labels | {cell('all')} | "
+          + " | ".join(cell(k) for k in CUE_KINDS) + f" | {cell('rise')} |")
+
+
+if __name__ == "__main__":
+    main()
