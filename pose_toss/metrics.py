@@ -368,20 +368,33 @@ def cue_metrics(cov: torch.Tensor, visibility: torch.Tensor, limbs: torch.Tensor
     return out
 
 
+def calibrated_covariance(mean: torch.Tensor, target_true: torch.Tensor, cov_true: torch.Tensor) -> torch.Tensor:
+    """``E[(y - mean)(y - mean)^T | image]`` for labels ``y ~ N(target_true, cov_true)``: ``cov_true`` plus the outer
+    product of the mean's own error ``target_true - mean`` (B x D x D, float64). The covariance of a model exactly
+    calibrated to its error on each figure: an oracle (knowing that error, one would correct the mean instead)."""
+    bias = target_true.double() - mean.double()
+    return cov_true.double() + bias.unsqueeze(-1) * bias.unsqueeze(-2)
+
+
 def cue_metrics_with_references(cov: torch.Tensor, visibility: torch.Tensor, limbs: torch.Tensor,
                                 limb_cue: torch.Tensor, cov_true: torch.Tensor | None = None,
                                 constant: torch.Tensor | None = None, strong: float = 0.5,
-                                limb_kind: torch.Tensor | None = None, cue_kinds: Sequence[str] = ()) -> dict:
+                                limb_kind: torch.Tensor | None = None, cue_kinds: Sequence[str] = (),
+                                calibrated: torch.Tensor | None = None) -> dict:
     """``cue_metrics`` of ``cov``, and the same numbers on the same figures for reference covariances, under
     the suffixes ``_constant`` (``constant``, D x D: each joint's mean residual covariance on the training
-    split, no per-image information), ``_identity`` and ``_true`` (the label noise's own covariance: the
-    ceiling). A covariance shows what the image holds only where it beats the constant."""
+    split, no per-image information), ``_identity``, ``_calibrated`` (``calibrated``, B x D x D: what a
+    covariance exactly calibrated to this model's error on each figure scores, ``calibrated_covariance``) and
+    ``_true`` (the label noise's own covariance, which leaves the model's error out). A covariance shows what
+    the image holds only where it beats the constant; the calibrated oracle is as far as calibration goes."""
     kinds = {"limb_kind": limb_kind, "cue_kinds": cue_kinds}
     out = cue_metrics(cov, visibility, limbs, limb_cue, cov_true, strong, **kinds)
     b, d = cov.shape[0], cov.shape[-1]
     references = {"identity": torch.eye(d, dtype=torch.float64).expand(b, d, d)}
     if constant is not None:
         references["constant"] = constant.double().expand(b, d, d)
+    if calibrated is not None:
+        references["calibrated"] = calibrated.double()
     if cov_true is not None:
         references["true"] = cov_true.double()
     for name, ref in references.items():
@@ -546,8 +559,10 @@ def pose_metrics(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, vi
         noise_trace = (torch.diagonal(cov_true.double(), dim1=-2, dim2=-1) * m).sum()
         out["label_noise_share"] = float(noise_trace / (torch.diagonal(cov, dim1=-2, dim2=-1) * m).sum())
     if limbs is not None and limb_cue is not None:
+        calibrated = (calibrated_covariance(mean, target_true, cov_true)
+                      if target_true is not None and cov_true is not None else None)
         out.update(cue_metrics_with_references(cov, vis, limbs, limb_cue, cov_true, reference_cov,
-                                               limb_kind=limb_kind, cue_kinds=cue_kinds))
+                                               limb_kind=limb_kind, cue_kinds=cue_kinds, calibrated=calibrated))
     out["per_joint"] = per_joint
     out["calibration"] = {"levels": list(CALIBRATION_LEVELS), "overall": overall_cov,
                           "per_joint": cov_levels.T.tolist(), "has_joint": inside_any.tolist()}

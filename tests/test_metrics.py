@@ -474,3 +474,35 @@ def test_cue_auroc_per_kind_against_mann_whitney():
     refs = cue_metrics_with_references(cov, vis, limbs, limb_cue, constant=torch.eye(10, dtype=torch.float64),
                                        limb_kind=kind, cue_kinds=("occluder", "blur"))
     assert refs["cue_auroc_spread_occluder_constant"] == pytest.approx(0.5)
+
+
+def test_calibrated_covariance_is_the_residuals_second_moment_and_a_cue_reference():
+    """E[r r^T | image] for y ~ N(truth, C): C + b b^T with b = truth - mean, checked by Monte-Carlo; as the
+    ``_calibrated`` cue reference it scores its own spread sqrt(|b_j|^2 + tr C_jj), checked against scipy."""
+    from pose_toss.metrics import calibrated_covariance
+
+    gen = torch.Generator().manual_seed(11)
+    a = torch.randn(2, 4, 4, generator=gen, dtype=torch.float64)
+    true = a @ a.transpose(1, 2) + 0.2 * torch.eye(4, dtype=torch.float64)
+    truth = torch.randn(2, 4, generator=gen, dtype=torch.float64) * 5
+    mean = truth + torch.randn(2, 4, generator=gen, dtype=torch.float64)
+    got = calibrated_covariance(mean, truth, true)
+    for i in range(2):
+        y = torch.distributions.MultivariateNormal(truth[i], true[i]).sample((200_000,))
+        r = y - mean[i]
+        assert torch.allclose(got[i], r.T @ r / len(r), atol=0.05 * float(got[i].abs().max()))
+    # As a reference: 60 figures, 3 joints, one limb (0, 1); cued figures get larger true spreads.
+    n, limbs = 60, torch.tensor([[0, 1]])
+    cued = torch.rand(n, generator=gen) < 0.5
+    scale = 1.0 + 2.0 * cued.double()
+    true = torch.diag_embed(scale[:, None] * torch.ones(n, 6, dtype=torch.float64))
+    truth = torch.zeros(n, 6, dtype=torch.float64)
+    mean = torch.randn(n, 6, generator=gen, dtype=torch.float64) * 2
+    vis = torch.ones(n, 3, dtype=torch.bool)
+    out = cue_metrics_with_references(torch.eye(6, dtype=torch.float64).expand(n, 6, 6), vis, limbs,
+                                      cued.double()[:, None], true, calibrated=calibrated_covariance(mean, truth, true))
+    spread = ((mean.reshape(n, 3, 2) ** 2).sum(-1) + 2 * scale[:, None]).sqrt().numpy()
+    want = [scipy.stats.mannwhitneyu(spread[cued.numpy(), j], spread[~cued.numpy(), j]).statistic
+            / (int(cued.sum()) * int((~cued).sum())) for j in (0, 1)]
+    assert out["cue_auroc_spread_calibrated"] == pytest.approx(np.mean(want), rel=1e-12)
+    assert out["cue_auroc_spread_true"] == pytest.approx(1.0)

@@ -48,6 +48,15 @@ def test_summary_against_the_chi_square_law():
     ratio = (torch.diagonal(true_cov[1::2], dim1=-2, dim2=-1).sum(-1) / torch.diagonal(true_cov[0::2], dim1=-2,
              dim2=-1).sum(-1)).sqrt().median()
     assert got["true_spread_ratio"] == pytest.approx(float(ratio))
+    # The calibrated oracle: true_cov plus the mean's squared error. An occluded prediction pushed off the truth
+    # by 3 px grows it whatever the predicted covariance says; pushed by nothing, it follows the true spreads.
+    shifted = truth.clone()
+    shifted[1::2] += torch.tensor([3.0, 0.0], dtype=torch.float64)
+    oracle = occlusion_summary(shifted, cov, truth, true_cov, draws=10)
+    tr = torch.diagonal(true_cov, dim1=-2, dim2=-1).sum(-1)
+    want = ((tr[1::2] + 9.0).sqrt() > tr[0::2].sqrt()).double().mean()
+    assert oracle["calibrated_spread_rise"] == pytest.approx(float(want))
+    assert got["calibrated_spread_rise"] == pytest.approx(float((tr[1::2] > tr[0::2]).double().mean()))
 
 
 @pytest.mark.slow

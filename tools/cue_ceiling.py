@@ -7,8 +7,9 @@ The epoch is chosen on the validation split; the test split is scored with the c
 (``metrics.cue_aurocs``), overall and per cue kind, and on the occlusion check's pairs (the same
 figure with and without an occluder on one limb: how often the distal joint's score rises). Beside it, the
 run's covariance on the same figures, the model's squared residual (one draw of what NLL trains on), and the
-expected squared residual given the model's own error on each figure: what a covariance exactly calibrated
-to this model on each figure would score (an oracle: an estimate that knew that error would correct the mean).
+expected squared residual given the model's own error on each figure (``metrics.calibrated_covariance``):
+what a covariance exactly calibrated to this model on each figure would score (an oracle: an estimate that
+knew that error would correct the mean).
 
     python tools/cue_ceiling.py runs/sweep/lr_0.01/seed_0/w2_then_nll_tic [--epochs 12] [--seeds 3] [--pairs 200]
 """
@@ -28,7 +29,14 @@ from pose_toss.data.loading import load_records, make_loader
 from pose_toss.data.synthetic import CUE_KINDS, CUE_LIMBS, SyntheticPoseDataset, limb_cue_kinds, limb_cue_strengths
 from pose_toss.engine.occlusion import occlusion_check, occlusion_pairs
 from pose_toss.engine.prediction import attach_cues, predict_dataset
-from pose_toss.metrics import cue_aurocs, cue_metrics, joint_blocks, joint_errors, joints_on_limbs, mean_std
+from pose_toss.metrics import (
+    calibrated_covariance,
+    cue_aurocs,
+    cue_metrics_with_references,
+    joint_errors,
+    joints_on_limbs,
+    mean_std,
+)
 from pose_toss.models.checkpoint import load_model
 
 CPU = torch.device("cpu")
@@ -104,13 +112,6 @@ def train_classifier(model, train: Split, val: Split, epochs: int, seed: int) ->
     return net, best_epoch
 
 
-def expected_squared_residual(preds: dict) -> torch.Tensor:
-    """B x J: E|label - mean|^2 for each joint given the image, |mean - truth|^2 + tr of the label noise's block: what
-    a covariance exactly calibrated to this model's error on that figure would give (synthetic data only)."""
-    bias = joint_errors(preds["mean"].double(), preds["target_true"].double()) ** 2
-    return bias + torch.diagonal(joint_blocks(preds["cov_true"].double()), dim1=-2, dim2=-1).sum(-1)
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path)
@@ -131,24 +132,19 @@ def main(argv: list[str] | None = None) -> None:
     loader = make_loader(PoseDataset.from_config(test_records, cfg.data, train=False, skeleton=skeleton), 64, None,
                          shuffle=False)
     preds = attach_cues(predict_dataset(model, loader, CPU), test_records)
-    own = cue_metrics(preds["cov"], preds["visibility"], LIMBS, preds["limb_cue"],
-                      limb_kind=preds["limb_cue_kind"], cue_kinds=CUE_KINDS)
+    own = cue_metrics_with_references(preds["cov"], preds["visibility"], LIMBS, preds["limb_cue"],
+                                      limb_kind=preds["limb_cue_kind"], cue_kinds=CUE_KINDS,
+                                      calibrated=calibrated_covariance(preds["mean"], preds["target_true"],
+                                                                       preds["cov_true"]))
     squared_residual = joint_errors(preds["mean"].double(), preds["target"].double()) ** 2
     generator = SyntheticPoseDataset.from_config(cfg.data.synthetic, "test")
-    own_rise = occlusion_check(model, generator, cfg.data, CPU, pairs=args.pairs)["spread_rise"]
-    oracle = cue_aurocs(expected_squared_residual(preds), preds["visibility"], LIMBS, preds["limb_cue"],
-                        preds["limb_cue_kind"], CUE_KINDS)
+    occlusion = occlusion_check(model, generator, cfg.data, CPU, pairs=args.pairs)
 
     # The classifier on the occlusion check's pairs: the distal joint's score with and without the occluder.
     pair_records, pair_joints = occlusion_pairs(generator, args.pairs)
     pairs = Split(model, pair_records, cfg.data, skeleton)
     rows = torch.arange(len(pair_records))
     distal = torch.tensor(pair_joints).repeat_interleave(2)
-
-    pair_loader = make_loader(PoseDataset.from_config(pair_records, cfg.data, train=False, skeleton=skeleton), 64,
-                              None, shuffle=False)
-    at_distal = expected_squared_residual(predict_dataset(model, pair_loader, CPU))[rows, distal]
-    oracle["rise"] = float((at_distal[1::2] > at_distal[::2]).double().mean())
 
     results = []
     for seed in range(args.seeds):
@@ -170,12 +166,14 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.pairs} occlusion pairs\n")
     print("| score | cue AUROC, all | occluder | blur | fade | occluder added: score rises |")
     print("| --- | --- | --- | --- | --- | --- |")
-    print(f"| the run's covariance (spread) | {own['cue_auroc_spread']:.3f} | "
-          + " | ".join(f"{own[f'cue_auroc_spread_{k}']:.3f}" for k in CUE_KINDS) + f" | {own_rise:.2f} |")
+    for title, suffix, rise in (("the run's covariance (spread)", "", "spread_rise"),
+                                ("the expected squared residual, knowing the model's error on each figure",
+                                 "_calibrated", "calibrated_spread_rise")):
+        print(f"| {title} | {own['cue_auroc_spread' + suffix]:.3f} | "
+              + " | ".join(f"{own[f'cue_auroc_spread_{k}{suffix}']:.3f}" for k in CUE_KINDS)
+              + f" | {occlusion[rise]:.2f} |")
     print(f"| the model's squared residual (one draw) | {residual['all']:.3f} | "
           + " | ".join(f"{residual[k]:.3f}" for k in CUE_KINDS) + " | – |")
-    print(f"| the expected squared residual, knowing the model's error on each figure | {oracle['all']:.3f} | "
-          + " | ".join(f"{oracle[k]:.3f}" for k in CUE_KINDS) + f" | {oracle['rise']:.2f} |")
     print(f"| a classifier trained on the true cue labels | {cell('all')} | "
           + " | ".join(cell(k) for k in CUE_KINDS) + f" | {cell('rise')} |")
 

@@ -19,7 +19,7 @@ from pose_toss.data.loading import make_loader
 from pose_toss.data.synthetic import CUE_LIMBS, Cue, SyntheticPoseDataset
 from pose_toss.engine.prediction import predict_dataset
 from pose_toss.engine.runtime import Runtime
-from pose_toss.metrics import joint_blocks
+from pose_toss.metrics import calibrated_covariance, joint_blocks
 
 CHI2_2D_90 = -2.0 * math.log(0.1)  # squared Mahalanobis radius of the 90 % ellipse in two dimensions
 
@@ -80,6 +80,9 @@ def occlusion_summary(mean: torch.Tensor, cov: torch.Tensor, truth: torch.Tensor
     the noise-free ``truth`` and the labels' covariance ``true_cov``. Returns:
 
     - ``spread_rise``: share of pairs whose predicted spread sqrt(tr cov) grew with the occluder;
+    - ``calibrated_spread_rise``: the same for a covariance exactly calibrated to the model's error on each
+      figure, ``true_cov`` plus the outer product of ``truth - mean`` (``metrics.calibrated_covariance``): an
+      oracle, what calibration alone would give;
     - ``spread_ratio`` / ``error_ratio`` / ``true_spread_ratio``: medians over pairs of occluded / plain for
       the predicted spread, the label error |label - mean| and the labels' own spread sqrt(tr true_cov);
     - ``coverage@0.9_plain`` / ``coverage@0.9_occluded``: share of ``draws`` labels per figure, drawn from
@@ -100,7 +103,9 @@ def occlusion_summary(mean: torch.Tensor, cov: torch.Tensor, truth: torch.Tensor
     def ratio(x: torch.Tensor) -> float:
         return float((x[occluded] / x[plain]).median())
 
+    calibrated = torch.diagonal(calibrated_covariance(mean, truth, true_cov), dim1=-2, dim2=-1).sum(-1).sqrt()
     return {"spread_rise": float((spread[occluded] > spread[plain]).double().mean()),
+            "calibrated_spread_rise": float((calibrated[occluded] > calibrated[plain]).double().mean()),
             "spread_ratio": ratio(spread), "error_ratio": ratio(error), "true_spread_ratio": ratio(true_spread),
             "coverage@0.9_plain": float(inside[plain].mean()), "coverage@0.9_occluded": float(inside[occluded].mean()),
             "error_plain": float(error[plain].mean()), "error_occluded": float(error[occluded].mean())}

@@ -107,7 +107,7 @@ CUE_METRICS = (("cue_auroc_spread", "AUROC of the spread, cued joints (within ea
                ("cue_axis_cos", "major axis \\|cos\\| against the truth, strongly cued limbs"))
 KIND_PHRASES = {"occluder": "an occluder", "blur": "blur", "fade": "fading"}
 CUE_REFERENCES = (("", "this model"), ("_constant", "per-joint constant"), ("_identity", "identity"),
-                  ("_true", "true label noise"))
+                  ("_calibrated", "exactly calibrated to this model (oracle)"), ("_true", "true label noise"))
 
 
 def cue_section(metrics: dict) -> list[str]:
@@ -116,15 +116,18 @@ def cue_section(metrics: dict) -> list[str]:
         return []
     by_kind = [(f"cue_auroc_spread_{kind}", f"… joints on a limb with {KIND_PHRASES[kind]}, against clean ones")
                for kind in CUE_KINDS if f"cue_auroc_spread_{kind}" in metrics]
-    rows = [[title] + [metrics.get(key + suffix) for suffix, _ in CUE_REFERENCES]
+    present = [suffix for suffix, _ in CUE_REFERENCES if suffix == "" or f"cue_auroc_spread{suffix}" in metrics]
+    rows = [[title] + [metrics.get(key + suffix) for suffix in present]
             for key, title in (CUE_METRICS[0], *by_kind, *CUE_METRICS[1:])]
     out = ["## Does the covariance see the cues?", "",
            "The same numbers on the same figures for reference covariances: a per-joint constant (each joint's mean "
            f"residual covariance, fitted on {metrics.get('cue_reference_from', 'the training split')}), the identity, "
-           "and the label noise's own covariance (the ceiling). A constant scores 0.5 on both AUROCs; axes that "
-           "ignore the image still score above 2/π on |cos| because limbs have typical directions. The model shows "
-           "what the image holds only where it beats the constant.", "",
-           table(["metric"] + [name for _, name in CUE_REFERENCES], rows), ""]
+           "the covariance of a model exactly calibrated to this model's error on each figure (the label noise plus "
+           "the mean's own error there: an oracle, as far as calibration can go) and the label noise's own covariance "
+           "(which leaves the model's error out). A constant scores 0.5 on both AUROCs; axes that ignore the image "
+           "still score above 2/π on |cos| because limbs have typical directions. The model shows what the image "
+           "holds only where it beats the constant.", "",
+           table(["metric"] + [name for suffix, name in CUE_REFERENCES if suffix in present], rows), ""]
     occ = metrics.get("occlusion")
     if occ:
         out += ["### An occluder added", "",
@@ -136,7 +139,9 @@ def cue_section(metrics: dict) -> list[str]:
                        ["labels' own spread", "", "", occ["true_spread_ratio"]],
                        ["labels inside the 90 % ellipse", occ["coverage@0.9_plain"], occ["coverage@0.9_occluded"],
                         ""]]), "",
-                f"The predicted spread grew with the occluder in {100 * occ['spread_rise']:.0f} % of the pairs.", ""]
+                f"The predicted spread grew with the occluder in {100 * occ['spread_rise']:.0f} % of the pairs"
+                + (f"; that of a covariance exactly calibrated to this model's error on each figure (an oracle) in "
+                   f"{100 * occ['calibrated_spread_rise']:.0f} %." if "calibrated_spread_rise" in occ else "."), ""]
     return out
 
 
