@@ -121,14 +121,17 @@ def summary_text(m: dict, out: Path, pictures: bool) -> str:
     if "cue_auroc_spread" in m:
         constant = m.get("cue_auroc_spread_constant", 0.5)
         lines.append(f"synthetic cues: the spread tells a cued joint from the same joint uncued with AUROC "
-                     f"{m['cue_auroc_spread']:.3f} (a per-joint constant: {constant:.3f}, the true label noise: "
-                     f"{m['cue_auroc_spread_true']:.3f}); the label noise is "
+                     f"{m['cue_auroc_spread']:.3f} (a per-joint constant: {constant:.3f}, "
+                     + (f"exactly calibrated to this model: {m['cue_auroc_spread_calibrated']:.3f}, "
+                        if "cue_auroc_spread_calibrated" in m else "")
+                     + f"the true label noise: {m['cue_auroc_spread_true']:.3f}); the label noise is "
                      f"{100 * m['label_noise_share']:.0f}% of the predicted covariance's trace")
     if "occlusion" in m:
         o = m["occlusion"]
         lines.append(f"occluder added on one limb of {o['pairs']} test figures: the limb end's spread rose in "
                      f"{100 * o['spread_rise']:.0f}% (median x{o['spread_ratio']:.2f}, its error "
-                     f"x{o['error_ratio']:.2f}); 90% ellipses hold {100 * o['coverage@0.9_occluded']:.0f}% of its "
+                     f"x{o['error_ratio']:.2f}; exactly calibrated: {100 * o['calibrated_spread_rise']:.0f}%); "
+                     f"90% ellipses hold {100 * o['coverage@0.9_occluded']:.0f}% of its "
                      f"labels occluded, {100 * o['coverage@0.9_plain']:.0f}% without")
     if m.get("unreadable_images"):
         lines.append(f"warning: {len(m['unreadable_images'])} of {m['samples_given']} samples left out: their images "
