@@ -559,7 +559,8 @@ def pose_metrics(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor, vi
         noise_trace = (torch.diagonal(cov_true.double(), dim1=-2, dim2=-1) * m).sum()
         out["label_noise_share"] = float(noise_trace / (torch.diagonal(cov, dim1=-2, dim2=-1) * m).sum())
     if limbs is not None and limb_cue is not None:
-        calibrated = (calibrated_covariance(mean, target_true, cov_true)
+        # Invisible joints' true positions may be anything (NaN): their error counts as 0, as they are left out.
+        calibrated = (calibrated_covariance(mean, torch.where(coord_vis, target_true.double(), mean), cov_true)
                       if target_true is not None and cov_true is not None else None)
         out.update(cue_metrics_with_references(cov, vis, limbs, limb_cue, cov_true, reference_cov,
                                                limb_kind=limb_kind, cue_kinds=cue_kinds, calibrated=calibrated))
