@@ -7,7 +7,7 @@ from pose_toss.data.synthetic import (
     CUE_STRENGTH,
     Cue,
     SyntheticPoseDataset,
-    limb_cue_strengths,
+    limb_cues,
     load_lsp_poses,
     object_scale,
 )
@@ -244,20 +244,19 @@ def test_bad_arguments():
 
 def test_limb_cue_strengths_hand_case():
     cues = [[], [Cue("occluder", CUE_LIMBS[3], 0.8), Cue("fade", CUE_LIMBS[0], 0.4)]]
-    got = limb_cue_strengths(cues)
+    got, _ = limb_cues(cues)
     want = np.zeros((2, len(CUE_LIMBS)))
     want[1, 3], want[1, 0] = 0.8 * CUE_STRENGTH["occluder"], 0.4 * CUE_STRENGTH["fade"]
     assert np.allclose(got, want)
 
 
-def test_limb_cue_kinds_name_each_limbs_strongest_cue():
-    from pose_toss.data.synthetic import CUE_KINDS, CUE_LIMBS, Cue, limb_cue_kinds, limb_cue_strengths
+def test_limb_cues_name_each_limbs_strongest_cue():
+    from pose_toss.data.synthetic import CUE_KINDS, CUE_LIMBS, Cue
 
     upper, fore = CUE_LIMBS[0], CUE_LIMBS[1]
     cues = [[Cue("blur", upper, 1.0), Cue("occluder", upper, 0.5)],  # blur 0.6 beats an occluder at 0.5
             [Cue("fade", fore, 0.4)], []]
-    kinds = limb_cue_kinds(cues)
-    strengths = limb_cue_strengths(cues)
+    strengths, kinds = limb_cues(cues)
     assert kinds.shape == strengths.shape == (3, len(CUE_LIMBS))
     assert kinds[0, 0] == CUE_KINDS.index("blur") and strengths[0, 0] == pytest.approx(0.6)
     assert kinds[1, 1] == CUE_KINDS.index("fade") and strengths[1, 1] == pytest.approx(0.2)

@@ -26,7 +26,7 @@ from torch import nn
 from pose_toss.config import load_config
 from pose_toss.data.dataset import PoseDataset
 from pose_toss.data.loading import load_records, make_loader
-from pose_toss.data.synthetic import CUE_KINDS, CUE_LIMBS, SyntheticPoseDataset, limb_cue_kinds, limb_cue_strengths
+from pose_toss.data.synthetic import CUE_KINDS, CUE_LIMBS, SyntheticPoseDataset, limb_cues
 from pose_toss.engine.occlusion import occlusion_check, occlusion_pairs
 from pose_toss.engine.prediction import attach_cues, predict_dataset
 from pose_toss.metrics import (
@@ -56,9 +56,7 @@ class Split:
                 joints.append(mean.reshape(len(mean), -1, 2))
                 vis.append(batch["visibility"] > 0)
         self.images, self.joints, self.visible = torch.cat(images), torch.cat(joints), torch.cat(vis)
-        cues = [r["cues"] for r in records]
-        self.limb_cue, self.limb_kind = (torch.from_numpy(limb_cue_strengths(cues)),
-                                         torch.from_numpy(limb_cue_kinds(cues)))
+        self.limb_cue, self.limb_kind = (torch.from_numpy(a) for a in limb_cues([r["cues"] for r in records]))
         self.on_cued = joints_on_limbs(LIMBS, self.limb_cue > 0, self.visible.shape[1])
 
 

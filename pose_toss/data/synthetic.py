@@ -69,44 +69,32 @@ class Cue:
     severity: float  # in [0.35, 1]
 
 
-def limb_cue_strengths(cue_lists: Sequence[Sequence[Cue]]) -> np.ndarray:
-    """N x len(CUE_LIMBS): each limb's cue strength (severity x the kind's CUE_STRENGTH), 0 when clean.
-    What ``metrics.cue_metrics`` reads with ``limbs = CUE_LIMBS``."""
+def limb_cues(cue_lists: Sequence[Sequence[Cue]]) -> tuple[np.ndarray, np.ndarray]:
+    """Two N x len(CUE_LIMBS) arrays: each limb's cue strength (severity x the kind's CUE_STRENGTH, the
+    strongest when a limb has several), 0 when clean, and that cue's index in CUE_KINDS, -1 when clean.
+    What ``metrics.cue_metrics`` reads as ``limb_cue`` and ``limb_kind`` with ``limbs = CUE_LIMBS``."""
     column = {limb: n for n, limb in enumerate(CUE_LIMBS)}
-    out = np.zeros((len(cue_lists), len(CUE_LIMBS)))
-    for i, cues in enumerate(cue_lists):
-        for cue in cues:
-            n = column[tuple(cue.limb)]
-            out[i, n] = max(out[i, n], cue.severity * CUE_STRENGTH[cue.kind])
-    return out
-
-
-def limb_cue_kinds(cue_lists: Sequence[Sequence[Cue]]) -> np.ndarray:
-    """N x len(CUE_LIMBS) integers: the index in CUE_KINDS of each limb's strongest cue (the one
-    ``limb_cue_strengths`` reports), -1 when the limb is clean."""
-    column = {limb: n for n, limb in enumerate(CUE_LIMBS)}
-    kinds = np.full((len(cue_lists), len(CUE_LIMBS)), -1, dtype=np.int64)
-    strength = np.zeros(kinds.shape)
+    strengths = np.zeros((len(cue_lists), len(CUE_LIMBS)))
+    kinds = np.full(strengths.shape, -1, dtype=np.int64)
     for i, cues in enumerate(cue_lists):
         for cue in cues:
             n, value = column[tuple(cue.limb)], cue.severity * CUE_STRENGTH[cue.kind]
-            if value > strength[i, n]:
-                kinds[i, n], strength[i, n] = CUE_KINDS.index(cue.kind), value
-    return kinds
+            if value > strengths[i, n]:
+                strengths[i, n], kinds[i, n] = value, CUE_KINDS.index(cue.kind)
+    return strengths, kinds
+
+
+def record_cues(records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray] | None:
+    """``limb_cues`` of records that all know their cues (synthetic data), else None."""
+    if not records or not all("cues" in r for r in records):
+        return None
+    return limb_cues([r["cues"] for r in records])
 
 
 def record_cue_strengths(records: Sequence[dict]) -> np.ndarray | None:
-    """``limb_cue_strengths`` of records that all know their cues (synthetic data), else None."""
-    if not records or not all("cues" in r for r in records):
-        return None
-    return limb_cue_strengths([r["cues"] for r in records])
-
-
-def record_cue_kinds(records: Sequence[dict]) -> np.ndarray | None:
-    """``limb_cue_kinds`` of records that all know their cues (synthetic data), else None."""
-    if not records or not all("cues" in r for r in records):
-        return None
-    return limb_cue_kinds([r["cues"] for r in records])
+    """The strengths of ``record_cues``, or None."""
+    cues = record_cues(records)
+    return None if cues is None else cues[0]
 
 
 def _rot(theta: float) -> np.ndarray:

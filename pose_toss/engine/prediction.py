@@ -7,7 +7,7 @@ import torch
 from tqdm import tqdm
 
 from pose_toss.covariance import equal_mixture, taylor_diagnostics, unmirror
-from pose_toss.data.synthetic import CUE_KINDS, CUE_LIMBS, record_cue_kinds, record_cue_strengths
+from pose_toss.data.synthetic import CUE_KINDS, CUE_LIMBS, record_cues
 from pose_toss.engine.runtime import autocast_context
 from pose_toss.metrics import mean_residual_covariance, pose_metrics, tic_summary
 
@@ -113,11 +113,9 @@ def non_finite_predictions(preds: dict[str, torch.Tensor]) -> torch.Tensor:
 def attach_cues(preds: dict[str, torch.Tensor], records: list[dict]) -> dict[str, torch.Tensor]:
     """Add ``limb_cue`` (B x limbs, the synthetic cues' strengths) and ``limb_cue_kind`` (B x limbs, each limb's
     strongest cue as an index in ``CUE_KINDS``, -1 when clean) when every predicted record knows its cues."""
-    predicted = [records[int(i)] for i in preds["index"]]
-    strengths = record_cue_strengths(predicted)
-    if strengths is not None:
-        preds["limb_cue"] = torch.from_numpy(strengths)
-        preds["limb_cue_kind"] = torch.from_numpy(record_cue_kinds(predicted))
+    cues = record_cues([records[int(i)] for i in preds["index"]])
+    if cues is not None:
+        preds["limb_cue"], preds["limb_cue_kind"] = (torch.from_numpy(a) for a in cues)
     return preds
 
 
