@@ -7,6 +7,7 @@ import json
 import numpy as np
 import torch
 
+from pose_toss.data.readers import read_json_file
 from pose_toss.data.transforms import affine_covariance, affine_points, invert_affine
 from pose_toss.metrics import expected_keypoint_similarity
 from pose_toss.outputs import atomic_write_text
@@ -89,6 +90,15 @@ def _person_size(joints: np.ndarray) -> float:
     """sqrt of the joints' bounding-box area (the scale COCO's OKS uses), at least 1 px."""
     span = joints.max(axis=0) - joints.min(axis=0)
     return float(max(np.sqrt(span[0] * span[1]), 1.0))
+
+
+def read_coco_results(path) -> list[dict]:
+    """A COCO keypoint results file: a JSON list of results. A missing or unreadable file, or one holding
+    anything but a list, is an error naming it."""
+    results = read_json_file(path, "COCO keypoint results file")
+    if not isinstance(results, list):
+        raise ValueError(f"{path}: expected a list of COCO keypoint results, got {type(results).__name__}")
+    return results
 
 
 def write_coco_results(path, results: list[dict]) -> None:

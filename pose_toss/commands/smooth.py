@@ -38,6 +38,7 @@ def parse_sigmas(text: str | None) -> list[float] | None:
 
 def run(args: argparse.Namespace) -> int:
     # torch is imported here, when smoothing runs, so that `pose-toss smooth --help` stays quick.
+    from pose_toss.coco_results import read_coco_results
     from pose_toss.tracking import smooth_results
 
     src, out = Path(args.predictions), Path(args.out)
@@ -48,12 +49,7 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ValueError(f"{flag}: expected a finite number > 0, got {value}")
     sigmas = parse_sigmas(args.sigmas)
-    try:
-        results = json.loads(src.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{src}: cannot read as JSON ({e})") from None
-    if not isinstance(results, list):
-        raise ValueError(f"{src}: expected a list of COCO keypoint results, got {type(results).__name__}")
+    results = read_coco_results(src)
     smoothed = smooth_results(results, args.q, str(src), alpha=args.alpha, sigmas=sigmas)
     with run_lock(out):
         atomic_write_text(out, json.dumps(smoothed))

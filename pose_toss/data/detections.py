@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+
+from pose_toss.data.readers import read_json_file
 
 
 def read_detections(path, images: list[Path], score_threshold: float = 0.0, log=print) -> dict[Path, np.ndarray]:
@@ -14,12 +15,7 @@ def read_detections(path, images: list[Path], score_threshold: float = 0.0, log=
     ``image_id`` equal to the number in the file's name (COCO's ``000000000785.jpg`` is 785).
     Detections of images that were not given are counted and said, not silently dropped."""
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"--boxes: detections file not found: {p}")
-    try:
-        dets = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{p}: cannot read as JSON ({e})") from None
+    dets = read_json_file(p, "--boxes: detections file")
     if isinstance(dets, dict) and "annotations" in dets:
         dets = dets["annotations"]  # a ground-truth file works too
     if not isinstance(dets, list):

@@ -47,6 +47,18 @@ def _mask_bad(joints: np.ndarray, visibility: np.ndarray) -> tuple[np.ndarray, n
     return np.where(ok[:, None], joints, 0.0), vis.astype(np.float32)
 
 
+def read_json_file(path, what: str):
+    """The JSON in a file a user named; a missing file is a ``FileNotFoundError`` saying ``what`` it was meant to be
+    and one that is not JSON a ``ValueError``, both naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} not found: {p}")
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{p}: cannot read as JSON ({e})") from None
+
+
 def _read_json(p: Path):
     try:
         with open(p) as f:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from pose_toss.coco_results import read_coco_results
 from pose_toss.data.coco_format import record_image_size
 from pose_toss.data.readers import AnnotationError, keypoint_category, read_annotation_json
 from pose_toss.skeletons import SKELETONS, skeleton_from_coco_category
@@ -60,13 +60,7 @@ def keypoint_ap_against_file(results, ground_truth_file, sigmas=None) -> dict:
     if not isinstance(ground_truth, dict) or not {"images", "annotations", "categories"} <= set(ground_truth):
         raise AnnotationError(f"{gt_path}: expected a COCO keypoints file (images, annotations, categories)")
     if not isinstance(results, list):
-        results_path = Path(results)
-        try:
-            results = json.loads(results_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{results_path}: cannot read as JSON ({e})") from None
-        if not isinstance(results, list):
-            raise ValueError(f"{results_path}: expected a list of COCO keypoint results")
+        results = read_coco_results(results)
     category = keypoint_category(gt_path, ground_truth)
     skeleton = skeleton_from_coco_category(category, f"{gt_path}: category {category.get('name')!r}")
     for r in results:
