@@ -3,7 +3,10 @@
 The covariance learns what the image shows from residuals alone. This trains a classifier on the synthetic
 benchmark's *true* cue labels instead (is this joint on a cued limb?), from the run's own trained backbone
 (a copy, fine-tuned) reading its features at each joint the model predicts, on the run's training split.
-The epoch is chosen on the validation split; the test split is scored with the cue metrics' own rule
+A second classifier is the local covariance term's own module (``JointLocalScale``: a small CNN on an image patch
+around each predicted joint, with that joint's heatmap statistics), trained from scratch on the same labels: can
+the local term's input and size see the cues at all? The epoch is chosen on the validation split; the test split
+is scored with the cue metrics' own rule
 (``metrics.cue_aurocs``), overall and per cue kind, and on the occlusion check's pairs (the same
 figure with and without an occluder on one limb: how often the distal joint's score rises). Beside it, the
 run's covariance on the same figures, the model's squared residual (one draw of what NLL trains on), and the
@@ -11,7 +14,8 @@ expected squared residual given the model's own error on each figure (``metrics.
 what a covariance exactly calibrated to this model on each figure would score (an oracle: an estimate that
 knew that error would correct the mean).
 
-    python tools/cue_ceiling.py runs/sweep/lr_0.01/seed_0/w2_then_nll_tic [--epochs 12] [--seeds 3] [--pairs 200]
+    python tools/cue_ceiling.py runs/sweep/lr_0.01/seed_0/w2_then_nll_tic [--epochs 12] [--patch-epochs 60]
+        [--seeds 3] [--pairs 200]
 """
 
 from __future__ import annotations
@@ -38,24 +42,28 @@ from pose_toss.metrics import (
     mean_std,
 )
 from pose_toss.models.checkpoint import load_model
+from pose_toss.models.covariance_heads import JointLocalScale
 
 CPU = torch.device("cpu")
 LIMBS = torch.tensor(CUE_LIMBS)
 
 
 class Split:
-    """A split's images, the model's predicted joints, visibility and per-joint cue kinds."""
+    """A split's images, the model's predicted joints, their heatmap distributions, visibility and per-joint cue
+    kinds."""
 
     def __init__(self, model, records: list[dict], data_cfg, skeleton) -> None:
         dataset = PoseDataset.from_config(records, data_cfg, train=False, skeleton=skeleton)
-        images, joints, vis = [], [], []
+        images, joints, probs, vis = [], [], [], []
         with torch.no_grad():
             for batch in make_loader(dataset, 64, None, shuffle=False):
                 images.append(batch["image"])
-                mean = model(batch["image"], with_covariance=False).mean.float()
-                joints.append(mean.reshape(len(mean), -1, 2))
+                out = model(batch["image"], with_covariance=False)
+                joints.append(out.mean.float().reshape(len(out.mean), -1, 2))
+                probs.append(model.head.distribution(out.heatmaps.float()))
                 vis.append(batch["visibility"] > 0)
         self.images, self.joints, self.visible = torch.cat(images), torch.cat(joints), torch.cat(vis)
+        self.heat_prob = torch.cat(probs)
         self.limb_cue, self.limb_kind = (torch.from_numpy(a) for a in limb_cues([r["cues"] for r in records]))
         self.on_cued = joints_on_limbs(LIMBS, self.limb_cue > 0, self.visible.shape[1])
 
@@ -70,34 +78,52 @@ class CueClassifier(nn.Module):
         channels = self.backbone(model.normalise(torch.zeros(1, 3, model.input_size, model.input_size))).shape[1]
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, num_joints))
 
-    def forward(self, images: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, joints: torch.Tensor, heat_prob: torch.Tensor) -> torch.Tensor:
         features = self.backbone(self.normalise(images))
         grid = joints / (images.shape[-1] - 1) * 2 - 1
         at_joint = nn.functional.grid_sample(features, grid[:, :, None], align_corners=True)[..., 0].transpose(1, 2)
         return torch.diagonal(self.mlp(at_joint), dim1=1, dim2=2)  # joint j's own output
 
 
+class PatchCueClassifier(nn.Module):
+    """The local covariance term's module (``JointLocalScale``, fresh, as the run's config builds it) read as a
+    per-joint logit: an image patch around each predicted joint and the joint's heatmap statistics."""
+
+    def __init__(self, model, num_joints: int) -> None:
+        super().__init__()
+        self.normalise, self.stride = model.normalise, model.head.out_stride
+        self.local = JointLocalScale(num_joints, cov_hidden=model.config.cov_hidden)
+        nn.init.normal_(self.local.out.weight, std=0.01)  # a zero output layer would pass no gradient back
+
+    def forward(self, images: torch.Tensor, joints: torch.Tensor, heat_prob: torch.Tensor) -> torch.Tensor:
+        return self.local(self.normalise(images), joints, heat_prob, self.stride)
+
+
+CLASSIFIERS = {"backbone": CueClassifier, "patch": PatchCueClassifier}
+
+
 def scores(net: CueClassifier, split: Split) -> torch.Tensor:
     net.eval()
     with torch.no_grad():
-        batches = zip(split.images.split(128), split.joints.split(128), strict=True)
-        return torch.cat([net(images, joints) for images, joints in batches])
+        batches = zip(split.images.split(128), split.joints.split(128), split.heat_prob.split(128), strict=True)
+        return torch.cat([net(*batch) for batch in batches])
 
 
 def kind_aurocs(score: torch.Tensor, split: Split) -> dict:
     return cue_aurocs(score, split.visible, LIMBS, split.limb_cue, split.limb_kind, CUE_KINDS)
 
 
-def train_classifier(model, train: Split, val: Split, epochs: int, seed: int) -> tuple[CueClassifier, int]:
-    """Trained on the true labels; returns the state of the epoch with the best validation AUROC, and that epoch."""
+def train_classifier(model, kind: str, train: Split, val: Split, epochs: int, seed: int) -> tuple[nn.Module, int]:
+    """A ``CLASSIFIERS[kind]`` trained on the true labels; returns the state of the epoch with the best validation
+    AUROC, and that epoch."""
     torch.manual_seed(seed)
-    net = CueClassifier(model, train.visible.shape[1])
+    net = CLASSIFIERS[kind](model, train.visible.shape[1])
     optimizer = torch.optim.AdamW(net.parameters(), 1e-3)
     best, best_state, best_epoch = -1.0, None, 0
     for epoch in range(1, epochs + 1):
         net.train()
         for idx in torch.randperm(len(train.images)).split(32):
-            logits, visible = net(train.images[idx], train.joints[idx]), train.visible[idx]
+            logits, visible = net(train.images[idx], train.joints[idx], train.heat_prob[idx]), train.visible[idx]
             cued = train.on_cued[idx][visible].float()
             loss = nn.functional.binary_cross_entropy_with_logits(logits[visible], cued)
             optimizer.zero_grad()
@@ -113,7 +139,9 @@ def train_classifier(model, train: Split, val: Split, epochs: int, seed: int) ->
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path)
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=12, help="epochs of the backbone classifier")
+    ap.add_argument("--patch-epochs", type=int, default=60, help="epochs of the local term's module (it starts "
+                    "from scratch, and its validation AUROC still rises at 50)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--pairs", type=int, default=200)
     args = ap.parse_args(argv)
@@ -144,19 +172,20 @@ def main(argv: list[str] | None = None) -> None:
     rows = torch.arange(len(pair_records))
     distal = torch.tensor(pair_joints).repeat_interleave(2)
 
-    results = []
-    for seed in range(args.seeds):
-        net, epoch = train_classifier(model, splits["train"], splits["val"], args.epochs, seed)
-        result = kind_aurocs(scores(net, splits["test"]), splits["test"])
-        at_distal = scores(net, pairs)[rows, distal]
-        result["rise"] = float((at_distal[1::2] > at_distal[::2]).double().mean())
-        result["epoch"] = epoch
-        results.append(result)
-        print(f"classifier seed {seed}: epoch {epoch}, " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()
-                                                                     if k != "epoch"), flush=True)
+    results: dict[str, list[dict]] = {kind: [] for kind in CLASSIFIERS}
+    for kind, epochs in (("backbone", args.epochs), ("patch", args.patch_epochs)):
+        for seed in range(args.seeds):
+            net, epoch = train_classifier(model, kind, splits["train"], splits["val"], epochs, seed)
+            result = kind_aurocs(scores(net, splits["test"]), splits["test"])
+            at_distal = scores(net, pairs)[rows, distal]
+            result["rise"] = float((at_distal[1::2] > at_distal[::2]).double().mean())
+            result["epoch"] = epoch
+            results[kind].append(result)
+            print(f"{kind} classifier seed {seed}: epoch {epoch}, "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in result.items() if k != "epoch"), flush=True)
 
-    def cell(key: str) -> str:
-        m, s = mean_std([r[key] for r in results])
+    def cell(kind: str, key: str) -> str:
+        m, s = mean_std([r[key] for r in results[kind]])
         return f"{m:.3f} ± {s:.3f}"
 
     residual = kind_aurocs(squared_residual, splits["test"])
@@ -172,8 +201,10 @@ def main(argv: list[str] | None = None) -> None:
               + f" | {occlusion[rise]:.2f} |")
     print(f"| the model's squared residual (one draw) | {residual['all']:.3f} | "
           + " | ".join(f"{residual[k]:.3f}" for k in CUE_KINDS) + " | – |")
-    print(f"| a classifier trained on the true cue labels | {cell('all')} | "
-          + " | ".join(cell(k) for k in CUE_KINDS) + f" | {cell('rise')} |")
+    for kind, title in (("backbone", "a classifier trained on the true cue labels (the run's backbone, fine-tuned)"),
+                        ("patch", "the local term's module trained on the true cue labels (patch + heatmap)")):
+        print(f"| {title} | {cell(kind, 'all')} | " + " | ".join(cell(kind, k) for k in CUE_KINDS)
+              + f" | {cell(kind, 'rise')} |")
 
 
 if __name__ == "__main__":
