@@ -60,7 +60,7 @@ class Split:
                 images.append(batch["image"])
                 out = model(batch["image"], with_covariance=False)
                 joints.append(out.mean.float().reshape(len(out.mean), -1, 2))
-                probs.append(model.head.distribution(out.heatmaps.float()))
+                probs.append(model.head.distribution(out.heatmaps))
                 vis.append(batch["visibility"] > 0)
         self.images, self.joints, self.visible = torch.cat(images), torch.cat(joints), torch.cat(vis)
         self.heat_prob = torch.cat(probs)
@@ -86,7 +86,7 @@ class CueClassifier(nn.Module):
 
 
 class PatchCueClassifier(nn.Module):
-    """The local covariance term's module (``JointLocalScale``, fresh, as the run's config builds it) read as a
+    """The local covariance term's module (``JointLocalScale``, fresh, with the run's ``cov_hidden``) read as a
     per-joint logit: an image patch around each predicted joint and the joint's heatmap statistics."""
 
     def __init__(self, model, num_joints: int) -> None:

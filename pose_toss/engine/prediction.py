@@ -49,8 +49,7 @@ def predict_dataset(model, loader, device: torch.device, amp: bool = False, prog
                 out = model(images)
             mean, cov = out.mean.float(), out.cov.float()
             if out.heatmaps is not None:  # each joint's most probable pixel's probability (a common keypoint score)
-                beta = model.head.log_beta.exp().float()
-                cols["heatmap_max"].append(torch.softmax(beta * out.heatmaps.float().flatten(2), -1).amax(-1).cpu())
+                cols["heatmap_max"].append(model.head.distribution(out.heatmaps).flatten(2).amax(-1).float().cpu())
             if out.tic is not None:
                 share, singular = taylor_diagnostics(out.tic.jacobian, out.tic.eps1, cov)
                 cols["tic_share"].append(share.float().cpu())
