@@ -14,8 +14,14 @@ expected squared residual given the model's own error on each figure (``metrics.
 what a covariance exactly calibrated to this model on each figure would score (an oracle: an estimate that
 knew that error would correct the mean).
 
+The other direction: given the cues, does the NLL teach a covariance to use them? A local scale that reads the
+*true* cues of each joint's limbs in place of an image patch (``CueScale``) is fitted by the Gaussian NLL on the
+frozen model's covariance without its own local term, the epoch chosen by validation NLL, and scored by the same
+cue AUROC and the occlusion check's rise and coverage: what a covariance that saw the cues as well as the
+generator knows them would reach after NLL training on this split.
+
     python tools/cue_ceiling.py runs/sweep/lr_0.01/seed_0/w2_then_nll_tic [--epochs 12] [--patch-epochs 60]
-        [--seeds 3] [--pairs 200]
+        [--seeds 3] [--pairs 200] [--scale-epochs 60] [--skip-classifiers]
 """
 
 from __future__ import annotations
@@ -28,15 +34,18 @@ import torch
 from torch import nn
 
 from pose_toss.config import load_config
+from pose_toss.covariance import transform_joints
 from pose_toss.data.dataset import PoseDataset
 from pose_toss.data.loading import load_records, make_loader
 from pose_toss.data.synthetic import CUE_KINDS, CUE_LIMBS, SyntheticPoseDataset, limb_cues
-from pose_toss.engine.occlusion import occlusion_check, occlusion_pairs
+from pose_toss.engine.occlusion import occlusion_check, occlusion_pairs, occlusion_summary
 from pose_toss.engine.prediction import attach_cues, predict_dataset
+from pose_toss.losses import gaussian_nll
 from pose_toss.metrics import (
     calibrated_covariance,
     cue_aurocs,
     cue_metrics_with_references,
+    joint_blocks,
     joint_errors,
     joints_on_limbs,
     mean_std,
@@ -136,6 +145,100 @@ def train_classifier(model, kind: str, train: Split, val: Split, epochs: int, se
     return net, best_epoch
 
 
+def cue_inputs(limb_cue: torch.Tensor, limb_kind: torch.Tensor, num_joints: int) -> torch.Tensor:
+    """B x L limb cue strengths and kinds (``synthetic.limb_cues``) -> B x J x 2K: for each cue kind, the strongest
+    cue of that kind on a limb where the joint is the proximal end, then where it is the distal end (0 if none)."""
+    b, kinds = limb_cue.shape[0], len(CUE_KINDS)
+    out = torch.zeros(b, num_joints, 2 * kinds)
+    for column, (proximal, distal) in enumerate(CUE_LIMBS):
+        for kind in range(kinds):
+            strength = torch.where(limb_kind[:, column] == kind, limb_cue[:, column].float(), 0.0)
+            for role, joint in enumerate((proximal, distal)):
+                out[:, joint, 2 * kind + role] = torch.maximum(out[:, joint, 2 * kind + role], strength)
+    return out
+
+
+class CueScale(nn.Module):
+    """The local term's place taken by the true cues: each joint's log-scale from ``cue_inputs`` through an MLP whose
+    hidden layer has a learnt bias per joint, bounded like ``JointLocalScale``'s; zero (S = I) at the start."""
+
+    def __init__(self, num_joints: int, hidden: int = 64, bound: float = 3.0) -> None:
+        super().__init__()
+        self.bound = bound
+        self.hidden = nn.Linear(2 * len(CUE_KINDS), hidden)
+        self.joint_bias = nn.Parameter(0.1 * torch.randn(num_joints, hidden))
+        self.out = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, cues: torch.Tensor) -> torch.Tensor:
+        raw = self.out(nn.functional.gelu(self.hidden(cues) + self.joint_bias)).squeeze(-1)
+        return self.bound * torch.tanh(raw / self.bound)
+
+
+class Frozen:
+    """A split as the frozen model without its local term predicts it (means, covariances, labels), with each
+    joint's true cue inputs."""
+
+    def __init__(self, model, records: list[dict], data_cfg, skeleton) -> None:
+        loader = make_loader(PoseDataset.from_config(records, data_cfg, train=False, skeleton=skeleton), 64, None,
+                             shuffle=False)
+        preds = predict_dataset(model, loader, CPU)
+        self.mean, self.cov, self.target = preds["mean"].double(), preds["cov"].double(), preds["target"].double()
+        self.visibility, self.target_true = preds["visibility"], preds["target_true"].double()
+        self.cov_true = preds["cov_true"].double()
+        strengths, kinds = (torch.from_numpy(a) for a in limb_cues([r["cues"] for r in records]))
+        self.cues = cue_inputs(strengths, kinds, self.visibility.shape[1])
+
+    def covariance(self, scale: CueScale, index: torch.Tensor | None = None) -> torch.Tensor:
+        index = torch.arange(len(self.mean)) if index is None else index
+        return transform_joints(self.cov[index], scale(self.cues[index]).double())
+
+    def nll(self, scale: CueScale, index: torch.Tensor | None = None) -> torch.Tensor:
+        index = torch.arange(len(self.mean)) if index is None else index
+        return gaussian_nll(self.mean[index], self.covariance(scale, index), self.target[index],
+                            self.visibility[index]).mean()
+
+
+def fit_cue_scale(train: Frozen, val: Frozen, epochs: int, seed: int) -> tuple[CueScale, int]:
+    """A ``CueScale`` fitted by the NLL (AdamW 1e-3, batch 64); the state of the epoch with the best validation
+    NLL, and that epoch."""
+    torch.manual_seed(seed)
+    scale = CueScale(train.visibility.shape[1])
+    optimizer = torch.optim.AdamW(scale.parameters(), 1e-3, weight_decay=0.0)
+    best, best_state, best_epoch = float("inf"), None, 0
+    for epoch in range(1, epochs + 1):
+        for index in torch.randperm(len(train.mean)).split(64):
+            loss = train.nll(scale, index)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            value = float(val.nll(scale))
+        if value < best:
+            best, best_state, best_epoch = value, copy.deepcopy(scale.state_dict()), epoch
+    scale.load_state_dict(best_state)
+    return scale, best_epoch
+
+
+def cue_scale_result(scale: CueScale, test: Frozen, test_split: Split, pairs: Frozen, distal: torch.Tensor) -> dict:
+    """The fitted ``CueScale``'s test NLL, cue AUROCs (spread) and occlusion check (``occlusion_summary``)."""
+    with torch.no_grad():
+        cov, pair_cov = test.covariance(scale), pairs.covariance(scale)
+        result = {"nll": float(test.nll(scale))}
+    spread = torch.diagonal(joint_blocks(cov), dim1=-2, dim2=-1).sum(-1).sqrt()
+    result.update(kind_aurocs(spread, test_split))
+    rows = torch.arange(len(pair_cov))
+
+    def at_distal(coords: torch.Tensor) -> torch.Tensor:
+        return coords.reshape(len(pair_cov), -1, 2)[rows, distal]
+
+    check = occlusion_summary(at_distal(pairs.mean), joint_blocks(pair_cov)[rows, distal],
+                              at_distal(pairs.target_true), joint_blocks(pairs.cov_true)[rows, distal])
+    return {**result, "rise": check["spread_rise"], "occluded": check["coverage@0.9_occluded"],
+            "plain": check["coverage@0.9_plain"]}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path)
@@ -144,15 +247,17 @@ def main(argv: list[str] | None = None) -> None:
                     "from scratch, and its validation AUROC still rises at 50)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--pairs", type=int, default=200)
+    ap.add_argument("--scale-epochs", type=int, default=60, help="epochs of the local scale fitted on the true cues")
+    ap.add_argument("--skip-classifiers", action="store_true", help="only the local scale fitted on the true cues")
     args = ap.parse_args(argv)
     cfg = load_config(args.run / "config.yaml")
     model_file = args.run / "best" / "model.safetensors"
     model = load_model(model_file if model_file.exists() else args.run / "model.safetensors")
-    splits = {}
+    splits, records_of = {}, {}
     for name in ("train", "val", "test"):
-        records, skeleton = load_records(cfg.data, name)
-        splits[name] = Split(model, records, cfg.data, skeleton)
-    test_records = records
+        records_of[name], skeleton = load_records(cfg.data, name)
+        splits[name] = Split(model, records_of[name], cfg.data, skeleton)
+    test_records = records_of["test"]
 
     # The run's covariance and its squared residual on the same test figures.
     loader = make_loader(PoseDataset.from_config(test_records, cfg.data, train=False, skeleton=skeleton), 64, None,
@@ -172,8 +277,21 @@ def main(argv: list[str] | None = None) -> None:
     rows = torch.arange(len(pair_records))
     distal = torch.tensor(pair_joints).repeat_interleave(2)
 
+    # The local term's place taken by the true cues, NLL-fitted on the model without its own local term.
+    base = copy.deepcopy(model)
+    base.local_scale = None
+    frozen = {name: Frozen(base, records_of[name], cfg.data, skeleton) for name in ("train", "val", "test")}
+    frozen_pairs = Frozen(base, pair_records, cfg.data, skeleton)
+    scale_results = []
+    for seed in range(args.seeds):
+        scale, epoch = fit_cue_scale(frozen["train"], frozen["val"], args.scale_epochs, seed)
+        scale_results.append({**cue_scale_result(scale, frozen["test"], splits["test"], frozen_pairs, distal),
+                              "epoch": epoch})
+        print(f"cue scale seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in scale_results[-1].items()),
+              flush=True)
+
     results: dict[str, list[dict]] = {kind: [] for kind in CLASSIFIERS}
-    for kind, epochs in (("backbone", args.epochs), ("patch", args.patch_epochs)):
+    for kind, epochs in () if args.skip_classifiers else (("backbone", args.epochs), ("patch", args.patch_epochs)):
         for seed in range(args.seeds):
             net, epoch = train_classifier(model, kind, splits["train"], splits["val"], epochs, seed)
             result = kind_aurocs(scores(net, splits["test"]), splits["test"])
@@ -184,12 +302,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{kind} classifier seed {seed}: epoch {epoch}, "
                   + ", ".join(f"{k} {v:.3f}" for k, v in result.items() if k != "epoch"), flush=True)
 
-    def cell(kind: str, key: str) -> str:
-        m, s = mean_std([r[key] for r in results[kind]])
+    def cell(rows: list[dict], key: str) -> str:
+        m, s = mean_std([r[key] for r in rows])
         return f"{m:.3f} ± {s:.3f}"
 
     residual = kind_aurocs(squared_residual, splits["test"])
-    print(f"\nrun {args.run}, test split ({len(test_records)} figures), {args.seeds} classifier seeds, "
+    print(f"\nrun {args.run}, test split ({len(test_records)} figures), {args.seeds} classifier and scale seeds, "
           f"{args.pairs} occlusion pairs\n")
     print("| score | cue AUROC, all | occluder | blur | fade | occluder added: score rises |")
     print("| --- | --- | --- | --- | --- | --- |")
@@ -201,10 +319,22 @@ def main(argv: list[str] | None = None) -> None:
               + f" | {occlusion[rise]:.2f} |")
     print(f"| the model's squared residual (one draw) | {residual['all']:.3f} | "
           + " | ".join(f"{residual[k]:.3f}" for k in CUE_KINDS) + " | – |")
-    for kind, title in (("backbone", "a classifier trained on the true cue labels (the run's backbone, fine-tuned)"),
-                        ("patch", "the local term's module trained on the true cue labels (patch + heatmap)")):
-        print(f"| {title} | {cell(kind, 'all')} | " + " | ".join(cell(kind, k) for k in CUE_KINDS)
-              + f" | {cell(kind, 'rise')} |")
+    titled = [("a classifier trained on the true cue labels (the run's backbone, fine-tuned)", results["backbone"]),
+              ("the local term's module trained on the true cue labels (patch + heatmap)", results["patch"]),
+              ("a local scale reading the true cues, NLL-fitted (spread)", scale_results)]
+    for title, rows_ in titled:
+        if rows_:
+            print(f"| {title} | {cell(rows_, 'all')} | " + " | ".join(cell(rows_, k) for k in CUE_KINDS)
+                  + f" | {cell(rows_, 'rise')} |")
+    run_nll = float(gaussian_nll(preds["mean"].double(), preds["cov"].double(), preds["target"].double(),
+                                 preds["visibility"]).mean())
+    print("\n| covariance | test NLL | occluded limb end: 90 % ellipse holds | without the occluder |")
+    print("| --- | --- | --- | --- |")
+    print(f"| the run's | {run_nll:.2f} | "
+          f"{occlusion['coverage@0.9_occluded']:.2f} | {occlusion['coverage@0.9_plain']:.2f} |")
+    print("| a local scale reading the true cues in place of the run's local term (added where it has none), "
+          f"NLL-fitted | {cell(scale_results, 'nll')} | {cell(scale_results, 'occluded')} | "
+          f"{cell(scale_results, 'plain')} |")
 
 
 if __name__ == "__main__":
