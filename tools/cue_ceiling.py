@@ -18,7 +18,9 @@ The other direction: given the cues, does the NLL teach a covariance to use them
 *true* cues of each joint's limbs in place of an image patch (``CueScale``) is fitted by the Gaussian NLL on the
 frozen model's covariance without its own local term, the epoch chosen by validation NLL, and scored by the same
 cue AUROC and the occlusion check's rise and coverage: what a covariance that saw the cues as well as the
-generator knows them would reach after NLL training on this split.
+generator knows them would reach after NLL training on this split. The same scale reading the local term's
+module's classifier scores instead (each joint's own and its limb partners', ``score_inputs``) shows what the best
+sight at hand gives once fitted by the NLL.
 
     python tools/cue_ceiling.py runs/sweep/lr_0.01/seed_0/w2_then_nll_tic [--epochs 12] [--patch-epochs 60]
         [--seeds 3] [--pairs 200] [--scale-epochs 60] [--skip-classifiers]
@@ -159,26 +161,37 @@ def cue_inputs(limb_cue: torch.Tensor, limb_kind: torch.Tensor, num_joints: int)
 
 
 class CueScale(nn.Module):
-    """The local term's place taken by the true cues: each joint's log-scale from ``cue_inputs`` through an MLP whose
-    hidden layer has a learnt bias per joint, bounded like ``JointLocalScale``'s; zero (S = I) at the start."""
+    """The local term's place taken by what is known of the cues (``inputs`` per joint: the true cues,
+    ``cue_inputs``, or a classifier's scores, ``score_inputs``): each joint's log-scale through an MLP whose hidden
+    layer has a learnt bias per joint, bounded like ``JointLocalScale``'s; zero (S = I) at the start."""
 
-    def __init__(self, num_joints: int, hidden: int = 64, bound: float = 3.0) -> None:
+    def __init__(self, num_joints: int, inputs: int, hidden: int = 64, bound: float = 3.0) -> None:
         super().__init__()
         self.bound = bound
-        self.hidden = nn.Linear(2 * len(CUE_KINDS), hidden)
+        self.hidden = nn.Linear(inputs, hidden)
         self.joint_bias = nn.Parameter(0.1 * torch.randn(num_joints, hidden))
         self.out = nn.Linear(hidden, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, cues: torch.Tensor) -> torch.Tensor:
-        raw = self.out(nn.functional.gelu(self.hidden(cues) + self.joint_bias)).squeeze(-1)
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        raw = self.out(nn.functional.gelu(self.hidden(inputs) + self.joint_bias)).squeeze(-1)
         return self.bound * torch.tanh(raw / self.bound)
+
+
+def score_inputs(score: torch.Tensor) -> torch.Tensor:
+    """B x J classifier scores -> B x J x 2: each joint's own score and the largest of the joints it shares a cue
+    limb with (an occluder near the elbow also widens the shoulder's labels)."""
+    partner = torch.full_like(score, -1e4)
+    for proximal, distal in CUE_LIMBS:
+        partner[:, proximal] = torch.maximum(partner[:, proximal], score[:, distal])
+        partner[:, distal] = torch.maximum(partner[:, distal], score[:, proximal])
+    return torch.stack([score, torch.where(partner > -1e4, partner, 0.0)], -1)
 
 
 class Frozen:
     """A split as the frozen model without its local term predicts it (means, covariances, labels), with each
-    joint's true cue inputs."""
+    joint's ``inputs`` for a ``CueScale`` (the true cues, ``cue_inputs``, unless replaced)."""
 
     def __init__(self, model, records: list[dict], data_cfg, skeleton) -> None:
         loader = make_loader(PoseDataset.from_config(records, data_cfg, train=False, skeleton=skeleton), 64, None,
@@ -188,11 +201,17 @@ class Frozen:
         self.visibility, self.target_true = preds["visibility"], preds["target_true"].double()
         self.cov_true = preds["cov_true"].double()
         strengths, kinds = (torch.from_numpy(a) for a in limb_cues([r["cues"] for r in records]))
-        self.cues = cue_inputs(strengths, kinds, self.visibility.shape[1])
+        self.inputs = cue_inputs(strengths, kinds, self.visibility.shape[1])
+
+    def reading(self, inputs: torch.Tensor) -> Frozen:
+        """The same split with other inputs for the scale."""
+        other = copy.copy(self)
+        other.inputs = inputs
+        return other
 
     def covariance(self, scale: CueScale, index: torch.Tensor | None = None) -> torch.Tensor:
         index = torch.arange(len(self.mean)) if index is None else index
-        return transform_joints(self.cov[index], scale(self.cues[index]).double())
+        return transform_joints(self.cov[index], scale(self.inputs[index]).double())
 
     def nll(self, scale: CueScale, index: torch.Tensor | None = None) -> torch.Tensor:
         index = torch.arange(len(self.mean)) if index is None else index
@@ -204,7 +223,7 @@ def fit_cue_scale(train: Frozen, val: Frozen, epochs: int, seed: int) -> tuple[C
     """A ``CueScale`` fitted by the NLL (AdamW 1e-3, batch 64); the state of the epoch with the best validation
     NLL, and that epoch."""
     torch.manual_seed(seed)
-    scale = CueScale(train.visibility.shape[1])
+    scale = CueScale(train.visibility.shape[1], train.inputs.shape[-1])
     optimizer = torch.optim.AdamW(scale.parameters(), 1e-3, weight_decay=0.0)
     best, best_state, best_epoch = float("inf"), None, 0
     for epoch in range(1, epochs + 1):
@@ -291,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
               flush=True)
 
     results: dict[str, list[dict]] = {kind: [] for kind in CLASSIFIERS}
+    seen_results = []  # a local scale reading the patch classifier's scores: the best sight at hand, NLL-fitted
     for kind, epochs in () if args.skip_classifiers else (("backbone", args.epochs), ("patch", args.patch_epochs)):
         for seed in range(args.seeds):
             net, epoch = train_classifier(model, kind, splits["train"], splits["val"], epochs, seed)
@@ -301,6 +321,14 @@ def main(argv: list[str] | None = None) -> None:
             results[kind].append(result)
             print(f"{kind} classifier seed {seed}: epoch {epoch}, "
                   + ", ".join(f"{k} {v:.3f}" for k, v in result.items() if k != "epoch"), flush=True)
+            if kind == "patch":
+                seen = {name: frozen[name].reading(score_inputs(scores(net, splits[name]))) for name in frozen}
+                scale, epoch = fit_cue_scale(seen["train"], seen["val"], args.scale_epochs, seed)
+                seen_pairs = frozen_pairs.reading(score_inputs(scores(net, pairs)))
+                seen_results.append({**cue_scale_result(scale, seen["test"], splits["test"], seen_pairs, distal),
+                                     "epoch": epoch})
+                print(f"scale on the patch classifier seed {seed}: "
+                      + ", ".join(f"{k} {v:.3f}" for k, v in seen_results[-1].items()), flush=True)
 
     def cell(rows: list[dict], key: str) -> str:
         m, s = mean_std([r[key] for r in rows])
@@ -321,7 +349,8 @@ def main(argv: list[str] | None = None) -> None:
           + " | ".join(f"{residual[k]:.3f}" for k in CUE_KINDS) + " | – |")
     titled = [("a classifier trained on the true cue labels (the run's backbone, fine-tuned)", results["backbone"]),
               ("the local term's module trained on the true cue labels (patch + heatmap)", results["patch"]),
-              ("a local scale reading the true cues, NLL-fitted (spread)", scale_results)]
+              ("a local scale reading the true cues, NLL-fitted (spread)", scale_results),
+              ("a local scale reading the patch classifier's scores, NLL-fitted (spread)", seen_results)]
     for title, rows_ in titled:
         if rows_:
             print(f"| {title} | {cell(rows_, 'all')} | " + " | ".join(cell(rows_, k) for k in CUE_KINDS)
@@ -335,6 +364,9 @@ def main(argv: list[str] | None = None) -> None:
     print("| a local scale reading the true cues in place of the run's local term (added where it has none), "
           f"NLL-fitted | {cell(scale_results, 'nll')} | {cell(scale_results, 'occluded')} | "
           f"{cell(scale_results, 'plain')} |")
+    if seen_results:
+        print(f"| the same reading the patch classifier's scores | {cell(seen_results, 'nll')} | "
+              f"{cell(seen_results, 'occluded')} | {cell(seen_results, 'plain')} |")
 
 
 if __name__ == "__main__":
