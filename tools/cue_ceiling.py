@@ -351,10 +351,10 @@ def main(argv: list[str] | None = None) -> None:
               ("the local term's module trained on the true cue labels (patch + heatmap)", results["patch"]),
               ("a local scale reading the true cues, NLL-fitted (spread)", scale_results),
               ("a local scale reading the patch classifier's scores, NLL-fitted (spread)", seen_results)]
-    for title, rows_ in titled:
-        if rows_:
-            print(f"| {title} | {cell(rows_, 'all')} | " + " | ".join(cell(rows_, k) for k in CUE_KINDS)
-                  + f" | {cell(rows_, 'rise')} |")
+    for title, measured in titled:
+        if measured:
+            print(f"| {title} | {cell(measured, 'all')} | " + " | ".join(cell(measured, k) for k in CUE_KINDS)
+                  + f" | {cell(measured, 'rise')} |")
     run_nll = float(gaussian_nll(preds["mean"].double(), preds["cov"].double(), preds["target"].double(),
                                  preds["visibility"]).mean())
     print("\n| covariance | test NLL | occluded limb end: 90 % ellipse holds | without the occluder |")
