@@ -40,7 +40,7 @@ from pose_toss.covariance import transform_joints
 from pose_toss.data.dataset import PoseDataset
 from pose_toss.data.loading import load_records, make_loader
 from pose_toss.data.synthetic import CUE_KINDS, CUE_LIMBS, SyntheticPoseDataset, limb_cues
-from pose_toss.engine.occlusion import occlusion_check, occlusion_pairs, occlusion_summary
+from pose_toss.engine.occlusion import occlusion_check, occlusion_pairs, summary_at_joints
 from pose_toss.engine.prediction import attach_cues, predict_dataset
 from pose_toss.losses import gaussian_nll
 from pose_toss.metrics import (
@@ -240,20 +240,14 @@ def fit_cue_scale(train: Frozen, val: Frozen, epochs: int, seed: int) -> tuple[C
     return scale, best_epoch
 
 
-def cue_scale_result(scale: CueScale, test: Frozen, test_split: Split, pairs: Frozen, distal: torch.Tensor) -> dict:
-    """The fitted ``CueScale``'s test NLL, cue AUROCs (spread) and occlusion check (``occlusion_summary``)."""
+def cue_scale_result(scale: CueScale, test: Frozen, test_split: Split, pairs: Frozen, pair_joints: list[int]) -> dict:
+    """The fitted ``CueScale``'s test NLL, cue AUROCs (spread) and occlusion check (``summary_at_joints``)."""
     with torch.no_grad():
         cov, pair_cov = test.covariance(scale), pairs.covariance(scale)
         result = {"nll": float(test.nll(scale))}
     spread = torch.diagonal(joint_blocks(cov), dim1=-2, dim2=-1).sum(-1).sqrt()
     result.update(kind_aurocs(spread, test_split))
-    rows = torch.arange(len(pair_cov))
-
-    def at_distal(coords: torch.Tensor) -> torch.Tensor:
-        return coords.reshape(len(pair_cov), -1, 2)[rows, distal]
-
-    check = occlusion_summary(at_distal(pairs.mean), joint_blocks(pair_cov)[rows, distal],
-                              at_distal(pairs.target_true), joint_blocks(pairs.cov_true)[rows, distal])
+    check = summary_at_joints(pairs.mean, pair_cov, pairs.target_true, pairs.cov_true, pair_joints)
     return {**result, "rise": check["spread_rise"], "occluded": check["coverage@0.9_occluded"],
             "plain": check["coverage@0.9_plain"]}
 
@@ -304,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     scale_results = []
     for seed in range(args.seeds):
         scale, epoch = fit_cue_scale(frozen["train"], frozen["val"], args.scale_epochs, seed)
-        scale_results.append({**cue_scale_result(scale, frozen["test"], splits["test"], frozen_pairs, distal),
+        scale_results.append({**cue_scale_result(scale, frozen["test"], splits["test"], frozen_pairs, pair_joints),
                               "epoch": epoch})
         print(f"cue scale seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in scale_results[-1].items()),
               flush=True)
@@ -325,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
                 seen = {name: frozen[name].reading(score_inputs(scores(net, splits[name]))) for name in frozen}
                 scale, epoch = fit_cue_scale(seen["train"], seen["val"], args.scale_epochs, seed)
                 seen_pairs = frozen_pairs.reading(score_inputs(scores(net, pairs)))
-                seen_results.append({**cue_scale_result(scale, seen["test"], splits["test"], seen_pairs, distal),
+                seen_results.append({**cue_scale_result(scale, seen["test"], splits["test"], seen_pairs, pair_joints),
                                      "epoch": epoch})
                 print(f"scale on the patch classifier seed {seed}: "
                       + ", ".join(f"{k} {v:.3f}" for k, v in seen_results[-1].items()), flush=True)

@@ -63,15 +63,22 @@ def occlusion_check(model, generator: SyntheticPoseDataset, data_cfg, device: to
     preds = predict_dataset(model, make_loader(dataset, batch_size, Runtime(device), shuffle=False), device, amp)
     if len(preds.get("index", ())) != len(records):
         raise RuntimeError("the occlusion check lost samples while predicting")
+    return {"pairs": pairs, **summary_at_joints(preds["mean"], preds["cov"], preds["target_true"], preds["cov_true"],
+                                                joints, draws, seed)}
+
+
+def summary_at_joints(mean: torch.Tensor, cov: torch.Tensor, truth: torch.Tensor, true_cov: torch.Tensor,
+                      joints: list[int], draws: int = 64, seed: int = 0) -> dict:
+    """``occlusion_summary`` at each pair's occluded joint, from whole predictions of the (plain, occluded) pairs:
+    means and truths 2P x D, covariances 2P x D x D, and ``joints`` (P) as ``occlusion_pairs`` gives them."""
     joint = torch.tensor(joints).repeat_interleave(2)
-    rows = torch.arange(len(records))
+    rows = torch.arange(len(joint))
 
     def at_joint(coords: torch.Tensor) -> torch.Tensor:
-        return coords.double().reshape(len(records), -1, 2)[rows, joint]
+        return coords.double().reshape(len(joint), -1, 2)[rows, joint]
 
-    return {"pairs": pairs, **occlusion_summary(
-        at_joint(preds["mean"]), joint_blocks(preds["cov"].double())[rows, joint], at_joint(preds["target_true"]),
-        joint_blocks(preds["cov_true"].double())[rows, joint], draws, seed)}
+    return occlusion_summary(at_joint(mean), joint_blocks(cov.double())[rows, joint], at_joint(truth),
+                             joint_blocks(true_cov.double())[rows, joint], draws, seed)
 
 
 def occlusion_summary(mean: torch.Tensor, cov: torch.Tensor, truth: torch.Tensor, true_cov: torch.Tensor,
