@@ -71,3 +71,47 @@ def test_occlusion_check_runs_on_a_model(tmp_path):
     got = occlusion_check(model, SyntheticPoseDataset(20, 64, seed=0), cfg.data, torch.device("cpu"), pairs=6)
     assert got["pairs"] == 6 and 0 <= got["spread_rise"] <= 1
     assert 0 <= got["coverage@0.9_occluded"] <= 1 and got["true_spread_ratio"] > 1
+
+
+@pytest.mark.slow
+def test_occlusion_check_with_the_flip_test_judges_the_merged_prediction():
+    """With ``flip_coords`` the check scores the mixture of each crop's prediction and its mirror's, merged by
+    hand here: mirror back (x -> W - 1 - x, left and right swapped), then moment-match the two Gaussians."""
+    from pose_toss.config import load_config
+    from pose_toss.data.dataset import PoseDataset
+    from pose_toss.data.loading import make_loader
+    from pose_toss.engine.occlusion import occlusion_check, occlusion_pairs
+    from pose_toss.models import build_pose_model
+    from pose_toss.skeletons import LSP14
+
+    cfg = load_config(overrides=["data.input_size=64", "data.synthetic.image_size=64"])
+    torch.manual_seed(0)
+    model = build_pose_model("resnet18", 14, input_size=64, embed_dim=8, deconv_channels=16).eval()
+    generator = SyntheticPoseDataset(20, 64, seed=0)
+    flip = torch.from_numpy(LSP14.flip_coordinate_index.copy())
+    got = occlusion_check(model, generator, cfg.data, torch.device("cpu"), pairs=5, flip_coords=flip)
+    single = occlusion_check(model, generator, cfg.data, torch.device("cpu"), pairs=5)
+
+    records, joints = occlusion_pairs(generator, 5)
+    batch = next(iter(make_loader(PoseDataset.from_config(records, cfg.data, train=False, skeleton=LSP14), 10, None,
+                                  shuffle=False)))
+    images = batch["image"]
+    out, mirrored = model(images), model(images.flip(-1))
+    rows, joint = torch.arange(10), torch.tensor(joints).repeat_interleave(2)
+    twin = torch.tensor(LSP14.flip_index)[joint]  # the joint the mirrored crop calls by the other side's name
+    mean_a = out.mean.double().reshape(10, -1, 2)[rows, joint]
+    mean_b = mirrored.mean.double().reshape(10, -1, 2)[rows, twin] * torch.tensor([-1.0, 1.0]) + torch.tensor([63.0, 0])
+    cov_a = out.cov.double()[rows[:, None, None], 2 * joint[:, None, None] + torch.arange(2)[:, None],
+                             2 * joint[:, None, None] + torch.arange(2)]
+    cov_b = mirrored.cov.double()[rows[:, None, None], 2 * twin[:, None, None] + torch.arange(2)[:, None],
+                                  2 * twin[:, None, None] + torch.arange(2)]
+    cov_b = cov_b * torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
+    d = (mean_a - mean_b)[..., None]
+    truth = batch["target_true"].double().reshape(10, -1, 2)[rows, joint]  # in the crop's pixels
+    true_cov = batch["cov_true"].double()[rows[:, None, None], 2 * joint[:, None, None] + torch.arange(2)[:, None],
+                                          2 * joint[:, None, None] + torch.arange(2)]
+    want = occlusion_summary(0.5 * (mean_a + mean_b), 0.5 * (cov_a + cov_b) + 0.25 * d @ d.transpose(-1, -2),
+                             truth, true_cov)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-4), key
+    assert got["error_plain"] != pytest.approx(single["error_plain"], rel=1e-6)  # the flip test changed the means

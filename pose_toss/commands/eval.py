@@ -306,7 +306,7 @@ def _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_w
     if occlusions > 0 and is_synthetic_generator(data, data_cfg):
         generator = SyntheticPoseDataset.from_config(data_cfg.synthetic, split)
         metrics["occlusion"] = occlusion_check(model, generator, data_cfg, dev, pairs=min(occlusions, len(generator)),
-                                               batch_size=batch_size or data_cfg.batch_size)
+                                               batch_size=batch_size or data_cfg.batch_size, flip_coords=flip_coords)
         metrics.update({f"occlusion_{k}": v for k, v in metrics["occlusion"].items() if k != "pairs"})
     metrics["samples_given"] = len(records)
     metrics["unreadable_images"] = unreadable

@@ -55,12 +55,15 @@ def occlusion_pairs(generator: SyntheticPoseDataset, pairs: int, seed: int = 0,
 
 
 def occlusion_check(model, generator: SyntheticPoseDataset, data_cfg, device: torch.device, pairs: int = 200,
-                    seed: int = 0, draws: int = 64, batch_size: int = 32, amp: bool = False) -> dict:
+                    seed: int = 0, draws: int = 64, batch_size: int = 32, amp: bool = False,
+                    flip_coords: torch.Tensor | None = None) -> dict:
     """Predict ``pairs`` figures without and with an occluder on one limb (``occlusion_pairs``) and compare
-    the distal joint's prediction (``occlusion_summary``)."""
+    the distal joint's prediction (``occlusion_summary``). ``flip_coords`` turns on the flip test, as in
+    ``predict_dataset``: the check then judges the same merged prediction as the rest of an evaluation."""
     records, joints = occlusion_pairs(generator, pairs, seed)
     dataset = PoseDataset.from_config(records, data_cfg, train=False, skeleton=generator.skeleton)
-    preds = predict_dataset(model, make_loader(dataset, batch_size, Runtime(device), shuffle=False), device, amp)
+    preds = predict_dataset(model, make_loader(dataset, batch_size, Runtime(device), shuffle=False), device, amp,
+                            flip_coords=flip_coords)
     if len(preds.get("index", ())) != len(records):
         raise RuntimeError("the occlusion check lost samples while predicting")
     return {"pairs": pairs, **summary_at_joints(preds["mean"], preds["cov"], preds["target_true"], preds["cov_true"],
