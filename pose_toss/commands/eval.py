@@ -67,7 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "report COCO AP by expected OKS, heatmap maximum and a constant score")
     p.add_argument("--occlusions", type=whole_number(0), default=200, metavar="N",
                    help="synthetic generator only: also predict N test figures with and without an occluder added "
-                        "on one limb, and report how the covariance responds (0 skips it; default 200)")
+                        "on one limb, and report how the covariance responds (with --flip-test, predicted with it; "
+                        "0 skips it; default 200)")
     add_quiet(p)
 
 
