@@ -99,17 +99,19 @@ def test_occlusion_check_with_the_flip_test_judges_the_merged_prediction():
     out, mirrored = model(images), model(images.flip(-1))
     rows, joint = torch.arange(10), torch.tensor(joints).repeat_interleave(2)
     twin = torch.tensor(LSP14.flip_index)[joint]  # the joint the mirrored crop calls by the other side's name
+
+    def block(cov: torch.Tensor, j: torch.Tensor) -> torch.Tensor:  # each row's 2 x 2 block of joint j[row]
+        coords = 2 * j[:, None] + torch.arange(2)
+        return cov.double()[rows[:, None, None], coords[:, :, None], coords[:, None, :]]
+
     mean_a = out.mean.double().reshape(10, -1, 2)[rows, joint]
-    mean_b = mirrored.mean.double().reshape(10, -1, 2)[rows, twin] * torch.tensor([-1.0, 1.0]) + torch.tensor([63.0, 0])
-    cov_a = out.cov.double()[rows[:, None, None], 2 * joint[:, None, None] + torch.arange(2)[:, None],
-                             2 * joint[:, None, None] + torch.arange(2)]
-    cov_b = mirrored.cov.double()[rows[:, None, None], 2 * twin[:, None, None] + torch.arange(2)[:, None],
-                                  2 * twin[:, None, None] + torch.arange(2)]
-    cov_b = cov_b * torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
+    mean_b = mirrored.mean.double().reshape(10, -1, 2)[rows, twin] * torch.tensor([-1.0, 1.0])
+    mean_b[:, 0] += images.shape[-1] - 1
+    cov_a = block(out.cov, joint)
+    cov_b = block(mirrored.cov, twin) * torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
     d = (mean_a - mean_b)[..., None]
     truth = batch["target_true"].double().reshape(10, -1, 2)[rows, joint]  # in the crop's pixels
-    true_cov = batch["cov_true"].double()[rows[:, None, None], 2 * joint[:, None, None] + torch.arange(2)[:, None],
-                                          2 * joint[:, None, None] + torch.arange(2)]
+    true_cov = block(batch["cov_true"], joint)
     want = occlusion_summary(0.5 * (mean_a + mean_b), 0.5 * (cov_a + cov_b) + 0.25 * d @ d.transpose(-1, -2),
                              truth, true_cov)
     for key, value in want.items():

@@ -113,7 +113,7 @@ class PatchCueClassifier(nn.Module):
 CLASSIFIERS = {"backbone": CueClassifier, "patch": PatchCueClassifier}
 
 
-def scores(net: CueClassifier, split: Split) -> torch.Tensor:
+def scores(net: nn.Module, split: Split) -> torch.Tensor:
     net.eval()
     with torch.no_grad():
         batches = zip(split.images.split(128), split.joints.split(128), split.heat_prob.split(128), strict=True)
