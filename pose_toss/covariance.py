@@ -475,5 +475,14 @@ def equal_mixture(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Tenso
     """Mean and covariance of the 50/50 mixture of two Gaussians (moment matching): the covariance is
     the average of the two plus the spread of their means, ``d d^T / 4`` with ``d = mean_a - mean_b``."""
     require_finite("equal_mixture", mean_a=mean_a, cov_a=cov_a, mean_b=mean_b, cov_b=cov_b)
-    d = (mean_a - mean_b).unsqueeze(-1)
-    return 0.5 * (mean_a + mean_b), 0.5 * (cov_a + cov_b) + 0.25 * d @ d.transpose(-1, -2)
+    return mixture_moments(torch.stack((mean_a, mean_b)), torch.stack((cov_a, cov_b)))
+
+
+def mixture_moments(means: torch.Tensor, covs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance of the equal-weight mixture of K Gaussians stacked on the first dimension (means
+    K x ... x D, covs K x ... x D x D), by moment matching: the mean of the covariances plus the covariance of
+    the means (the law of total covariance). An ensemble's members merged into one Gaussian."""
+    require_finite("mixture_moments", means=means, covs=covs)
+    mean = means.mean(0)
+    spread = means - mean
+    return mean, covs.mean(0) + (spread.unsqueeze(-1) * spread.unsqueeze(-2)).mean(0)

@@ -8,6 +8,7 @@ from pose_toss.covariance import (
     full_covariance,
     hessian_gram,
     jacobian,
+    mixture_moments,
     taylor_share,
     tic_covariance,
     unmirror,
@@ -136,6 +137,28 @@ def test_equal_mixture_matches_second_moments():
     second = 0.5 * (ca + ma[:, :, None] * ma[:, None, :]) + 0.5 * (cb + mb[:, :, None] * mb[:, None, :])
     torch.testing.assert_close(mean, 0.5 * (ma + mb))
     torch.testing.assert_close(cov, second - mean[:, :, None] * mean[:, None, :])
+
+
+def test_mixture_moments_match_samples_of_the_mixture():
+    # Three Gaussians in 3-d, equal weights: draw from the mixture itself (torch.distributions) and compare the
+    # samples' mean and covariance with the moment-matched Gaussian, within a few Monte-Carlo standard errors.
+    gen = torch.Generator().manual_seed(5)
+    means = 2.0 * torch.randn(3, 3, generator=gen, dtype=torch.float64)
+    covs = _random_spd(3, 3, gen)
+    mixture = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(torch.full((3,), 1 / 3, dtype=torch.float64)),
+        torch.distributions.MultivariateNormal(means, covs))
+    torch.manual_seed(6)
+    x = mixture.sample((400_000,))
+    mean, cov = mixture_moments(means, covs)
+    torch.testing.assert_close(mean, x.mean(0), atol=0.03, rtol=0)
+    torch.testing.assert_close(cov, torch.cov(x.T), atol=0.0, rtol=0.02)
+    assert torch.allclose(mean, mixture.mean) and torch.allclose(torch.diagonal(cov), mixture.variance)
+    # Batched over leading dimensions, and two members give the flip test's equal mixture.
+    m, c = mixture_moments(means[:2, None].expand(2, 4, 3), covs[:2, None].expand(2, 4, 3, 3))
+    ref_mean, ref_cov = equal_mixture(means[:1], covs[:1], means[1:2], covs[1:2])
+    torch.testing.assert_close(m, ref_mean.expand(4, 3))
+    torch.testing.assert_close(c, ref_cov.expand(4, 3, 3))
 
 
 def test_unmirror_is_the_mirror_map_on_samples():
