@@ -22,8 +22,13 @@ generator knows them would reach after NLL training on this split. The same scal
 module's classifier scores instead (each joint's own and its limb partners', ``score_inputs``) shows what the best
 sight at hand gives once fitted by the NLL.
 
+``--labels occluded`` trains the classifiers on what a real dataset can annotate instead of the generator's cues:
+each joint an occluder hides (the distal joint of an occluded limb), as a visibility flag marks a labelled but
+hidden keypoint (COCO's v = 1). No flag exists for blur or fading.
+
     python tools/cue_ceiling.py runs/sweep/lr_0.01/seed_0/w2_then_nll_tic [--epochs 12] [--patch-epochs 60]
-        [--seeds 3] [--pairs 200] [--scale-epochs 60] [--skip-classifiers]
+        [--seeds 3] [--pairs 200] [--scale-epochs 60] [--labels cues|occluded] [--classifiers backbone,patch]
+        [--skip-classifiers]
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from pose_toss.metrics import (
     joint_errors,
     joints_on_limbs,
     mean_std,
+    within_joint_auroc,
 )
 from pose_toss.models.checkpoint import load_model
 from pose_toss.models.covariance_heads import JointLocalScale
@@ -59,11 +65,23 @@ CPU = torch.device("cpu")
 LIMBS = torch.tensor(CUE_LIMBS)
 
 
+def occluded_joints(records: list[dict], num_joints: int) -> torch.Tensor:
+    """B x J: the joints an occluder hides, the distal joint of each limb that carries one (the generator centres it
+    on the limb's last third and sizes it to cover that end)."""
+    out = torch.zeros(len(records), num_joints, dtype=torch.bool)
+    for row, record in enumerate(records):
+        for cue in record["cues"]:
+            if cue.kind == "occluder":
+                out[row, cue.limb[1]] = True
+    return out
+
+
 class Split:
     """A split's images, the model's predicted joints, their heatmap distributions, visibility and per-joint cue
-    kinds."""
+    kinds; ``positives`` (B x J) are what the classifiers learn: the joints on a cued limb (``labels="cues"``) or
+    the joints an occluder hides (``labels="occluded"``)."""
 
-    def __init__(self, model, records: list[dict], data_cfg, skeleton) -> None:
+    def __init__(self, model, records: list[dict], data_cfg, skeleton, labels: str = "cues") -> None:
         dataset = PoseDataset.from_config(records, data_cfg, train=False, skeleton=skeleton)
         images, joints, probs, vis = [], [], [], []
         with torch.no_grad():
@@ -77,6 +95,7 @@ class Split:
         self.heat_prob = torch.cat(probs)
         self.limb_cue, self.limb_kind = (torch.from_numpy(a) for a in limb_cues([r["cues"] for r in records]))
         self.on_cued = joints_on_limbs(LIMBS, self.limb_cue > 0, self.visible.shape[1])
+        self.positives = self.on_cued if labels == "cues" else occluded_joints(records, self.visible.shape[1])
 
 
 class CueClassifier(nn.Module):
@@ -135,12 +154,12 @@ def train_classifier(model, kind: str, train: Split, val: Split, epochs: int, se
         net.train()
         for idx in torch.randperm(len(train.images)).split(32):
             logits, visible = net(train.images[idx], train.joints[idx], train.heat_prob[idx]), train.visible[idx]
-            cued = train.on_cued[idx][visible].float()
-            loss = nn.functional.binary_cross_entropy_with_logits(logits[visible], cued)
+            positive = train.positives[idx][visible].float()
+            loss = nn.functional.binary_cross_entropy_with_logits(logits[visible], positive)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        value = kind_aurocs(scores(net, val), val)["all"]
+        value = within_joint_auroc(scores(net, val), val.positives, val.visible)
         if value > best:
             best, best_state, best_epoch = value, copy.deepcopy(net.state_dict()), epoch
     net.load_state_dict(best_state)
@@ -262,14 +281,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pairs", type=int, default=200)
     ap.add_argument("--scale-epochs", type=int, default=60, help="epochs of the local scale fitted on the true cues")
     ap.add_argument("--skip-classifiers", action="store_true", help="only the local scale fitted on the true cues")
+    ap.add_argument("--labels", choices=("cues", "occluded"), default="cues",
+                    help="what the classifiers learn: joints on a cued limb, or the joints an occluder hides")
+    ap.add_argument("--classifiers", default="backbone,patch",
+                    help=f"comma-separated, of {', '.join(CLASSIFIERS)}")
     args = ap.parse_args(argv)
+    kinds = [k for k in args.classifiers.split(",") if k]
+    if any(k not in CLASSIFIERS for k in kinds):
+        ap.error(f"--classifiers {args.classifiers!r}: expected names of {', '.join(CLASSIFIERS)}")
     cfg = load_config(args.run / "config.yaml")
     model_file = args.run / "best" / "model.safetensors"
     model = load_model(model_file if model_file.exists() else args.run / "model.safetensors")
     splits, records_of = {}, {}
     for name in ("train", "val", "test"):
         records_of[name], skeleton = load_records(cfg.data, name)
-        splits[name] = Split(model, records_of[name], cfg.data, skeleton)
+        splits[name] = Split(model, records_of[name], cfg.data, skeleton, args.labels)
     test_records = records_of["test"]
 
     # The run's covariance and its squared residual on the same test figures.
@@ -303,26 +329,28 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cue scale seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in scale_results[-1].items()),
               flush=True)
 
-    results: dict[str, list[dict]] = {kind: [] for kind in CLASSIFIERS}
-    seen_results = []  # a local scale reading the patch classifier's scores: the best sight at hand, NLL-fitted
-    for kind, epochs in () if args.skip_classifiers else (("backbone", args.epochs), ("patch", args.patch_epochs)):
+    epochs_of = {"backbone": args.epochs, "patch": args.patch_epochs}
+    results: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    seen_results: dict[str, list[dict]] = {kind: [] for kind in kinds}  # a local scale reading a classifier's scores
+    for kind in () if args.skip_classifiers else kinds:
         for seed in range(args.seeds):
-            net, epoch = train_classifier(model, kind, splits["train"], splits["val"], epochs, seed)
-            result = kind_aurocs(scores(net, splits["test"]), splits["test"])
+            net, epoch = train_classifier(model, kind, splits["train"], splits["val"], epochs_of[kind], seed)
+            test_scores = scores(net, splits["test"])
+            result = kind_aurocs(test_scores, splits["test"])
+            result["own labels"] = within_joint_auroc(test_scores, splits["test"].positives, splits["test"].visible)
             at_distal = scores(net, pairs)[rows, distal]
             result["rise"] = float((at_distal[1::2] > at_distal[::2]).double().mean())
             result["epoch"] = epoch
             results[kind].append(result)
             print(f"{kind} classifier seed {seed}: epoch {epoch}, "
                   + ", ".join(f"{k} {v:.3f}" for k, v in result.items() if k != "epoch"), flush=True)
-            if kind == "patch":
-                seen = {name: frozen[name].reading(score_inputs(scores(net, splits[name]))) for name in frozen}
-                scale, epoch = fit_cue_scale(seen["train"], seen["val"], args.scale_epochs, seed)
-                seen_pairs = frozen_pairs.reading(score_inputs(scores(net, pairs)))
-                seen_results.append({**cue_scale_result(scale, seen["test"], splits["test"], seen_pairs, pair_joints),
-                                     "epoch": epoch})
-                print(f"scale on the patch classifier seed {seed}: "
-                      + ", ".join(f"{k} {v:.3f}" for k, v in seen_results[-1].items()), flush=True)
+            seen = {name: frozen[name].reading(score_inputs(scores(net, splits[name]))) for name in frozen}
+            scale, epoch = fit_cue_scale(seen["train"], seen["val"], args.scale_epochs, seed)
+            seen_pairs = frozen_pairs.reading(score_inputs(scores(net, pairs)))
+            seen_results[kind].append({**cue_scale_result(scale, seen["test"], splits["test"], seen_pairs,
+                                                          pair_joints), "epoch": epoch})
+            print(f"scale on the {kind} classifier seed {seed}: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in seen_results[kind][-1].items()), flush=True)
 
     def cell(rows: list[dict], key: str) -> str:
         m, s = mean_std([r[key] for r in rows])
@@ -341,14 +369,20 @@ def main(argv: list[str] | None = None) -> None:
               + f" | {occlusion[rise]:.2f} |")
     print(f"| the model's squared residual (one draw) | {residual['all']:.3f} | "
           + " | ".join(f"{residual[k]:.3f}" for k in CUE_KINDS) + " | – |")
-    titled = [("a classifier trained on the true cue labels (the run's backbone, fine-tuned)", results["backbone"]),
-              ("the local term's module trained on the true cue labels (patch + heatmap)", results["patch"]),
-              ("a local scale reading the true cues, NLL-fitted (spread)", scale_results),
-              ("a local scale reading the patch classifier's scores, NLL-fitted (spread)", seen_results)]
+    labels = {"cues": "the true cue labels", "occluded": "the occlusion flags"}[args.labels]
+    named = {"backbone": "the run's backbone, fine-tuned", "patch": "the local term's module, patch + heatmap"}
+    titled = [(f"a classifier trained on {labels} ({named[kind]})", results[kind]) for kind in kinds]
+    titled.append(("a local scale reading the true cues, NLL-fitted (spread)", scale_results))
+    titled += [(f"a local scale reading the {kind} classifier's scores, NLL-fitted (spread)", seen_results[kind])
+               for kind in kinds]
     for title, measured in titled:
         if measured:
             print(f"| {title} | {cell(measured, 'all')} | " + " | ".join(cell(measured, k) for k in CUE_KINDS)
                   + f" | {cell(measured, 'rise')} |")
+    for kind in kinds:
+        if results[kind]:
+            print(f"\nthe {kind} classifier on its own test labels ({labels}), within-joint AUROC "
+                  f"{cell(results[kind], 'own labels')}")
     run_nll = float(gaussian_nll(preds["mean"].double(), preds["cov"].double(), preds["target"].double(),
                                  preds["visibility"]).mean())
     print("\n| covariance | test NLL | occluded limb end: 90 % ellipse holds | without the occluder |")
@@ -358,9 +392,10 @@ def main(argv: list[str] | None = None) -> None:
     print("| a local scale reading the true cues in place of the run's local term (added where it has none), "
           f"NLL-fitted | {cell(scale_results, 'nll')} | {cell(scale_results, 'occluded')} | "
           f"{cell(scale_results, 'plain')} |")
-    if seen_results:
-        print(f"| the same reading the patch classifier's scores | {cell(seen_results, 'nll')} | "
-              f"{cell(seen_results, 'occluded')} | {cell(seen_results, 'plain')} |")
+    for kind in kinds:
+        if seen_results[kind]:
+            print(f"| the same reading the {kind} classifier's scores | {cell(seen_results[kind], 'nll')} | "
+                  f"{cell(seen_results[kind], 'occluded')} | {cell(seen_results[kind], 'plain')} |")
 
 
 if __name__ == "__main__":
