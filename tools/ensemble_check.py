@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     if len(args.runs) < 2:
         ap.error("an ensemble needs at least two runs")
     cfg = load_config(args.runs[0] / "config.yaml")
+    for run in args.runs[1:]:
+        if load_config(run / "config.yaml").data != cfg.data:
+            ap.error(f"{run}: its data settings differ from {args.runs[0]}'s; the members must predict the same "
+                     "figures")
     test_records, skeleton = load_records(cfg.data, "test")
     pair_records, pair_joints = occlusion_pairs(SyntheticPoseDataset.from_config(cfg.data.synthetic, "test"),
                                                 args.pairs)
