@@ -24,11 +24,13 @@ sight at hand gives once fitted by the NLL.
 
 ``--labels occluded`` trains the classifiers on what a real dataset can annotate instead of the generator's cues:
 each joint an occluder hides (the distal joint of an occluded limb), as a visibility flag marks a labelled but
-hidden keypoint (COCO's v = 1). No flag exists for blur or fading.
+hidden keypoint (COCO's v = 1). No flag exists for blur or fading. A local scale is then also NLL-fitted on the
+true flags: what a perfect detector of them would give, and with ``--flag-separations`` on simulated detectors of
+known quality (the flag times a separation plus standard normal noise).
 
     python tools/cue_ceiling.py runs/sweep/lr_0.01/seed_0/w2_then_nll_tic [--epochs 12] [--patch-epochs 60]
-        [--seeds 3] [--pairs 200] [--scale-epochs 60] [--labels cues|occluded] [--classifiers backbone,patch]
-        [--skip-classifiers]
+        [--seeds 3] [--pairs 200] [--scale-epochs 60] [--labels cues|occluded] [--classifiers backbone,trunk,patch]
+        [--flag-separations 1.5,2.5,3.5] [--skip-classifiers]
 """
 
 from __future__ import annotations
@@ -105,11 +107,14 @@ class CueClassifier(nn.Module):
         super().__init__()
         self.normalise = model.normalise
         self.backbone = copy.deepcopy(model.backbone)
-        channels = self.backbone(model.normalise(torch.zeros(1, 3, model.input_size, model.input_size))).shape[1]
+        channels = self.features(torch.zeros(1, 3, model.input_size, model.input_size)).shape[1]
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, num_joints))
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.normalise(images))
+
     def forward(self, images: torch.Tensor, joints: torch.Tensor, heat_prob: torch.Tensor) -> torch.Tensor:
-        features = self.backbone(self.normalise(images))
+        features = self.features(images)
         grid = joints / (images.shape[-1] - 1) * 2 - 1
         at_joint = nn.functional.grid_sample(features, grid[:, :, None], align_corners=True)[..., 0].transpose(1, 2)
         return torch.diagonal(self.mlp(at_joint), dim1=1, dim2=2)  # joint j's own output
@@ -129,7 +134,23 @@ class PatchCueClassifier(nn.Module):
         return self.local(self.normalise(images), joints, heat_prob, self.stride)
 
 
-CLASSIFIERS = {"backbone": CueClassifier, "patch": PatchCueClassifier}
+class TrunkCueClassifier(CueClassifier):
+    """The backbone and the heatmap head's upsampling trunk (copies, trained) read at each predicted joint: the head's
+    stride-4 activation, twice as fine as the backbone's map."""
+
+    def __init__(self, model, num_joints: int, hidden: int = 64) -> None:
+        nn.Module.__init__(self)
+        self.normalise = model.normalise
+        self.backbone = copy.deepcopy(model.backbone)
+        self.trunk = copy.deepcopy(model.head.up)
+        channels = self.features(torch.zeros(1, 3, model.input_size, model.input_size)).shape[1]
+        self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, num_joints))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.trunk(self.backbone(self.normalise(images))))
+
+
+CLASSIFIERS = {"backbone": CueClassifier, "trunk": TrunkCueClassifier, "patch": PatchCueClassifier}
 
 
 def scores(net: nn.Module, split: Split) -> torch.Tensor:
@@ -274,7 +295,7 @@ def cue_scale_result(scale: CueScale, test: Frozen, test_split: Split, pairs: Fr
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path)
-    ap.add_argument("--epochs", type=int, default=12, help="epochs of the backbone classifier")
+    ap.add_argument("--epochs", type=int, default=12, help="epochs of the backbone and trunk classifiers")
     ap.add_argument("--patch-epochs", type=int, default=60, help="epochs of the local term's module (it starts "
                     "from scratch, and its validation AUROC still rises at 50)")
     ap.add_argument("--seeds", type=int, default=3)
@@ -283,12 +304,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-classifiers", action="store_true", help="only the local scale fitted on the true cues")
     ap.add_argument("--labels", choices=("cues", "occluded"), default="cues",
                     help="what the classifiers learn: joints on a cued limb, or the joints an occluder hides")
+    ap.add_argument("--flag-separations", type=lambda v: [float(x) for x in v.split(",") if x], default=[],
+                    help="with --labels occluded: simulated flag detectors, flag x separation + N(0, 1) noise, "
+                    "e.g. 1.5,2.5,3.5")
     ap.add_argument("--classifiers", default="backbone,patch",
                     help=f"comma-separated, of {', '.join(CLASSIFIERS)}")
     args = ap.parse_args(argv)
     kinds = [k for k in args.classifiers.split(",") if k]
     if any(k not in CLASSIFIERS for k in kinds):
         ap.error(f"--classifiers {args.classifiers!r}: expected names of {', '.join(CLASSIFIERS)}")
+    if args.flag_separations and args.labels != "occluded":
+        ap.error("--flag-separations simulates detectors of the occlusion flags: it needs --labels occluded")
     cfg = load_config(args.run / "config.yaml")
     model_file = args.run / "best" / "model.safetensors"
     model = load_model(model_file if model_file.exists() else args.run / "model.safetensors")
@@ -312,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # The classifier on the occlusion check's pairs: the distal joint's score with and without the occluder.
     pair_records, pair_joints = occlusion_pairs(generator, args.pairs)
-    pairs = Split(model, pair_records, cfg.data, skeleton)
+    pairs = Split(model, pair_records, cfg.data, skeleton, args.labels)
     rows = torch.arange(len(pair_records))
     distal = torch.tensor(pair_joints).repeat_interleave(2)
 
@@ -328,8 +354,38 @@ def main(argv: list[str] | None = None) -> None:
                               "epoch": epoch})
         print(f"cue scale seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in scale_results[-1].items()),
               flush=True)
+    # With occlusion flags: the same scale reading the true flags, what a perfect detector of them would give.
+    flag_results = []
+    if args.labels == "occluded":
+        flagged = {name: frozen[name].reading(score_inputs(splits[name].positives.float())) for name in frozen}
+        flagged_pairs = frozen_pairs.reading(score_inputs(pairs.positives.float()))
+        for seed in range(args.seeds):
+            scale, epoch = fit_cue_scale(flagged["train"], flagged["val"], args.scale_epochs, seed)
+            flag_results.append({**cue_scale_result(scale, flagged["test"], splits["test"], flagged_pairs,
+                                                    pair_joints), "epoch": epoch})
+            print(f"flag scale seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in flag_results[-1].items()),
+                  flush=True)
+    # Detectors of known quality: the flags times a separation plus standard normal noise (one draw per split).
+    simulated = {}
+    for separation in args.flag_separations:
+        noise = torch.Generator().manual_seed(0)
 
-    epochs_of = {"backbone": args.epochs, "patch": args.patch_epochs}
+        def detector(positives: torch.Tensor, separation: float = separation, noise: torch.Generator = noise
+                     ) -> torch.Tensor:
+            return separation * positives.float() + torch.randn(positives.shape, generator=noise)
+
+        test_scores = detector(splits["test"].positives)
+        noisy = {name: frozen[name].reading(score_inputs(test_scores if name == "test" else
+                                                         detector(splits[name].positives))) for name in frozen}
+        noisy_pairs = frozen_pairs.reading(score_inputs(detector(pairs.positives)))
+        flag_auroc = within_joint_auroc(test_scores, splits["test"].positives, splits["test"].visible)
+        simulated[separation] = []
+        for seed in range(args.seeds):
+            scale, epoch = fit_cue_scale(noisy["train"], noisy["val"], args.scale_epochs, seed)
+            simulated[separation].append({**cue_scale_result(scale, noisy["test"], splits["test"], noisy_pairs,
+                                                             pair_joints), "flag AUROC": flag_auroc})
+
+    epochs_of = {"backbone": args.epochs, "trunk": args.epochs, "patch": args.patch_epochs}
     results: dict[str, list[dict]] = {kind: [] for kind in kinds}
     seen_results: dict[str, list[dict]] = {kind: [] for kind in kinds}  # a local scale reading a classifier's scores
     for kind in () if args.skip_classifiers else kinds:
@@ -370,9 +426,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| the model's squared residual (one draw) | {residual['all']:.3f} | "
           + " | ".join(f"{residual[k]:.3f}" for k in CUE_KINDS) + " | – |")
     labels = {"cues": "the true cue labels", "occluded": "the occlusion flags"}[args.labels]
-    named = {"backbone": "the run's backbone, fine-tuned", "patch": "the local term's module, patch + heatmap"}
+    named = {"backbone": "the run's backbone, fine-tuned", "trunk": "the run's backbone and head trunk, fine-tuned",
+             "patch": "the local term's module, patch + heatmap"}
     titled = [(f"a classifier trained on {labels} ({named[kind]})", results[kind]) for kind in kinds]
     titled.append(("a local scale reading the true cues, NLL-fitted (spread)", scale_results))
+    titled.append(("a local scale reading the true occlusion flags, NLL-fitted (spread)", flag_results))
     titled += [(f"a local scale reading the {kind} classifier's scores, NLL-fitted (spread)", seen_results[kind])
                for kind in kinds]
     for title, measured in titled:
@@ -392,10 +450,21 @@ def main(argv: list[str] | None = None) -> None:
     print("| a local scale reading the true cues in place of the run's local term (added where it has none), "
           f"NLL-fitted | {cell(scale_results, 'nll')} | {cell(scale_results, 'occluded')} | "
           f"{cell(scale_results, 'plain')} |")
+    if flag_results:
+        print(f"| the same reading the true occlusion flags | {cell(flag_results, 'nll')} | "
+              f"{cell(flag_results, 'occluded')} | {cell(flag_results, 'plain')} |")
     for kind in kinds:
         if seen_results[kind]:
             print(f"| the same reading the {kind} classifier's scores | {cell(seen_results[kind], 'nll')} | "
                   f"{cell(seen_results[kind], 'occluded')} | {cell(seen_results[kind], 'plain')} |")
+    if simulated:
+        print("\n| simulated flag detector: separation | its within-joint AUROC | scale's cue AUROC | spread rises | "
+              "occluded cov@0.9 | clean cov@0.9 | test NLL |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for separation, measured in simulated.items():
+            print(f"| {separation:g} | {measured[0]['flag AUROC']:.3f} | {cell(measured, 'all')} | "
+                  f"{cell(measured, 'rise')} | {cell(measured, 'occluded')} | {cell(measured, 'plain')} | "
+                  f"{cell(measured, 'nll')} |")
 
 
 if __name__ == "__main__":
