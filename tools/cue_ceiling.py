@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 from pathlib import Path
 
 import torch
@@ -101,17 +102,21 @@ class Split:
 
 
 class CueClassifier(nn.Module):
-    """The pose model's backbone (a copy, trained) read at each predicted joint, then a per-joint logit."""
+    """The pose model's backbone (a copy, trained) read at each predicted joint, then a per-joint logit. With
+    ``trunk``, the heatmap head's upsampling trunk (a copy, trained) after it: the head's stride-4 activation, twice
+    as fine as the backbone's map."""
 
-    def __init__(self, model, num_joints: int, hidden: int = 64) -> None:
+    def __init__(self, model, num_joints: int, hidden: int = 64, trunk: bool = False) -> None:
         super().__init__()
         self.normalise = model.normalise
         self.backbone = copy.deepcopy(model.backbone)
+        self.trunk = copy.deepcopy(model.head.up) if trunk else None
         channels = self.features(torch.zeros(1, 3, model.input_size, model.input_size)).shape[1]
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, num_joints))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.normalise(images))
+        features = self.backbone(self.normalise(images))
+        return features if self.trunk is None else torch.relu(self.trunk(features))
 
     def forward(self, images: torch.Tensor, joints: torch.Tensor, heat_prob: torch.Tensor) -> torch.Tensor:
         features = self.features(images)
@@ -134,23 +139,8 @@ class PatchCueClassifier(nn.Module):
         return self.local(self.normalise(images), joints, heat_prob, self.stride)
 
 
-class TrunkCueClassifier(CueClassifier):
-    """The backbone and the heatmap head's upsampling trunk (copies, trained) read at each predicted joint: the head's
-    stride-4 activation, twice as fine as the backbone's map."""
-
-    def __init__(self, model, num_joints: int, hidden: int = 64) -> None:
-        nn.Module.__init__(self)
-        self.normalise = model.normalise
-        self.backbone = copy.deepcopy(model.backbone)
-        self.trunk = copy.deepcopy(model.head.up)
-        channels = self.features(torch.zeros(1, 3, model.input_size, model.input_size)).shape[1]
-        self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, num_joints))
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.trunk(self.backbone(self.normalise(images))))
-
-
-CLASSIFIERS = {"backbone": CueClassifier, "trunk": TrunkCueClassifier, "patch": PatchCueClassifier}
+CLASSIFIERS = {"backbone": CueClassifier, "trunk": functools.partial(CueClassifier, trunk=True),
+               "patch": PatchCueClassifier}
 
 
 def scores(net: nn.Module, split: Split) -> torch.Tensor:
@@ -316,6 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.flag_separations and args.labels != "occluded":
         ap.error("--flag-separations simulates detectors of the occlusion flags: it needs --labels occluded")
     cfg = load_config(args.run / "config.yaml")
+    if "trunk" in kinds and cfg.model.head != "heatmap":
+        ap.error(f"--classifiers trunk reads the heatmap head's trunk; {args.run} has a {cfg.model.head} head")
     model_file = args.run / "best" / "model.safetensors"
     model = load_model(model_file if model_file.exists() else args.run / "model.safetensors")
     splits, records_of = {}, {}
