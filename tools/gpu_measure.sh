@@ -5,9 +5,10 @@
 #   tools/gpu_measure.sh OUT sweep   the method sweep at the GPU budget (configs/sweep_gpu.yaml) into
 #                                     runs/sweep_gpu; running it again resumes. Its cells' results (no model
 #                                     files) are packed into OUT/sweep_gpu.tgz.
-# Environment: METHODS (comma-separated; default nll_tic,w2_then_nll_tic,w2_eff16_then_nll_tic), JOBS (cells at
-# once, default 14), DEADLINE (epoch seconds by which the sweep must have stopped and been packed; default: 420 s
-# from its start).
+# Environment: METHODS (comma-separated; default nll_tic,w2_then_nll_tic,w2_eff16_then_nll_tic), LRS (default
+# 1e-2,1e-3,1e-4), JOBS (cells at once, default 14), DEADLINE (epoch seconds by which the sweep must have stopped
+# and been packed; default: 420 s from its start). The sweep stops its cells with `pkill -f multiprocessing.spawn`:
+# a calling command line must not contain that text itself.
 set -u
 out=${1:?usage: tools/gpu_measure.sh OUT check|sweep}
 phase=${2:?usage: tools/gpu_measure.sh OUT check|sweep}
@@ -31,7 +32,7 @@ sweep)
   seconds=$(( deadline - $(date +%s) - 25 ))  # time to stop the workers and pack
   stamp "sweep: $methods, ${JOBS:-14} at a time, $seconds s"
   timeout "$seconds" python3 -m pose_toss compare --config configs/sweep_gpu.yaml --out runs/sweep_gpu \
-      --methods "$methods" --lrs 1e-2,1e-3,1e-4 --seeds 3 --jobs "${JOBS:-14}" >> "$out/sweep.log" 2>&1
+      --methods "$methods" --lrs "${LRS:-1e-2,1e-3,1e-4}" --seeds 3 --jobs "${JOBS:-14}" >> "$out/sweep.log" 2>&1
   stamp "sweep rc $?"
   pkill -f multiprocessing.spawn; sleep 2  # cells still training when the time ran out resume next time
   tar czf "$out/sweep_gpu.tgz" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.tmp' \
