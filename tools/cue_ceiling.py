@@ -55,14 +55,15 @@ from pose_toss.metrics import (
     calibrated_covariance,
     cue_aurocs,
     cue_metrics_with_references,
-    joint_blocks,
     joint_errors,
+    joint_spread,
     joints_on_limbs,
     mean_std,
     within_joint_auroc,
 )
 from pose_toss.models.checkpoint import load_model
 from pose_toss.models.covariance_heads import JointLocalScale
+from pose_toss.run_dir import resolve_checkpoint
 
 CPU = torch.device("cpu")
 LIMBS = torch.tensor(CUE_LIMBS)
@@ -270,16 +271,21 @@ def fit_cue_scale(train: Frozen, val: Frozen, epochs: int, seed: int) -> tuple[C
     return scale, best_epoch
 
 
-def cue_scale_result(scale: CueScale, test: Frozen, test_split: Split, pairs: Frozen, pair_joints: list[int]) -> dict:
-    """The fitted ``CueScale``'s test NLL, cue AUROCs (spread) and occlusion check (``summary_at_joints``)."""
+def fitted_scale_result(label: str, frozen: dict[str, Frozen], pairs: Frozen, test_split: Split, pair_joints: list[int],
+                        epochs: int, seed: int) -> dict:
+    """A ``CueScale`` fitted on ``frozen``'s train and val splits (``fit_cue_scale``), then its test NLL, cue AUROCs
+    (spread), occlusion check (``summary_at_joints`` on ``pairs``) and chosen epoch; printed under ``label``."""
+    scale, epoch = fit_cue_scale(frozen["train"], frozen["val"], epochs, seed)
+    test = frozen["test"]
     with torch.no_grad():
         cov, pair_cov = test.covariance(scale), pairs.covariance(scale)
         result = {"nll": float(test.nll(scale))}
-    spread = torch.diagonal(joint_blocks(cov), dim1=-2, dim2=-1).sum(-1).sqrt()
-    result.update(kind_aurocs(spread, test_split))
+    result.update(kind_aurocs(joint_spread(cov), test_split))
     check = summary_at_joints(pairs.mean, pair_cov, pairs.target_true, pairs.cov_true, pair_joints)
-    return {**result, "rise": check["spread_rise"], "occluded": check["coverage@0.9_occluded"],
-            "plain": check["coverage@0.9_plain"]}
+    result.update({"rise": check["spread_rise"], "occluded": check["coverage@0.9_occluded"],
+                   "plain": check["coverage@0.9_plain"], "epoch": epoch})
+    print(f"{label} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()), flush=True)
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -308,8 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args.run / "config.yaml")
     if "trunk" in kinds and cfg.model.head != "heatmap":
         ap.error(f"--classifiers trunk reads the heatmap head's trunk; {args.run} has a {cfg.model.head} head")
-    model_file = args.run / "best" / "model.safetensors"
-    model = load_model(model_file if model_file.exists() else args.run / "model.safetensors")
+    model = load_model(resolve_checkpoint(args.run)[0])
     splits, records_of = {}, {}
     for name in ("train", "val", "test"):
         records_of[name], skeleton = load_records(cfg.data, name)
@@ -339,24 +344,15 @@ def main(argv: list[str] | None = None) -> None:
     base.local_scale = None
     frozen = {name: Frozen(base, records_of[name], cfg.data, skeleton) for name in ("train", "val", "test")}
     frozen_pairs = Frozen(base, pair_records, cfg.data, skeleton)
-    scale_results = []
-    for seed in range(args.seeds):
-        scale, epoch = fit_cue_scale(frozen["train"], frozen["val"], args.scale_epochs, seed)
-        scale_results.append({**cue_scale_result(scale, frozen["test"], splits["test"], frozen_pairs, pair_joints),
-                              "epoch": epoch})
-        print(f"cue scale seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in scale_results[-1].items()),
-              flush=True)
+    fit = functools.partial(fitted_scale_result, test_split=splits["test"], pair_joints=pair_joints,
+                            epochs=args.scale_epochs)
+    scale_results = [fit("cue scale", frozen, frozen_pairs, seed=seed) for seed in range(args.seeds)]
     # With occlusion flags: the same scale reading the true flags, what a perfect detector of them would give.
     flag_results = []
     if args.labels == "occluded":
         flagged = {name: frozen[name].reading(score_inputs(splits[name].positives.float())) for name in frozen}
         flagged_pairs = frozen_pairs.reading(score_inputs(pairs.positives.float()))
-        for seed in range(args.seeds):
-            scale, epoch = fit_cue_scale(flagged["train"], flagged["val"], args.scale_epochs, seed)
-            flag_results.append({**cue_scale_result(scale, flagged["test"], splits["test"], flagged_pairs,
-                                                    pair_joints), "epoch": epoch})
-            print(f"flag scale seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in flag_results[-1].items()),
-                  flush=True)
+        flag_results = [fit("flag scale", flagged, flagged_pairs, seed=seed) for seed in range(args.seeds)]
     # Detectors of known quality: the flags times a separation plus standard normal noise (one draw per split).
     simulated = {}
     for separation in args.flag_separations:
@@ -371,11 +367,8 @@ def main(argv: list[str] | None = None) -> None:
                                                          detector(splits[name].positives))) for name in frozen}
         noisy_pairs = frozen_pairs.reading(score_inputs(detector(pairs.positives)))
         flag_auroc = within_joint_auroc(test_scores, splits["test"].positives, splits["test"].visible)
-        simulated[separation] = []
-        for seed in range(args.seeds):
-            scale, epoch = fit_cue_scale(noisy["train"], noisy["val"], args.scale_epochs, seed)
-            simulated[separation].append({**cue_scale_result(scale, noisy["test"], splits["test"], noisy_pairs,
-                                                             pair_joints), "flag AUROC": flag_auroc})
+        simulated[separation] = [{**fit(f"scale on a simulated detector ({separation:g})", noisy, noisy_pairs,
+                                        seed=seed), "flag AUROC": flag_auroc} for seed in range(args.seeds)]
 
     epochs_of = {"backbone": args.epochs, "trunk": args.epochs, "patch": args.patch_epochs}
     results: dict[str, list[dict]] = {kind: [] for kind in kinds}
@@ -393,12 +386,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{kind} classifier seed {seed}: epoch {epoch}, "
                   + ", ".join(f"{k} {v:.3f}" for k, v in result.items() if k != "epoch"), flush=True)
             seen = {name: frozen[name].reading(score_inputs(scores(net, splits[name]))) for name in frozen}
-            scale, epoch = fit_cue_scale(seen["train"], seen["val"], args.scale_epochs, seed)
             seen_pairs = frozen_pairs.reading(score_inputs(scores(net, pairs)))
-            seen_results[kind].append({**cue_scale_result(scale, seen["test"], splits["test"], seen_pairs,
-                                                          pair_joints), "epoch": epoch})
-            print(f"scale on the {kind} classifier seed {seed}: "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in seen_results[kind][-1].items()), flush=True)
+            seen_results[kind].append(fit(f"scale on the {kind} classifier", seen, seen_pairs, seed=seed))
 
     def cell(rows: list[dict], key: str) -> str:
         m, s = mean_std([r[key] for r in rows])

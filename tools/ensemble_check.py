@@ -26,14 +26,14 @@ from pose_toss.engine.prediction import attach_cues, predict_dataset
 from pose_toss.losses import gaussian_nll
 from pose_toss.metrics import cue_aurocs, joint_spread, mean_std
 from pose_toss.models.checkpoint import load_model
+from pose_toss.run_dir import resolve_checkpoint
 
 CPU = torch.device("cpu")
 
 
 def predictions(run: Path, data_cfg, test_records: list[dict], pair_records: list[dict], skeleton) -> tuple[dict, dict]:
     """The run's best model's predictions on the test split (with its cues) and on the occlusion pairs."""
-    model_file = run / "best" / "model.safetensors"
-    model = load_model(model_file if model_file.exists() else run / "model.safetensors")
+    model = load_model(resolve_checkpoint(run)[0])
 
     def predict(records: list[dict]) -> dict:
         dataset = PoseDataset.from_config(records, data_cfg, train=False, skeleton=skeleton)
@@ -72,16 +72,17 @@ def main(argv: list[str] | None = None) -> None:
     rows = {f"member {i}": scored(t["mean"], t["cov"], t, p["mean"], p["cov"], p, pair_joints)
             for i, (t, p) in enumerate(members)}
 
-    def stacked(preds: list[dict], key: str) -> torch.Tensor:
-        return torch.stack([p[key].double() for p in preds])
+    def merged(preds: list[dict], members_cov: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The members' moment-matched mixture; without their own covariances, the covariance of their means
+        alone (their disagreement, with a small ridge to keep it invertible)."""
+        means, covs = (torch.stack([p[key].double() for p in preds]) for key in ("mean", "cov"))
+        if members_cov:
+            return mixture_moments(means, covs)
+        mean, spread = mixture_moments(means, torch.zeros_like(covs))
+        return mean, spread + 1e-6 * torch.eye(spread.shape[-1], dtype=spread.dtype)
 
-    mean, cov = mixture_moments(stacked(tests, "mean"), stacked(tests, "cov"))
-    pair_mean, pair_cov = mixture_moments(stacked(pairs, "mean"), stacked(pairs, "cov"))
-    rows["mixture"] = scored(mean, cov, tests[0], pair_mean, pair_cov, pairs[0], pair_joints)
-    # The disagreement alone: the mixture's covariance without the members' own (a small ridge keeps it invertible).
-    ridge = 1e-6 * torch.eye(cov.shape[-1], dtype=torch.float64)
-    rows["disagreement"] = scored(mean, cov - stacked(tests, "cov").mean(0) + ridge, tests[0], pair_mean,
-                                  pair_cov - stacked(pairs, "cov").mean(0) + ridge, pairs[0], pair_joints)
+    rows["mixture"] = scored(*merged(tests), tests[0], *merged(pairs), pairs[0], pair_joints)
+    rows["disagreement"] = scored(*merged(tests, False), tests[0], *merged(pairs, False), pairs[0], pair_joints)
     for key in ("coverage@0.9_occluded", "coverage@0.9_plain", "nll"):  # meaningless for a spread of means alone
         rows["disagreement"][key] = float("nan")
 
