@@ -164,6 +164,11 @@ class ModelConfig:
     local_features: bool = opt(False, help="with local_covariance: the local term also reads the head's last "
                                             "activation pooled under each joint's heatmap (detached), beside the "
                                             "image patch")
+    occlusion_head: bool = opt(False, help="predict each joint's chance of being hidden (COCO's v = 1, LSP's and "
+                                            "MPII's occlusion flags, the synthetic occluders) from the heatmap head's "
+                                            "trunk at the predicted joint, trained by train.occlusion_weight x BCE; "
+                                            "with local_covariance, the local term reads it; heatmap head, "
+                                            "bottleneck_at head")
     use_hessian: bool = opt(False, help="add TIC's Hessian term (costly)")
     cov_floor: float = opt(1e-2, min=0.0, help="added to every variance, px^2")
     jacobian_chunk: int | None = opt(None, min=1, help="cotangents vmapped at once for TIC's Jacobian")
@@ -226,6 +231,8 @@ class TrainConfig:
     grad_clip: float = opt(10.0, min=0.0, help="max gradient norm; 0 turns clipping off")
     heatmap_weight: float = opt(0.0, min=0.0,
                                 help="weight of the heatmap cross-entropy (heatmap head) added to the stage loss")
+    occlusion_weight: float = opt(5.0, min=0.0, help="weight of the occlusion head's binary cross-entropy on the "
+                                                     "joints whose occlusion flag is known (model.occlusion_head)")
     cudnn_benchmark: bool = opt(False, help="on CUDA, let cuDNN time its convolution algorithms once for the fixed "
                                             "crop size (can be faster; a resumed run is then not bit-identical to an "
                                             "uninterrupted one)")
@@ -309,6 +316,10 @@ class Config:
             raise ConfigError(f"{source}: key 'model.local_covariance': the local term reads each joint's heatmap and "
                               "adds to a fitted covariance; expected head heatmap, bottleneck_at head and covariance "
                               f"tic, full or diagonal, got {m.head}, {m.bottleneck_at}, {cov}")
+        if m.occlusion_head and (m.head != "heatmap" or m.bottleneck_at != "head"):
+            raise ConfigError(f"{source}: key 'model.occlusion_head': the occlusion head reads the heatmap head's "
+                              f"trunk at each predicted joint; expected head heatmap and bottleneck_at head, got "
+                              f"{m.head}, {m.bottleneck_at}")
         lo, hi = self.data.augment.scale
         if not 0 < lo <= hi:
             raise ConfigError(f"{source}: key 'data.augment.scale': expected (lo, hi) with 0 < lo <= hi, "

@@ -253,3 +253,13 @@ def heatmap_cross_entropy(logits: torch.Tensor, target: torch.Tensor, visibility
         ce = -(t * log_p).sum(-1)
         m = (visibility > 0).float() * (target.flatten(-2).sum(-1) > 0).float()
         return (ce * m).sum(-1) / m.sum(-1).clamp_min(1.0)
+
+
+def occlusion_bce(logits: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of each joint's occlusion logit (B x J) against its flag (B x J: 1 hidden, 0 seen,
+    negative unknown), averaged over the known joints, per sample (0 where none is known)."""
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        known = flags >= 0
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), flags.clamp(0, 1).float(),
+                                                                   reduction="none")
+        return torch.where(known, bce, 0.0).sum(-1) / known.sum(-1).clamp_min(1)

@@ -316,3 +316,18 @@ def to_common14(source: Skeleton | str, joints: np.ndarray, visibility: np.ndarr
     out = w @ safe
     out[~out_vis] = 0.0
     return out, out_vis.astype(np.float32)
+
+
+def occlusion_to_common14(source: Skeleton | str, occluded: np.ndarray) -> np.ndarray:
+    """Map occlusion flags (J floats, 1 = hidden, NaN = unknown) of ``source`` onto the common 14 joints: a common
+    joint is hidden when any source joint it is built from is, known only when all of them are."""
+    name = source if isinstance(source, str) else source.name
+    if name not in COMMON_MAPPINGS:
+        raise KeyError(f"no common-14 mapping for skeleton {name!r}; expected one of {sorted(COMMON_MAPPINGS)}")
+    used = COMMON_MAPPINGS[name] > 0
+    flags = np.asarray(occluded, dtype=np.float64).reshape(-1)
+    if flags.shape != (used.shape[1],):
+        raise ValueError(f"{name}: expected {used.shape[1]} occlusion flags, got {flags.shape[0]}")
+    known = used.any(axis=1) & ~(used & np.isnan(flags)[None, :]).any(axis=1)
+    hidden = (used & (np.nan_to_num(flags) > 0)[None, :]).any(axis=1)
+    return np.where(known, hidden, np.nan).astype(np.float32)

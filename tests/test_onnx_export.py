@@ -34,14 +34,15 @@ def _model(head: str, covariance: str, **kw):
 @pytest.mark.parametrize("head, covariance, local", [
     *((h, c, False) for h in ("heatmap", "regression") for c in ("tic", "full", "diagonal", "identity", "isotropic")),
     ("heatmap", "tic", True), ("heatmap", "diagonal", True), ("heatmap", "tic", "affine"),
-    ("heatmap", "tic", "features")])
+    ("heatmap", "tic", "features"), ("heatmap", "tic", "occlusion")])
 @pytest.mark.slow
 def test_onnx_runtime_equals_pytorch(head, covariance, local, tmp_path):
     from pose_toss.models.onnx import export_onnx
 
     model = _model(head, covariance, local_covariance=bool(local),
                    **({"local_form": "affine"} if local == "affine" else {}),
-                   **({"local_features": True} if local == "features" else {}))
+                   **({"local_features": True} if local == "features" else {}),
+                   **({"occlusion_head": True} if local == "occlusion" else {}))
     names = export_onnx(model, tmp_path / "m.onnx")
     assert not model.training  # the export hands the model back in the mode it had
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
@@ -54,6 +55,8 @@ def test_onnx_runtime_equals_pytorch(head, covariance, local, tmp_path):
         np.testing.assert_allclose(got["cov"], ref.cov.numpy(), rtol=1e-4, atol=1e-4 * float(ref.cov.abs().max()))
         if head == "heatmap":
             np.testing.assert_allclose(got["heatmaps"], ref.heatmaps.numpy(), rtol=1e-4, atol=1e-4)
+        if local == "occlusion":  # each joint's probability of being hidden, as PoseModel.predict gives it
+            np.testing.assert_allclose(got["occluded"], torch.sigmoid(ref.occlusion_logits).numpy(), atol=1e-5)
 
 
 @pytest.mark.slow

@@ -274,6 +274,9 @@ def test_training_on_an_lsp_folder_skips_and_counts_a_missing_image(tmp_path, ca
     (root / "images" / "im0003.jpg").unlink()  # a training image
     cut = root / "images" / "im0005.jpg"
     cut.write_bytes(cut.read_bytes()[:-2])  # its end-of-image marker lost: decoded, but flagged
+    joints = sio.loadmat(root / "joints.mat")["joints"]
+    joints[2, [6, 11], 1] = 1  # two hidden wrists: LSP's occlusion flags, counted by data-check
+    sio.savemat(root / "joints.mat", {"joints": joints})
     tiny = ["data.dataset=lsp", f"data.real.lsp_root={root}", "data.input_size=64", "data.batch_size=4",
             "data.num_workers=0", "model.backbone=resnet10t", "model.deconv_channels=16", "model.embed_dim=8",
             "model.cov_hidden=16", "train.warmup_steps=2", "train.progress=false", "stages.0.pseudo_labels.k=4",
@@ -287,6 +290,12 @@ def test_training_on_an_lsp_folder_skips_and_counts_a_missing_image(tmp_path, ca
     assert "| people | 12 |" in printed
     summary = json.loads((tmp_path / "check" / "summary.json").read_text())
     assert summary["datasets"]["lsp"]["people"] == 12 and summary["skeleton"] == "lsp14"
+    train = joints[:, :, :joints.shape[2] // 2]  # LSP's first half trains: what data-check reads by default
+    usable = (train[:2] >= 0).all(axis=0)
+    known, hidden = int(usable.sum()), int((train[2] > 0)[usable].sum())
+    assert summary["datasets"]["lsp"]["occlusion_flags_known"] == known
+    assert summary["datasets"]["lsp"]["occlusion_flags_hidden"] == hidden >= 2
+    assert f"| occlusion flags: hidden / known | {hidden} / {known} |" in printed
     assert cv2.imread(str(tmp_path / "check" / "contact_sheet.png")) is not None
 
     run = tmp_path / "run"

@@ -40,6 +40,7 @@ import copy
 import functools
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -69,17 +70,6 @@ CPU = torch.device("cpu")
 LIMBS = torch.tensor(CUE_LIMBS)
 
 
-def occluded_joints(records: list[dict], num_joints: int) -> torch.Tensor:
-    """B x J: the joints an occluder hides, the distal joint of each limb that carries one (the generator centres it
-    on the limb's last third and sizes it to cover that end)."""
-    out = torch.zeros(len(records), num_joints, dtype=torch.bool)
-    for row, record in enumerate(records):
-        for cue in record["cues"]:
-            if cue.kind == "occluder":
-                out[row, cue.limb[1]] = True
-    return out
-
-
 class Split:
     """A split's images, the model's predicted joints, their heatmap distributions, visibility and per-joint cue
     kinds; ``positives`` (B x J) are what the classifiers learn: the joints on a cued limb (``labels="cues"``) or
@@ -99,7 +89,8 @@ class Split:
         self.heat_prob = torch.cat(probs)
         self.limb_cue, self.limb_kind = (torch.from_numpy(a) for a in limb_cues([r["cues"] for r in records]))
         self.on_cued = joints_on_limbs(LIMBS, self.limb_cue > 0, self.visible.shape[1])
-        self.positives = self.on_cued if labels == "cues" else occluded_joints(records, self.visible.shape[1])
+        self.positives = (self.on_cued if labels == "cues"  # the generator's flags: occluded_joints of its cues
+                          else torch.from_numpy(np.stack([r["occluded"] for r in records]) > 0))
 
 
 class CueClassifier(nn.Module):

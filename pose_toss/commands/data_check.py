@@ -38,7 +38,8 @@ FEW_JOINTS = 4
 
 
 def dataset_summary(records: list[dict], skeleton: Skeleton, input_size: int, padding: float) -> dict:
-    """Per dataset: images, people, visible joints per joint name, and the problems found."""
+    """Per dataset: images, people, visible joints per joint name, the occlusion flags (hidden of known, what
+    ``model.occlusion_head`` learns) and the problems found."""
     groups: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(records):
         groups[r.get("dataset", "synthetic")].append(i)
@@ -51,6 +52,8 @@ def dataset_summary(records: list[dict], skeleton: Skeleton, input_size: int, pa
         paths = sorted({r["image_path"] for r in recs if r.get("image_path")})
         missing = [p for p in paths if not os.path.isfile(p)]
         damaged = [f"{p} ({why})" for p in paths if os.path.isfile(p) for why in [image_file_problem(p)] if why]
+        flags = np.stack([np.full(skeleton.num_joints, np.nan) if r.get("occluded") is None
+                          else np.asarray(r["occluded"], dtype=np.float64).reshape(-1) for r in recs])
         few = int((vis.sum(axis=1) < FEW_JOINTS).sum())
         outside = int((vis & ~in_crop).sum())
         problems = []
@@ -66,7 +69,9 @@ def dataset_summary(records: list[dict], skeleton: Skeleton, input_size: int, pa
         summary[name] = {
             "images": len(paths) if paths else len(recs), "people": len(recs),
             "visible_joints": {n: int(c) for n, c in zip(skeleton.joint_names, vis.sum(axis=0), strict=True)},
-            "visible_fraction": float(vis.mean()), "missing_images": missing, "damaged_images": damaged,
+            "visible_fraction": float(vis.mean()), "occlusion_flags_known": int(np.isfinite(flags).sum()),
+            "occlusion_flags_hidden": int((np.nan_to_num(flags) > 0).sum()),
+            "missing_images": missing, "damaged_images": damaged,
             "problems": problems,
         }
     return summary
@@ -99,6 +104,8 @@ def format_summary(summary: dict, skeleton: Skeleton) -> str:
     rows = [("images", [summary[n]["images"] for n in names]), ("people", [summary[n]["people"] for n in names])]
     rows += [(f"visible {j}", [summary[n]["visible_joints"][j] for n in names]) for j in skeleton.joint_names]
     rows.append(("visible fraction", [f"{summary[n]['visible_fraction']:.3f}" for n in names]))
+    rows.append(("occlusion flags: hidden / known", [f"{summary[n]['occlusion_flags_hidden']} / "
+                                                     f"{summary[n]['occlusion_flags_known']}" for n in names]))
     return head + "".join(f"| {label} | " + " | ".join(str(v) for v in vals) + " |\n" for label, vals in rows)
 
 

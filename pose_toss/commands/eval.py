@@ -133,7 +133,12 @@ def summary_text(m: dict, out: Path, pictures: bool) -> str:
                      f"{100 * o['spread_rise']:.0f}% (median x{o['spread_ratio']:.2f}, its error "
                      f"x{o['error_ratio']:.2f}; exactly calibrated: {100 * o['calibrated_spread_rise']:.0f}%); "
                      f"90% ellipses hold {100 * o['coverage@0.9_occluded']:.0f}% of its "
-                     f"labels occluded, {100 * o['coverage@0.9_plain']:.0f}% without")
+                     f"labels occluded, {100 * o['coverage@0.9_plain']:.0f}% without"
+                     + (f"; the occlusion head's score for it rose in {100 * o['hidden_score_rise']:.0f}%"
+                        if "hidden_score_rise" in o else ""))
+    if "occlusion_auroc" in m:
+        lines.append(f"occlusion head: it tells a hidden joint from the same joint seen with AUROC "
+                     f"{m['occlusion_auroc']:.3f} (within each joint)")
     if m.get("unreadable_images"):
         lines.append(f"warning: {len(m['unreadable_images'])} of {m['samples_given']} samples left out: their images "
                      f"could not be read (listed in report.md); the numbers are over the other {m['num_samples']}")
@@ -327,6 +332,9 @@ def _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_w
                            [record_image_id(r, int(i)) for r, i in zip(picked, preds["index"], strict=True)],
                            areas=[record_area(r) for r in picked], sigmas=sigmas, skeleton=skeleton.name,
                            category_id=int(picked[0].get("category_id", 1)) if picked else 1)
+    if "occlusion_logits" in preds:  # as predict writes it: each joint's probability of being hidden
+        for result, logits in zip(results, torch.sigmoid(preds["occlusion_logits"].double()), strict=True):
+            result["occluded"] = [round(float(p), 4) for p in logits]
     ground_truth = coco_ground_truth(picked, skeleton)
     by_score = {"ground-truth boxes": ap_by_score(ground_truth, results, preds.get("heatmap_max"), sigmas)}
     metrics["coco"] = by_score["ground-truth boxes"]["expected_oks"]

@@ -100,7 +100,8 @@ class PoseDataset(Dataset):
 
     Keys: ``image`` (3 x S x S float in [0, 1]), ``heatmaps`` (J x S/stride x S/stride), ``target``
     (2J, input px, [x0, y0, x1, y1, ...]), ``visibility`` (J), ``affine`` (2 x 3, original image ->
-    input), ``index``, and ``cov_true`` (2J x 2J, input px^2) when the source knows its label noise.
+    input), ``occluded`` (J: 1 hidden, 0 seen, -1 unknown, from the record's ``occluded`` flags), ``index``,
+    and ``cov_true`` (2J x 2J, input px^2) when the source knows its label noise.
 
     Augmentation is seeded from ``(seed, epoch, index)``: the same epoch gives the same samples in any
     worker layout, which makes resumed runs reproducible. Call ``set_epoch`` once per epoch.
@@ -158,6 +159,7 @@ class PoseDataset(Dataset):
             "target": torch.from_numpy(out.joints.reshape(-1).astype(np.float32)),
             "visibility": torch.from_numpy(out.visibility.astype(np.float32)),
             "affine": torch.from_numpy(out.affine.astype(np.float32)),
+            "occluded": torch.from_numpy(self._occlusion_target(rec, out)),
             "index": index,
         }
         if out.cov is not None:
@@ -171,6 +173,25 @@ class PoseDataset(Dataset):
             sample["head_size"] = torch.tensor(float(rec["head_size"]) * _affine_scale(out.affine),
                                                dtype=torch.float32)
         return sample
+
+    def _occlusion_target(self, rec: dict, out) -> np.ndarray:
+        """The occlusion head's target in the crop's joint order: 1 hidden, 0 seen, -1 unknown (the record has no
+        flag for the joint, or the joint falls outside the crop)."""
+        j = len(out.visibility)
+        flags = rec.get("occluded")
+        if flags is None:
+            return np.full(j, -1.0, dtype=np.float32)
+        flags = np.asarray(flags, dtype=np.float64).reshape(-1)
+        if flags.shape != (j,):
+            name = rec.get("image_path") or f"image_id {rec.get('image_id', '?')}"
+            raise ValueError(f"{name}: 'occluded' has {flags.shape[0]} flags, expected one per joint ({j})")
+        joints = np.asarray(rec["joints"], dtype=np.float64)
+        size = self.transform.input_size
+        pts = affine_points(out.affine, np.nan_to_num(joints, nan=-1e9))
+        inside = np.isfinite(joints).all(axis=1) & ((pts >= 0) & (pts <= size - 1)).all(axis=1)
+        if out.flipped:  # the affine mirrors the points; the flip also swaps left and right joints
+            flags, inside = flags[self.skeleton.flip_index], inside[self.skeleton.flip_index]
+        return np.where(inside & np.isfinite(flags), flags > 0, -1.0).astype(np.float32)
 
 
 def sample_image_rgb(sample: dict) -> np.ndarray:

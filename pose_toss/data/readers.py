@@ -28,6 +28,7 @@ from pose_toss.skeletons import (
     SKELETONS,
     coco_keypoint_names,
     get_skeleton,
+    occlusion_to_common14,
     skeleton_from_coco_category,
     to_common14,
 )
@@ -118,8 +119,8 @@ def _read_lsp_joints(mat_path, layout: str) -> np.ndarray:
     return arr
 
 
-def _lsp_records(xy: np.ndarray, vis: np.ndarray, images_dir: Path, name_format: str, dataset: str,
-                 splits: list[str]) -> list[dict]:
+def _lsp_records(xy: np.ndarray, vis: np.ndarray, occluded: np.ndarray, images_dir: Path, name_format: str,
+                 dataset: str, splits: list[str]) -> list[dict]:
     records = []
     for i in range(len(xy)):
         joints, v = _mask_bad(xy[i], vis[i])
@@ -127,18 +128,27 @@ def _lsp_records(xy: np.ndarray, vis: np.ndarray, images_dir: Path, name_format:
         if box is None:
             continue  # nothing to crop from: fewer than two usable joints
         records.append({"image_path": str(images_dir / name_format.format(i + 1)), "joints": joints,
-                        "visibility": v, "bbox": box, "skeleton": "lsp14", "dataset": dataset,
-                        "split": splits[i], "index_in_file": i})
+                        "visibility": v, "occluded": occlusion_flags(xy[i], occluded[i]), "bbox": box,
+                        "skeleton": "lsp14", "dataset": dataset, "split": splits[i], "index_in_file": i})
     return records
+
+
+def occlusion_flags(joints: np.ndarray, occluded: np.ndarray) -> np.ndarray:
+    """Each joint's occlusion flag (J floats: 1 = labelled but hidden, 0 = seen), NaN where unknown: a joint with
+    no usable coordinates (NaN or negative, as ``_mask_bad`` masks them) or no flag (NaN in ``occluded``)."""
+    joints = np.asarray(joints, dtype=np.float64)
+    ok = np.isfinite(joints).all(axis=1) & (np.nan_to_num(joints, nan=-1.0) >= 0).all(axis=1)
+    flags = np.asarray(occluded, dtype=np.float64) > 0
+    return np.where(ok & np.isfinite(np.asarray(occluded, dtype=np.float64)), flags, np.nan).astype(np.float32)
 
 
 def read_lsp(mat_path, images_dir=None) -> list[dict]:
     """LSP: ``joints.mat`` (3 x 14 x 2000) and ``images/im0001.jpg`` ...
 
     The third row flags *occluded* joints (1 = occluded): it is set for 7% of joints, most often on
-    wrists and elbows and almost never on the head top, so visibility is its complement. The standard
-    split is kept in ``split``: the first 1000 images train, the last 1000 test. No box is annotated:
-    the crop is the visible joints' box plus 10%.
+    wrists and elbows and almost never on the head top, so visibility is its complement; the flags are kept
+    as ``occluded``, what an occlusion head learns. The standard split is kept in ``split``: the first 1000
+    images train, the last 1000 test. No box is annotated: the crop is the visible joints' box plus 10%.
     """
     arr = _read_lsp_joints(mat_path, "lsp")
     xy = arr[:2].transpose(2, 1, 0)  # N x 14 x 2
@@ -146,20 +156,21 @@ def read_lsp(mat_path, images_dir=None) -> list[dict]:
     n = len(xy)
     splits = ["train" if i < n // 2 else "test" for i in range(n)]
     images = Path(images_dir) if images_dir is not None else Path(mat_path).parent / "images"
-    return _lsp_records(xy, vis, images, "im{:04d}.jpg", "lsp", splits)
+    return _lsp_records(xy, vis, arr[2].T, images, "im{:04d}.jpg", "lsp", splits)
 
 
 def read_lspet(mat_path, images_dir=None) -> list[dict]:
     """LSP-extended: ``joints.mat`` (14 x 3 x 10000) and ``images/im00001.jpg`` ..., all training.
 
     Here the third column flags *visible* joints (1 = visible, 88% of joints); joints outside the
-    image carry negative coordinates and are masked whatever their flag.
+    image carry negative coordinates and are masked whatever their flag. A joint inside the image that is not
+    visible is hidden: ``occluded`` is the flag's complement there.
     """
     arr = _read_lsp_joints(mat_path, "lspet")
     xy = arr[:, :2].transpose(2, 0, 1)
     vis = arr[:, 2].T
     images = Path(images_dir) if images_dir is not None else Path(mat_path).parent / "images"
-    return _lsp_records(xy, vis, images, "im{:05d}.jpg", "lspet", ["train"] * len(xy))
+    return _lsp_records(xy, vis, 1.0 - vis, images, "im{:05d}.jpg", "lspet", ["train"] * len(xy))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,6 +258,14 @@ def _field(obj, name: str):
     return value
 
 
+def _mat_flag(value) -> float:
+    """A 0/1 flag of the MPII release (a number, a string '0' / '1', or missing), as a float; NaN when missing."""
+    try:
+        return float(np.asarray(value).ravel()[0])
+    except (IndexError, TypeError, ValueError):
+        return float("nan")
+
+
 def _read_mpii_mat(p: Path, single_person_only: bool) -> list[dict]:
     mat = _loadmat(p, struct_as_record=False, squeeze_me=True)
     if "RELEASE" not in mat:
@@ -281,14 +300,17 @@ def _read_mpii_mat(p: Path, single_person_only: bool) -> list[dict]:
                 continue  # a person without joints or without a crop (test-style entry)
             joints = np.zeros((16, 2))
             vis = np.zeros(16)
+            occluded = np.full(16, np.nan)
             for point in _items(_field(annopoints, "point")):
                 jid = int(_field(point, "id"))
                 if not 0 <= jid < 16:
                     raise AnnotationError(f"{p}: annolist({i + 1}).annorect({r + 1}): joint id {jid} not in 0..15")
                 joints[jid] = (float(_field(point, "x")), float(_field(point, "y")))
                 vis[jid] = 1.0  # annotated, occluded or not: MPII evaluates every annotated joint
+                occluded[jid] = 1.0 - _mat_flag(_field(point, "is_visible"))
             center = np.array([float(_field(objpos, "x")), float(_field(objpos, "y"))])
             rec = _mpii_record(str(name), joints - 1.0, vis, center - 1.0, float(scale))
+            rec["occluded"] = occlusion_flags(np.where(vis[:, None] > 0, joints - 1.0, np.nan), occluded)
             box = [_field(rect, k) for k in ("x1", "y1", "x2", "y2")]
             if all(b is not None for b in box):
                 rec["head_size"] = _head_size(np.asarray(box, dtype=np.float64))
@@ -364,6 +386,8 @@ def read_coco(annotation_json, images_dir=None, skeleton=None) -> list[dict]:
                 raise AnnotationError(f"{p}: image {info.get('id', ann['image_id'])} has no {key!r} (every COCO "
                                       "image entry needs file_name, width and height)")
         records.append({"image_path": str(images / info["file_name"]), "joints": joints, "visibility": vis,
+                        # v = 1: labelled but not visible (COCO's occlusion flag); v = 0: not labelled
+                        "occluded": occlusion_flags(joints, np.where(vis > 0, kp[:, 2] == 1, np.nan)),
                         "bbox": np.asarray(ann["bbox"], dtype=np.float64), "skeleton": tag,
                         "dataset": "coco", "image_id": int(ann["image_id"]), "category_id": int(category["id"]),
                         "annotation_id": int(ann["id"]), "image_size": (int(info["width"]), int(info["height"])),
@@ -408,8 +432,12 @@ def to_common_records(records: list[dict]) -> list[dict]:
     """The same people on the common 14 joints (LSP order), so MPII, LSP, LSP-extended and COCO merge."""
     out = []
     for r in records:
-        joints, vis = to_common14(r.get("skeleton", "lsp14"), r["joints"], r["visibility"])
-        out.append({**r, "joints": joints, "visibility": vis, "skeleton": "lsp14"})
+        source = r.get("skeleton", "lsp14")
+        joints, vis = to_common14(source, r["joints"], r["visibility"])
+        common = {**r, "joints": joints, "visibility": vis, "skeleton": "lsp14"}
+        if r.get("occluded") is not None:
+            common["occluded"] = occlusion_to_common14(source, r["occluded"])
+        out.append(common)
     return out
 
 

@@ -84,6 +84,17 @@ def limb_cues(cue_lists: Sequence[Sequence[Cue]]) -> tuple[np.ndarray, np.ndarra
     return strengths, kinds
 
 
+def occluded_joints(cues: Sequence[Cue], num_joints: int = J) -> np.ndarray:
+    """Each joint's occlusion flag (J floats, 1 = hidden), as COCO's v = 1 marks a labelled but hidden keypoint:
+    the distal joint of every limb that carries an occluder (the generator centres it on the limb's last third and
+    sizes it to cover that end)."""
+    flags = np.zeros(num_joints, dtype=np.float32)
+    for cue in cues:
+        if cue.kind == "occluder":
+            flags[cue.limb[1]] = 1.0
+    return flags
+
+
 def record_cues(records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray] | None:
     """``limb_cues`` of records that all know their cues (synthetic data), else None."""
     if not records or not all("cues" in r for r in records):
@@ -295,6 +306,7 @@ class SyntheticPoseDataset(Sequence):
             "bbox": bbox,
             "area": SEGMENT_AREA_PER_BOX_AREA * float(bbox[2] * bbox[3]),
             "cues": list(cues),
+            "occluded": occluded_joints(cues),
             "person_height": height_px,
             "skeleton": LSP14.name,
         }

@@ -9,7 +9,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pose_toss.data.coco_format import coco_ground_truth
-from pose_toss.data.synthetic import CUE_KINDS, CUE_LIMBS, Cue, SyntheticPoseDataset
+from pose_toss.data.synthetic import CUE_KINDS, CUE_LIMBS, Cue, SyntheticPoseDataset, occluded_joints
 from pose_toss.outputs import atomic_write_text
 from pose_toss.skeletons import LSP14
 from pose_toss.viz.draw import contact_sheet, draw_pose_scaled, write_png
@@ -109,6 +109,7 @@ def read_synthetic(root: str | Path) -> list[dict]:
             "skeleton": LSP14.name,
             "cues": [_read_cue(c, f"{path}: samples[{n}].cues[{m}]") for m, c in enumerate(s.get("cues", []))],
         })
+        records[-1]["occluded"] = occluded_joints(records[-1]["cues"])
     return records
 
 

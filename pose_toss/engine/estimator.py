@@ -37,7 +37,8 @@ Detector = Callable[[np.ndarray], np.ndarray]
 class Person:
     """One person in image pixels: ``keypoints`` J x 2, ``keypoint_scores`` J (expected keypoint similarity),
     ``covariance`` 2J x 2J ([x0, y0, x1, y1, ...], pixels²), ``box`` [x, y, w, h], ``score`` (the detection
-    score times the mean keypoint score), ``detection_score`` (1 for a given box or the whole image)."""
+    score times the mean keypoint score), ``detection_score`` (1 for a given box or the whole image) and, from a
+    model with an occlusion head, ``occluded`` (J: each joint's probability of being hidden)."""
 
     keypoints: np.ndarray
     keypoint_scores: np.ndarray
@@ -46,6 +47,7 @@ class Person:
     score: float
     detection_score: float = 1.0
     skeleton: str | None = None  # the name of the joint set the keypoints follow
+    occluded: np.ndarray | None = None
 
     def coco(self, image_id) -> dict:
         """A COCO keypoint result with the covariance (what ``eval`` and ``predict`` write), its box and both
@@ -54,7 +56,8 @@ class Person:
                              self.box[2] * self.box[3], skeleton=self.skeleton),
                 "keypoint_score": round(float(self.keypoint_scores.mean()), 5),
                 "detection_score": round(float(self.detection_score), 5),
-                "bbox": [round(float(v), 2) for v in self.box]}
+                "bbox": [round(float(v), 2) for v in self.box],
+                **({"occluded": [round(float(p), 4) for p in self.occluded]} if self.occluded is not None else {})}
 
 
 @dataclass
@@ -143,11 +146,12 @@ class PoseEstimator:
         pred = self.model.predict(image, [boxes[:, :4]], padding=1.0 if whole else self.padding,
                                   batch_size=self.batch_size)[0]
         people = []
-        for joints, cov, box in zip(pred["joints"], pred["cov"], boxes, strict=True):
+        hidden = pred.get("occluded", [None] * len(boxes))
+        for joints, cov, box, occluded in zip(pred["joints"], pred["cov"], boxes, hidden, strict=True):
             scores = keypoint_scores(cov, float(box[2] * box[3]), self.skeleton.oks_sigmas)
             people.append(Person(keypoints=joints, keypoint_scores=scores, covariance=0.5 * (cov + cov.T),
                                  box=box[:4], score=float(box[4]) * float(scores.mean()),
-                                 detection_score=float(box[4]), skeleton=self.skeleton.name))
+                                 detection_score=float(box[4]), skeleton=self.skeleton.name, occluded=occluded))
         return people
 
     @staticmethod

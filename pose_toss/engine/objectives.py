@@ -205,13 +205,15 @@ class PseudoLabels:
 @dataclass
 class StageObjective:
     """One stage's training loss: its ``Loss`` (the stage loss per coordinate), the stage's pseudo-labels when
-    the loss reads them, and the heatmap cross-entropy weighted by ``heatmap_weight``."""
+    the loss reads them, the heatmap cross-entropy weighted by ``heatmap_weight`` and, for a model with an occlusion
+    head, its cross-entropy on the known occlusion flags weighted by ``occlusion_weight``."""
 
     loss: Loss
     beta: float = 0.5
     variance_scale: float = 1.0
     heatmap_weight: float = 0.0
     pseudo_labels: PseudoLabels | None = field(default=None)
+    occlusion_weight: float = 0.0
 
     def __call__(self, net, model, batch: dict, device: torch.device, amp: bool = False, stats: dict | None = None
                  ) -> tuple[torch.Tensor, float]:
@@ -231,6 +233,9 @@ class StageObjective:
         if self.heatmap_weight > 0 and out.heatmaps is not None:
             total = total + self.heatmap_weight * losses.heatmap_cross_entropy(
                 out.heatmaps, batch["heatmaps"].to(device, non_blocking=True), vis, model.head.log_beta.exp()).mean()
+        if self.occlusion_weight > 0 and out.occlusion_logits is not None and "occluded" in batch:
+            total = total + self.occlusion_weight * losses.occlusion_bce(
+                out.occlusion_logits, batch["occluded"].to(device, non_blocking=True)).mean()
         return total, float(value.detach())
 
 

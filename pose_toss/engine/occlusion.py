@@ -66,8 +66,12 @@ def occlusion_check(model, generator: SyntheticPoseDataset, data_cfg, device: to
                             flip_coords=flip_coords)
     if len(preds.get("index", ())) != len(records):
         raise RuntimeError("the occlusion check lost samples while predicting")
-    return {"pairs": pairs, **summary_at_joints(preds["mean"], preds["cov"], preds["target_true"], preds["cov_true"],
-                                                joints, draws, seed)}
+    out = {"pairs": pairs, **summary_at_joints(preds["mean"], preds["cov"], preds["target_true"], preds["cov_true"],
+                                               joints, draws, seed)}
+    if "occlusion_logits" in preds:  # does the occlusion head's score for the hidden joint rise too?
+        logit = preds["occlusion_logits"][torch.arange(len(records)), torch.tensor(joints).repeat_interleave(2)]
+        out["hidden_score_rise"] = float((logit[1::2] > logit[0::2]).double().mean())
+    return out
 
 
 def summary_at_joints(mean: torch.Tensor, cov: torch.Tensor, truth: torch.Tensor, true_cov: torch.Tensor,

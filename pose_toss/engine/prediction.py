@@ -9,9 +9,9 @@ from tqdm import tqdm
 from pose_toss.covariance import equal_mixture, taylor_diagnostics, unmirror
 from pose_toss.data.synthetic import CUE_KINDS, CUE_LIMBS, record_cues
 from pose_toss.engine.runtime import autocast_context
-from pose_toss.metrics import mean_residual_covariance, pose_metrics, tic_summary
+from pose_toss.metrics import mean_residual_covariance, pose_metrics, tic_summary, within_joint_auroc
 
-OPTIONAL_KEYS = ("target_true", "cov_true", "head_size")
+OPTIONAL_KEYS = ("target_true", "cov_true", "head_size", "occluded")
 
 
 @torch.no_grad()
@@ -29,7 +29,8 @@ def predict_dataset(model, loader, device: torch.device, amp: bool = False, prog
 
     A heatmap model also gives ``heatmap_max`` (B x J, each joint's largest soft-argmax probability). A TIC
     model also gives, per sample, ``tic_share`` (tr(eps1^2 J J^T) / tr(cov)) and J's singular
-    values (``jacobian_singular_values``), from the single pass.
+    values (``jacobian_singular_values``), from the single pass. A model with an occlusion head also gives
+    ``occlusion_logits`` (B x J), from the single pass.
 
     Samples whose image could not be read are left out; ``unreadable`` (a list) receives their messages.
     """
@@ -37,7 +38,7 @@ def predict_dataset(model, loader, device: torch.device, amp: bool = False, prog
     model.eval()
     cols: dict[str, list] = {k: [] for k in ("mean", "cov", "target", "visibility", "affine", "index",
                                              "mean_no_flip", "tic_share", "jacobian_singular_values", "heatmap_max",
-                                             *OPTIONAL_KEYS)}
+                                             "occlusion_logits", *OPTIONAL_KEYS)}
     try:
         for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
             if unreadable is not None:
@@ -50,6 +51,8 @@ def predict_dataset(model, loader, device: torch.device, amp: bool = False, prog
             mean, cov = out.mean.float(), out.cov.float()
             if out.heatmaps is not None:  # each joint's most probable pixel's probability (a common keypoint score)
                 cols["heatmap_max"].append(model.head.distribution(out.heatmaps).flatten(2).amax(-1).float().cpu())
+            if out.occlusion_logits is not None:
+                cols["occlusion_logits"].append(out.occlusion_logits.float().cpu())
             if out.tic is not None:
                 share, singular = taylor_diagnostics(out.tic.jacobian, out.tic.eps1, cov)
                 cols["tic_share"].append(share.float().cpu())
@@ -128,6 +131,10 @@ def metrics_from_predictions(preds: dict[str, torch.Tensor], skeleton, reference
                            cov_true=preds.get("cov_true"), limbs=torch.tensor(CUE_LIMBS) if cued else None,
                            limb_cue=preds.get("limb_cue"), reference_cov=reference_cov,
                            limb_kind=preds.get("limb_cue_kind"), cue_kinds=CUE_KINDS)
+    if "occlusion_logits" in preds and "occluded" in preds and bool((preds["occluded"] >= 0).any()):
+        # How well the occlusion head finds the hidden joints, within each joint (as the cue AUROC).
+        flags = preds["occluded"]
+        metrics["occlusion_auroc"] = within_joint_auroc(preds["occlusion_logits"], flags > 0, flags >= 0)
     if "tic_share" in preds:
         metrics.update(tic_summary(preds["tic_share"], preds["jacobian_singular_values"]))
     return metrics

@@ -35,6 +35,7 @@ SUMMARY_COLUMNS = (
     ("cue_corr_auroc", "AUROC corr.", False),
     ("occlusion_spread_rise", "occluder: spread rises", False),
     ("occlusion_coverage@0.9_occluded", "occluder: cov@0.9", None),
+    ("occlusion_auroc", "AUROC hidden", False),
     ("tic_share_median", "J share of Σ", None),
     ("jacobian_rank_median", "rank J", None),
 )

@@ -305,7 +305,8 @@ class Trainer:
             if loss.needs_pseudo_labels:
                 pseudo = PseudoLabels(stage_idx, st.pseudo_labels, self.bank_data, self.bank_loader, self.flip_coords,
                                       self.rt.device, self.progress_bars, self.log)
-            self.objective = StageObjective(loss, st.beta, self.variance_scale, self.cfg.train.heatmap_weight, pseudo)
+            self.objective = StageObjective(loss, st.beta, self.variance_scale, self.cfg.train.heatmap_weight, pseudo,
+                                            self.cfg.train.occlusion_weight)
             self._objective_stage = stage_idx
         return self.objective
 
@@ -451,6 +452,7 @@ class Trainer:
             self.log(f"epoch {s.epoch}/{cfg.total_epochs} [{st.loss}] loss {train['train_loss']:.4g} | val error "
                      f"{val['mean_joint_error']:.2f} px, NLL {val['nll']:.2f}, cov@0.9 {val['coverage@0.9']:.2f}"
                      + (f", cue AUROC {val['cue_auroc_spread']:.2f}" if "cue_auroc_spread" in val else "")
+                     + (f", occlusion AUROC {val['occlusion_auroc']:.2f}" if "occlusion_auroc" in val else "")
                      + (f", skipped {train['skipped_steps']}" if train["skipped_steps"] else "")
                      + (f", {train['missing_images']} unreadable images" if train["missing_images"] else "")
                      + (f" | pseudo-labels {pl_seconds:.1f} s" if pl_seconds else "") + f" | {train_seconds:.0f} s")

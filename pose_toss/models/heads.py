@@ -137,3 +137,30 @@ def pooled_under_heatmaps(prob: torch.Tensor, activation: torch.Tensor) -> torch
     joint), ``activation`` B x C x H x W -> B x J x C, in float32."""
     b, j = prob.shape[:2]
     return prob.reshape(b, j, -1).float() @ activation.float().reshape(b, activation.shape[1], -1).transpose(1, 2)
+
+
+def sample_at_joints(activation: torch.Tensor, joints: torch.Tensor, input_size: int) -> torch.Tensor:
+    """A B x C x H x W map read (bilinearly) at B x J x 2 input-pixel points -> B x J x C. Pixel centres line up as
+    the soft-argmax puts them: cell i of a stride-s map sits at input pixel (i + 0.5) s - 0.5."""
+    grid = (joints.to(activation.dtype) + 0.5) / input_size * 2 - 1
+    return F.grid_sample(activation, grid[:, :, None], align_corners=False)[..., 0].transpose(1, 2)
+
+
+class OcclusionHead(nn.Module):
+    """Each joint's logit of being hidden (labelled but not visible: COCO's v = 1), from the heatmap head's trunk
+    activation read at the joint's predicted position through a small MLP whose last layer is the joint's own (as
+    MMPose's visibility head, without its pooling over the whole map: a hidden wrist shows where the wrist is).
+    The positions are detached; the activation is not, so its loss also trains the trunk and the backbone."""
+
+    def __init__(self, channels: int, num_joints: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(channels, hidden)
+        self.weight = nn.Parameter(torch.randn(num_joints, hidden) / math.sqrt(hidden))
+        self.bias = nn.Parameter(torch.full((num_joints,), -2.0))  # few joints are hidden: start near 12 %
+
+    def forward(self, activation: torch.Tensor, joints: torch.Tensor, input_size: int) -> torch.Tensor:
+        """``activation`` B x C x H x W, ``joints`` B x J x 2 (input pixels) -> B x J logits (float32)."""
+        at_joint = sample_at_joints(activation.float(), joints.detach().float(), input_size)
+        with torch.autocast(device_type=activation.device.type, enabled=False):
+            h = F.gelu(self.hidden(at_joint.float()))
+            return (h * self.weight).sum(-1) + self.bias

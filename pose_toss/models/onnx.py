@@ -1,4 +1,5 @@
-"""`pose-toss export`: the model with its covariance as one ONNX graph (mean, covariance, heatmaps).
+"""`pose-toss export`: the model with its covariance as one ONNX graph (mean, covariance, heatmaps, and each
+joint's probability of being hidden when the model has an occlusion head).
 
 ONNX has no autograd, so TIC's J is built in closed form (``PoseModel.tail_jacobian``), and the two
 data-dependent-shaped operations of the bottleneck (adaptive pooling to the grid, bilinear resizing
@@ -17,10 +18,10 @@ from torch import nn
 
 from pose_toss.covariance import interpolation_matrix, tic_covariance, transform_joints
 from pose_toss.models.covariance_heads import TICCovarianceHead
-from pose_toss.models.heads import HeatmapHead, pooled_under_heatmaps
+from pose_toss.models.heads import HeatmapHead
 from pose_toss.outputs import atomic_write_bytes
 
-OUTPUTS = ("mean", "cov", "heatmaps")
+OUTPUTS = ("mean", "cov", "heatmaps", "occluded")
 
 
 def pooling_matrix(grid: int, height: int, width: int) -> torch.Tensor:
@@ -93,14 +94,16 @@ class ExportablePoseModel(nn.Module):
             cov = tic_covariance(jac, eps1, low, floor=head.cov_floor, check=False)
         else:
             cov = m.cov_head(z)
+        joints = mean.reshape(b, m.num_joints, 2)
         if m.local_scale is not None:
-            j = m.num_joints
             prob = m.head.distribution(heat)
-            pooled = pooled_under_heatmaps(prob, activation) if m.local_scale.feature_dim else None
-            log_scale = m.local_scale(m.normalise(images), mean.reshape(b, j, 2), prob, m.head.out_stride, pooled)
+            features = m.local_scale_features(prob, activation, context, joints)
+            log_scale = m.local_scale(m.normalise(images), joints, prob, m.head.out_stride, features)
             cov = transform_joints(cov, log_scale)
-        outputs = (mean, cov.float())
-        return outputs + ((heat.float(),) if heat is not None else ())
+        outputs = (mean, cov.float()) + ((heat.float(),) if heat is not None else ())
+        if m.occlusion_head is not None:
+            outputs += (torch.sigmoid(m.occlusion_logits(context, joints)),)
+        return outputs
 
 
 def export_onnx(model, path: str | Path, opset: int = 17) -> list[str]:
@@ -110,6 +113,8 @@ def export_onnx(model, path: str | Path, opset: int = 17) -> list[str]:
     s = model.input_size
     example = torch.rand(2, 3, s, s, device=next(model.parameters()).device)
     names = list(OUTPUTS[:3 if isinstance(model.head, HeatmapHead) else 2])
+    if model.occlusion_head is not None:
+        names.append("occluded")
     axes = {"images": {0: "batch"}, **{n: {0: "batch"} for n in names}}
     blob = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():

@@ -29,7 +29,7 @@ from pose_toss.models.covariance_heads import (
     eval_mode,
     heatmap_stats,
 )
-from pose_toss.models.heads import Bottleneck, HeatmapHead, RegressionHead, pooled_under_heatmaps
+from pose_toss.models.heads import Bottleneck, HeatmapHead, OcclusionHead, RegressionHead, pooled_under_heatmaps
 from pose_toss.skeletons import Skeleton
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -43,6 +43,7 @@ class PoseOutput:
     embedding: torch.Tensor  # B x E
     heatmaps: torch.Tensor | None = None  # B x J x S/4 x S/4 (heatmap head)
     tic: TICParts | None = None  # J, eps1, L of a TIC covariance (diagnostics: how much of it J carries)
+    occlusion_logits: torch.Tensor | None = None  # B x J, each joint's logit of being hidden (occlusion head)
 
 
 class PoseModel(nn.Module):
@@ -65,6 +66,10 @@ class PoseModel(nn.Module):
         if config.local_covariance and (config.head != "heatmap" or config.bottleneck_at != "head"):
             raise ValueError("local_covariance reads each joint's heatmap: it needs head 'heatmap' with bottleneck_at "
                              f"'head', got head {config.head!r}, bottleneck_at {config.bottleneck_at!r}")
+        if config.occlusion_head and (config.head != "heatmap" or config.bottleneck_at != "head"):
+            raise ValueError("occlusion_head reads the heatmap head's trunk at each predicted joint: it needs head "
+                             f"'heatmap' with bottleneck_at 'head', got head {config.head!r}, bottleneck_at "
+                             f"{config.bottleneck_at!r}")
         if config.local_covariance and config.covariance not in FITTED_COVARIANCES:
             raise ValueError(f"local_covariance scales a fitted covariance ({', '.join(FITTED_COVARIANCES)}), not "
                              f"{config.covariance!r}")
@@ -86,9 +91,12 @@ class PoseModel(nn.Module):
                                      else c, config.bottleneck_grid)
         # Initial spread: a few pixels on the crop.
         self.cov_head = create_covariance_head(config, num_joints, init_std=input_size / 32.0)
+        self.occlusion_head = OcclusionHead(self.head.out_channels, num_joints) if config.occlusion_head else None
+        # The local term reads the head's activation under each joint (local_features) and the occlusion logit.
+        local_inputs = (self.head.out_channels if config.local_features else 0) + (1 if config.occlusion_head else 0)
         self.local_scale = (JointLocalScale(num_joints, cov_hidden=config.cov_hidden,
                                             outputs=3 if config.local_form == "affine" else 1,
-                                            feature_dim=self.head.out_channels if config.local_features else 0)
+                                            feature_dim=local_inputs)
                             if config.local_covariance else None)
         # TIC's J with z at the heatmap head's last layer: closed form (False: torch.func reverse passes,
         # the reference the closed form is tested against).
@@ -167,13 +175,30 @@ class PoseModel(nn.Module):
     def local_log_scale(self, z: torch.Tensor, context: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """Each joint's local term of the covariance (``JointLocalScale``: B x J log-scales, or B x J x 3 maps), from
         the normalised images around the joints the tail predicts from ``context``, their heatmaps and, with
-        ``local_features``, the head's activation pooled under them (all detached)."""
+        ``local_features``, the head's activation pooled under them, with ``occlusion_head`` each joint's occlusion
+        logit (all detached)."""
         with torch.no_grad():
             joints, heat, activation = self.head.tail_parts(context, self.bottleneck.offset(z, context))
+            b, j = heat.shape[:2]
+            joints = joints.float().reshape(b, j, 2)
             prob = self.head.distribution(heat)
-            pooled = pooled_under_heatmaps(prob, activation) if self.local_scale.feature_dim else None
-        b, j = heat.shape[:2]
-        return self.local_scale(images, joints.float().reshape(b, j, 2), prob, self.head.out_stride, pooled)
+            features = self.local_scale_features(prob, activation, context, joints)
+        return self.local_scale(images, joints, prob, self.head.out_stride, features)
+
+    def local_scale_features(self, prob: torch.Tensor, activation: torch.Tensor, context: torch.Tensor,
+                             joints: torch.Tensor) -> torch.Tensor | None:
+        """What the local term reads beside its patch and heatmap statistics (B x J x F, or None): with
+        ``local_features`` the head's ``activation`` pooled under each joint's heatmap distribution ``prob``, with
+        ``occlusion_head`` each joint's occlusion logit at ``joints``."""
+        extra = [pooled_under_heatmaps(prob, activation)] if self.config.local_features else []
+        if self.occlusion_head is not None:
+            extra.append(self.occlusion_logits(context, joints).clamp(-10.0, 10.0)[..., None])
+        return torch.cat(extra, -1) if extra else None
+
+    def occlusion_logits(self, context: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
+        """B x J logits of each joint being hidden (``OcclusionHead``), read from the trunk's activation
+        (``context`` after its ReLU, without z) at ``joints`` (B x J x 2 input pixels)."""
+        return self.occlusion_head(self.head.tail_activation(context), joints, self.input_size)
 
     def joint_descriptors(self, z: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """What the head sees at each joint (B x J x (C + 5), detached): its last activation pooled under the
@@ -221,13 +246,15 @@ class PoseModel(nn.Module):
                 cov, parts = self.covariance(z, feats, context, images=normalised)
         mean, heat = self.decode_all(z, context)
         mean = mean.float()
+        occlusion = (self.occlusion_logits(context, mean.detach().reshape(len(mean), -1, 2))
+                     if self.occlusion_head is not None else None)
         if cov is not None:
             # A sample whose mean or covariance is not finite (NaN pixels, a diverged model) gets NaN for both:
             # never a finite covariance beside a NaN mean. (Selected, without a device sync.)
             ok = torch.isfinite(mean).all(-1) & torch.isfinite(cov).flatten(1).all(-1)
             mean = torch.where(ok[:, None], mean, torch.nan)
             cov = torch.where(ok[:, None, None], cov, torch.nan)
-        return PoseOutput(mean, cov, z, heat, parts)
+        return PoseOutput(mean, cov, z, heat, parts, occlusion)
 
     # -- inference on whole images ------------------------------------------------------------------
 
@@ -238,7 +265,8 @@ class PoseModel(nn.Module):
 
         ``images``: one H x W x 3 uint8 RGB array or a list of them (a float array is refused). ``boxes``: None
         (the whole image is the person) or, per image, an N x 4 array of ``[x, y, w, h]`` person boxes.
-        Returns, per image, ``{"joints": N x J x 2, "cov": N x 2J x 2J, "boxes": N x 4}`` (numpy).
+        Returns, per image, ``{"joints": N x J x 2, "cov": N x 2J x 2J, "boxes": N x 4}`` (numpy), and with an
+        occlusion head ``"occluded"`` (N x J, each joint's probability of being hidden).
         """
         if isinstance(images, np.ndarray) and images.ndim == 3:
             images = [images]
@@ -271,26 +299,33 @@ class PoseModel(nn.Module):
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
-        means, covs = [], []
+        means, covs, hidden = [], [], []
         try:
             for k in range(0, len(crops), batch_size):
                 batch = torch.from_numpy(np.stack(crops[k:k + batch_size])).to(device)
                 out = self(batch.permute(0, 3, 1, 2).float() / 255.0)
                 means.append(out.mean.double().cpu().numpy())
                 covs.append(out.cov.double().cpu().numpy())
+                if out.occlusion_logits is not None:
+                    hidden.append(torch.sigmoid(out.occlusion_logits.double()).cpu().numpy())
         finally:
             self.train(was_training)
         mean = np.concatenate(means) if means else np.zeros((0, 2 * self.num_joints))
         cov = np.concatenate(covs) if covs else np.zeros((0, 2 * self.num_joints, 2 * self.num_joints))
-        results = [{"joints": [], "cov": [], "boxes": b} for b in all_boxes]
+        keys = ("joints", "cov") + (("occluded",) if self.occlusion_head is not None else ())
+        hidden = np.concatenate(hidden) if hidden else np.zeros((0, self.num_joints))
+        results = [{**{k: [] for k in keys}, "boxes": b} for b in all_boxes]
         for n, (a, i) in enumerate(zip(affines, owners, strict=True)):
             inv = invert_affine(a)  # A^-1 for the points, A^-1 S A^-T for the covariance
             results[i]["joints"].append(affine_points(inv, mean[n].reshape(-1, 2)))
             results[i]["cov"].append(affine_covariance(inv, cov[n]))
+            if "occluded" in results[i]:
+                results[i]["occluded"].append(hidden[n])
+        j = self.num_joints
+        empty = {"joints": (0, j, 2), "cov": (0, 2 * j, 2 * j), "occluded": (0, j)}
         for r in results:
-            j = self.num_joints
-            r["joints"] = np.stack(r["joints"]) if r["joints"] else np.zeros((0, j, 2))
-            r["cov"] = np.stack(r["cov"]) if r["cov"] else np.zeros((0, 2 * j, 2 * j))
+            for k in keys:
+                r[k] = np.stack(r[k]) if r[k] else np.zeros(empty[k])
         return results
 
 
