@@ -352,6 +352,21 @@ def transform_joints(cov: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
     return 0.5 * (out + out.transpose(-1, -2))
 
 
+def transform_joint_rows(matrix: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+    """``T @ matrix`` for B x D x K matrices whose rows are the joints' coordinates, T the block-diagonal local term
+    of ``transform_joints`` (``local`` B x J log-scales or B x J x 3 maps): a factor ``F`` of a covariance becomes the
+    factor ``T F`` of the transformed one, ``T F F^T T^T``."""
+    local = local.to(matrix.dtype)
+    if local.dim() == 2:
+        s = torch.exp(local).repeat_interleave(2, dim=-1)
+        return matrix * s.unsqueeze(-1)
+    b, j = local.shape[:2]
+    sx, sy, shear = local[..., 0].exp(), local[..., 1].exp(), local[..., 2]
+    zero = torch.zeros_like(sx)
+    t = torch.stack([torch.stack([sx, zero], -1), torch.stack([shear, sy], -1)], -2)  # B x J x 2 x 2
+    return torch.einsum("bipr,birk->bipk", t, matrix.reshape(b, j, 2, -1)).reshape(matrix.shape)
+
+
 def symmetrise_with_floor(cov: torch.Tensor, floor: float) -> torch.Tensor:
     cov = 0.5 * (cov + cov.transpose(-1, -2))
     return cov + floor * torch.eye(cov.shape[-1], device=cov.device, dtype=cov.dtype)

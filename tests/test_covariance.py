@@ -11,6 +11,8 @@ from pose_toss.covariance import (
     mixture_moments,
     taylor_share,
     tic_covariance,
+    transform_joint_rows,
+    transform_joints,
     unmirror,
 )
 
@@ -252,3 +254,14 @@ def test_transform_joints_is_the_block_diagonal_congruence():
     torch.testing.assert_close(transform_joints(cov, torch.zeros(3, 4, 3, dtype=torch.float64)), cov)
     scale = torch.randn(3, 4, generator=g, dtype=torch.float64)
     torch.testing.assert_close(transform_joints(cov, scale), scale_joints(cov, scale))
+
+
+@pytest.mark.parametrize("shape", [(4, 5), (4, 5, 3)])
+def test_transform_joint_rows_gives_the_factor_of_the_transformed_covariance(shape):
+    """(T F)(T F)^T = T (F F^T) T^T for a factor F with the joints' coordinates as rows, both local forms."""
+    gen = torch.Generator().manual_seed(3)
+    factor = torch.randn(4, 10, 7, dtype=torch.float64, generator=gen)
+    local = torch.randn(*shape, dtype=torch.float64, generator=gen)
+    rows = transform_joint_rows(factor, local)
+    torch.testing.assert_close(rows @ rows.transpose(1, 2), transform_joints(factor @ factor.transpose(1, 2), local))
+    assert rows.dtype == torch.float64

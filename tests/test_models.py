@@ -407,6 +407,14 @@ def test_closed_form_jacobian_on_cuda_under_bf16_autocast():
     torch.testing.assert_close(closed, reference, rtol=1e-2, atol=5e-3 * float(reference.abs().max()))
 
 
+def _local_term(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z, the head's trunk output, the local term) of an eval-mode model with a local scale, piece by piece."""
+    with torch.no_grad():
+        feats = model.backbone(model.normalise(images))
+        z, context = model.embed(feats), model.decoder_input(feats)
+        return z, context, model.local_log_scale(z, context, model.normalise(images))
+
+
 def test_local_scale_starts_as_no_change_reads_the_image_and_trains_no_backbone(tmp_path):
     """The per-joint local scale multiplies each joint's rows and columns of the covariance by exp(log-scale):
     zero at initialisation (the covariance is the plain model's), a function of the pixels around the joint
@@ -421,11 +429,7 @@ def test_local_scale_starts_as_no_change_reads_the_image_and_trains_no_backbone(
     with torch.no_grad():
         local.local_scale.out.weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
     out = local(images)
-    with torch.no_grad():
-        normalised = local.normalise(images)
-        feats = local.backbone(normalised)
-        z, context = local.embed(feats), local.decoder_input(feats)
-        log_scale = local.local_log_scale(z, context, normalised)
+    z, context, log_scale = _local_term(local, images)
     torch.testing.assert_close(out.cov, scale_joints(plain(images).cov, log_scale))
     joints = out.mean.reshape(2, 14, 2)
     far = images.clone()  # repaint a square around joint 0 of the first image only
@@ -474,3 +478,35 @@ def test_local_term_can_read_the_heads_activation_under_each_joints_heatmap():
     assert base.shape == (2, 14) and not torch.allclose(base, moved)  # the same patches, other features
     with pytest.raises(ValueError, match="reads 16 features per joint; got none"):
         local.local_scale(local.normalise(images), joints, prob, local.head.out_stride)
+
+
+@pytest.mark.parametrize("form", ["scale", "affine"])
+def test_tic_share_of_a_locally_scaled_covariance_reads_the_scaled_jacobian(form):
+    """With a local term, Σ = T Σ_TIC Tᵀ, so the part J carries is ε₁² (T J)(T J)ᵀ: the model hands that J to its
+    diagnostics, and J's share of Σ stays within (0, 1] however large T makes Σ_TIC."""
+    from pose_toss.covariance import taylor_share
+
+    model = tiny("tic", local_covariance=True, local_form=form).eval()
+    with torch.no_grad():
+        model.local_scale.out.weight.normal_(0.0, 2.0, generator=torch.Generator().manual_seed(2))
+        model.local_scale.out.bias.fill_(-2.0)  # shrink every joint a lot, as trained demo models do
+    images = torch.rand(3, 3, 64, 64)
+    out = model(images)
+    z, context, local = _local_term(model, images)
+    with torch.no_grad():
+        jac = model.tail_jacobian(z, context)
+    # T J built by hand from the per-joint 2 x 2 blocks.
+    blocks = torch.zeros(3, 28, 28)
+    for j in range(14):
+        if form == "scale":
+            t = torch.eye(2) * local[:, j].exp()[:, None, None]
+        else:
+            t = torch.zeros(3, 2, 2)
+            t[:, 0, 0], t[:, 1, 1], t[:, 1, 0] = local[:, j, 0].exp(), local[:, j, 1].exp(), local[:, j, 2]
+        blocks[:, 2 * j:2 * j + 2, 2 * j:2 * j + 2] = t
+    torch.testing.assert_close(out.tic.jacobian, blocks @ jac, rtol=1e-4, atol=1e-6)
+    j_part = out.tic.eps1[:, None, None] ** 2 * out.tic.jacobian @ out.tic.jacobian.transpose(1, 2)
+    share = taylor_share(out.tic.jacobian, out.tic.eps1, out.cov)
+    torch.testing.assert_close(share.float(), (j_part.diagonal(dim1=1, dim2=2).sum(-1)
+                                               / out.cov.diagonal(dim1=1, dim2=2).sum(-1)).float())
+    assert ((share > 0) & (share <= 1)).all()

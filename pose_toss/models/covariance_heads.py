@@ -153,7 +153,8 @@ class FullCovariance(nn.Module):
 @dataclass
 class TICParts:
     """What a TIC covariance is made of, per sample: J (B x D x E, detached), eps1 (B), L (B x D x D),
-    and the optional Hessian term (eps2 B, H~ B x D x D)."""
+    and the optional Hessian term (eps2 B, H~ B x D x D). A model with a local term gives J as it enters its
+    covariance, ``T J`` (``PoseModel.covariance``), so that J's share of the covariance stays a share."""
 
     jacobian: torch.Tensor
     eps1: torch.Tensor

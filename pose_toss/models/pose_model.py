@@ -11,7 +11,12 @@ import torch
 from torch import nn
 
 from pose_toss.config import BOTTLENECK_AT, COVARIANCES, FITTED_COVARIANCES, HEADS, ModelConfig
-from pose_toss.covariance import heatmap_tail_jacobian, regression_tail_jacobian, transform_joints
+from pose_toss.covariance import (
+    heatmap_tail_jacobian,
+    regression_tail_jacobian,
+    transform_joint_rows,
+    transform_joints,
+)
 from pose_toss.data.media import as_rgb_image
 from pose_toss.data.transforms import (
     affine_covariance,
@@ -169,7 +174,10 @@ class PoseModel(nn.Module):
         if self.local_scale is not None:
             if images is None:
                 raise ValueError("a model with local_covariance needs the images for its covariance")
-            cov = transform_joints(cov, self.local_log_scale(z, context, images))
+            local = self.local_log_scale(z, context, images)
+            cov = transform_joints(cov, local)
+            if parts is not None:  # J as it enters the transformed covariance (its diagnostics read it there)
+                parts = replace(parts, jacobian=transform_joint_rows(parts.jacobian, local))
         return cov, parts
 
     def local_log_scale(self, z: torch.Tensor, context: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
