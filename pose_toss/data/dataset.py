@@ -152,14 +152,16 @@ class PoseDataset(Dataset):
         cov = rec.get("cov_true")
         center, size = record_crop_source(rec, self.padding)
         out = self.transform(image, joints, vis, center, size, cov=None if cov is None else np.asarray(cov),
-                             seed=self.sample_seed(index))
+                             seed=self.sample_seed(index), occluded=self._occlusion_flags(rec, inside))
         sample = {
             "image": torch.from_numpy(np.ascontiguousarray(out.image)).permute(2, 0, 1).float().div_(255.0),
             "heatmaps": torch.from_numpy(self.codec.encode(out.joints, out.visibility)),
             "target": torch.from_numpy(out.joints.reshape(-1).astype(np.float32)),
             "visibility": torch.from_numpy(out.visibility.astype(np.float32)),
             "affine": torch.from_numpy(out.affine.astype(np.float32)),
-            "occluded": torch.from_numpy(self._occlusion_target(rec, out)),
+            # The occlusion head's target: 1 hidden, 0 seen, -1 unknown (no flag, or outside the image or crop).
+            "occluded": torch.from_numpy(out.occluded if out.occluded is not None
+                                         else np.full(len(out.visibility), -1.0, dtype=np.float32)),
             "index": index,
         }
         if out.cov is not None:
@@ -174,24 +176,18 @@ class PoseDataset(Dataset):
                                                dtype=torch.float32)
         return sample
 
-    def _occlusion_target(self, rec: dict, out) -> np.ndarray:
-        """The occlusion head's target in the crop's joint order: 1 hidden, 0 seen, -1 unknown (the record has no
-        flag for the joint, or the joint falls outside the crop)."""
-        j = len(out.visibility)
+    @staticmethod
+    def _occlusion_flags(rec: dict, inside_image: np.ndarray) -> np.ndarray | None:
+        """The record's occlusion flags, unknown (NaN) where the joint lies outside the image; None without flags."""
         flags = rec.get("occluded")
         if flags is None:
-            return np.full(j, -1.0, dtype=np.float32)
+            return None
         flags = np.asarray(flags, dtype=np.float64).reshape(-1)
-        if flags.shape != (j,):
+        if flags.shape != inside_image.shape:
             name = rec.get("image_path") or f"image_id {rec.get('image_id', '?')}"
-            raise ValueError(f"{name}: 'occluded' has {flags.shape[0]} flags, expected one per joint ({j})")
-        joints = np.asarray(rec["joints"], dtype=np.float64)
-        size = self.transform.input_size
-        pts = affine_points(out.affine, np.nan_to_num(joints, nan=-1e9))
-        inside = np.isfinite(joints).all(axis=1) & ((pts >= 0) & (pts <= size - 1)).all(axis=1)
-        if out.flipped:  # the affine mirrors the points; the flip also swaps left and right joints
-            flags, inside = flags[self.skeleton.flip_index], inside[self.skeleton.flip_index]
-        return np.where(inside & np.isfinite(flags), flags > 0, -1.0).astype(np.float32)
+            raise ValueError(f"{name}: 'occluded' has {flags.shape[0]} flags, expected one per joint "
+                             f"({len(inside_image)})")
+        return np.where(inside_image, flags, np.nan)
 
 
 def sample_image_rgb(sample: dict) -> np.ndarray:

@@ -41,9 +41,15 @@ class AnnotationError(ValueError):
     """An annotation file that is missing, unreadable or not in the expected format."""
 
 
+def _usable(joints: np.ndarray) -> np.ndarray:
+    """Which joints (J x 2) have coordinates: finite and not negative (files mark missing joints either way)."""
+    joints = np.asarray(joints, dtype=np.float64)
+    return np.isfinite(joints).all(axis=1) & (np.nan_to_num(joints, nan=-1.0) >= 0).all(axis=1)
+
+
 def _mask_bad(joints: np.ndarray, visibility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     joints = np.asarray(joints, dtype=np.float64)
-    ok = np.isfinite(joints).all(axis=1) & (np.nan_to_num(joints, nan=-1.0) >= 0).all(axis=1)
+    ok = _usable(joints)
     vis = (np.asarray(visibility, dtype=np.float64) > 0) & ok
     return np.where(ok[:, None], joints, 0.0), vis.astype(np.float32)
 
@@ -135,11 +141,9 @@ def _lsp_records(xy: np.ndarray, vis: np.ndarray, occluded: np.ndarray, images_d
 
 def occlusion_flags(joints: np.ndarray, occluded: np.ndarray) -> np.ndarray:
     """Each joint's occlusion flag (J floats: 1 = labelled but hidden, 0 = seen), NaN where unknown: a joint with
-    no usable coordinates (NaN or negative, as ``_mask_bad`` masks them) or no flag (NaN in ``occluded``)."""
-    joints = np.asarray(joints, dtype=np.float64)
-    ok = np.isfinite(joints).all(axis=1) & (np.nan_to_num(joints, nan=-1.0) >= 0).all(axis=1)
-    flags = np.asarray(occluded, dtype=np.float64) > 0
-    return np.where(ok & np.isfinite(np.asarray(occluded, dtype=np.float64)), flags, np.nan).astype(np.float32)
+    no usable coordinates (``_usable``, as ``_mask_bad`` masks them) or no flag (NaN in ``occluded``)."""
+    occluded = np.asarray(occluded, dtype=np.float64)
+    return np.where(_usable(joints) & np.isfinite(occluded), occluded > 0, np.nan).astype(np.float32)
 
 
 def read_lsp(mat_path, images_dir=None) -> list[dict]:
@@ -310,7 +314,7 @@ def _read_mpii_mat(p: Path, single_person_only: bool) -> list[dict]:
                 occluded[jid] = 1.0 - _mat_flag(_field(point, "is_visible"))
             center = np.array([float(_field(objpos, "x")), float(_field(objpos, "y"))])
             rec = _mpii_record(str(name), joints - 1.0, vis, center - 1.0, float(scale))
-            rec["occluded"] = occlusion_flags(np.where(vis[:, None] > 0, joints - 1.0, np.nan), occluded)
+            rec["occluded"] = occlusion_flags(joints - 1.0, occluded)  # unannotated joints: NaN flags
             box = [_field(rect, k) for k in ("x1", "y1", "x2", "y2")]
             if all(b is not None for b in box):
                 rec["head_size"] = _head_size(np.asarray(box, dtype=np.float64))

@@ -83,6 +83,7 @@ class CropResult:
     cov: np.ndarray | None  # 2J x 2J, input pixels^2
     affine: np.ndarray  # 2x3, original image -> input crop
     flipped: bool
+    occluded: np.ndarray | None = None  # J: 1 hidden, 0 seen, -1 unknown or outside the crop (when flags were given)
 
 
 class TopDownTransform:
@@ -123,7 +124,10 @@ class TopDownTransform:
                    blur_prob=aug.blur_prob)
 
     def __call__(self, image: np.ndarray, joints: np.ndarray, visibility: np.ndarray, center: np.ndarray,
-                 size: float, cov: np.ndarray | None = None, seed: int | None = None) -> CropResult:
+                 size: float, cov: np.ndarray | None = None, seed: int | None = None,
+                 occluded: np.ndarray | None = None) -> CropResult:
+        """``occluded``: each joint's occlusion flag (1 hidden, 0 seen, NaN unknown), carried like the visibility:
+        swapped with the joints on a flip, unknown (-1) where the joint leaves the crop."""
         s = self.input_size
         crop = crop_affine(center, size, s)
         img = cv2.warpAffine(image, crop, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
@@ -141,11 +145,15 @@ class TopDownTransform:
             total = compose_affine(aug, crop)
             flipped = bool(np.linalg.det(aug[:, :2]) < 0)
         vis = np.asarray(visibility, dtype=np.float32).copy()
+        flags = None if occluded is None else np.asarray(occluded, dtype=np.float64).reshape(-1)
         cov_out = affine_covariance(total, cov) if cov is not None else None
         if flipped:  # mirrored image: the joint on the person's right is now drawn where the left was
             pts, vis = pts[self._flip_joint], vis[self._flip_joint]
+            flags = None if flags is None else flags[self._flip_joint]
             if cov_out is not None:
                 cov_out = permute_covariance(cov_out, self._flip_coord)
         inside = np.isfinite(pts).all(axis=1) & (pts >= 0).all(axis=1) & (pts <= s - 1).all(axis=1)
         vis = vis * inside
-        return CropResult(img, pts, vis, cov_out, total, flipped)
+        if flags is not None:
+            flags = np.where(inside & np.isfinite(flags), flags > 0, -1.0).astype(np.float32)
+        return CropResult(img, pts, vis, cov_out, total, flipped, flags)
