@@ -7,7 +7,34 @@ import pytest
 import torch
 
 from pose_toss.data.synthetic import SyntheticPoseDataset
-from pose_toss.engine.occlusion import occlusion_pairs, occlusion_summary
+from pose_toss.engine.occlusion import coverage_by_probability, occlusion_pairs, occlusion_summary
+
+
+def test_scale_for_90_percent_against_the_chi_square_law():
+    """A mean at the truth and a covariance k x the labels' own: the squared Mahalanobis distance is chi2_2 / k,
+    so k' x cov holds 90 % exactly when k' = 1 / k; and a mean off the truth by d along x with isotropic labels
+    (sigma 1) and cov = I: the 90 % quantile of |label - mean|^2 is that of a noncentral chi2_2 (scipy)."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(1)
+    n = 300
+    a = rng.normal(size=(n, 2, 2))
+    true_cov = torch.from_numpy(a @ a.transpose(0, 2, 1) + 0.5 * np.eye(2))
+    truth = torch.from_numpy(rng.normal(size=(n, 2)) * 10)
+    cov = true_cov.clone()
+    cov[0::2] *= 0.25  # plain: 4x too small, needs x4
+    cov[1::2] *= 2.0   # occluded: 2x too large, needs x0.5
+    got = occlusion_summary(truth, cov, truth, true_cov, draws=400)
+    assert got["scale_for_0.9_plain"] == pytest.approx(4.0, rel=0.03)
+    assert got["scale_for_0.9_occluded"] == pytest.approx(0.5, rel=0.03)
+    d = 2.0
+    eye = torch.eye(2, dtype=torch.float64).expand(n, 2, 2)
+    off = truth + torch.tensor([d, 0.0], dtype=torch.float64)
+    got = occlusion_summary(off, eye, truth, eye, draws=400)
+    want = scipy_stats.ncx2.ppf(0.9, df=2, nc=d**2) / (-2 * math.log(0.1))
+    assert got["scale_for_0.9_occluded"] == pytest.approx(want, rel=0.03)
+    # The factor does what it says: c x cov holds 90 % of the same labels.
+    c = got["scale_for_0.9_plain"]
+    assert occlusion_summary(off, c * eye, truth, eye, draws=400)["coverage@0.9_plain"] == pytest.approx(0.9, abs=0.002)
 
 
 def test_pairs_differ_only_by_the_occluder_on_the_chosen_limb():
@@ -117,3 +144,26 @@ def test_occlusion_check_with_the_flip_test_judges_the_merged_prediction():
     for key, value in want.items():
         assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-4), key
     assert got["error_plain"] != pytest.approx(single["error_plain"], rel=1e-6)  # the flip test changed the means
+
+
+def test_coverage_by_the_heads_probability_groups_pairs_by_their_bin():
+    """Pairs whose occluded prediction is the labels' own Gaussian hold 90 %; those predicted 4x too small hold
+    P(chi2_2 <= 4.605 / 4). Each bin gets exactly its pairs, and an empty bin is left out."""
+    rng = np.random.default_rng(2)
+    pairs, joints_per_figure = 240, 3
+    d = 2 * joints_per_figure
+    a = rng.normal(size=(2 * pairs, d, d))
+    true_cov = torch.from_numpy(a @ a.transpose(0, 2, 1) + np.eye(d))
+    truth = torch.from_numpy(rng.normal(size=(2 * pairs, d)) * 5)
+    probability = torch.from_numpy(np.repeat([0.1, 0.3, 0.95], pairs // 3))
+    cov = true_cov.clone()
+    small = torch.nonzero(probability < 0.8)[:, 0]
+    cov[2 * small + 1] /= 4  # the occluded figure of every unsure pair: too small
+    joints = rng.integers(0, joints_per_figure, pairs).tolist()
+    preds = {"mean": truth, "cov": cov, "target_true": truth, "cov_true": true_cov}
+    groups = coverage_by_probability(preds, joints, probability, draws=400)
+    assert [(g["from"], g["to"], g["pairs"]) for g in groups] == [(0.0, 0.2, 80), (0.2, 0.5, 80), (0.8, 1.0, 80)]
+    for g in groups:
+        want = 0.9 if g["from"] == 0.8 else 1 - math.exp(-4.605 / 8)
+        assert g["coverage@0.9_occluded"] == pytest.approx(want, abs=0.02)
+        assert g["coverage@0.9_plain"] == pytest.approx(0.9, abs=0.02)

@@ -252,5 +252,9 @@ def test_train_and_eval_with_an_occlusion_head_report_and_write_it(tmp_path, cap
     assert "occlusion head: it tells a hidden joint" in printed and "occlusion head's score for it rose" in printed
     metrics = json.loads((ev / "metrics.json").read_text())
     assert 0 <= metrics["occlusion_auroc"] <= 1 and 0 <= metrics["occlusion"]["hidden_score_rise"] <= 1
+    groups = metrics["occlusion"]["by_hidden_probability"]  # every pair in exactly one bin of the head's probability
+    assert sum(g["pairs"] for g in groups) == 4 and all(0 <= g["coverage@0.9_occluded"] <= 1 for g in groups)
+    assert "by the occlusion head's probability" in printed and metrics["occlusion"]["scale_for_0.9_occluded"] > 0
+    assert "occlusion_by_hidden_probability" not in metrics  # only numbers are flattened beside the others
     written = json.loads((ev / "predictions.json").read_text())
     assert all(len(r["occluded"]) == 14 and all(0 < p < 1 for p in r["occluded"]) for r in written)

@@ -133,9 +133,15 @@ def summary_text(m: dict, out: Path, pictures: bool) -> str:
                      f"{100 * o['spread_rise']:.0f}% (median x{o['spread_ratio']:.2f}, its error "
                      f"x{o['error_ratio']:.2f}; exactly calibrated: {100 * o['calibrated_spread_rise']:.0f}%); "
                      f"90% ellipses hold {100 * o['coverage@0.9_occluded']:.0f}% of its "
-                     f"labels occluded, {100 * o['coverage@0.9_plain']:.0f}% without"
+                     f"labels occluded, {100 * o['coverage@0.9_plain']:.0f}% without (it would hold 90% at "
+                     f"x{o['scale_for_0.9_occluded']:.2f} of its covariance occluded, "
+                     f"x{o['scale_for_0.9_plain']:.2f} without)"
                      + (f"; the occlusion head's score for it rose in {100 * o['hidden_score_rise']:.0f}%"
                         if "hidden_score_rise" in o else ""))
+    if m.get("occlusion", {}).get("by_hidden_probability"):
+        lines.append("occluded labels inside the 90% ellipse by the occlusion head's probability that the joint is "
+                     "hidden: " + ", ".join(f"{g['from']:.1f}-{g['to']:.1f} {100 * g['coverage@0.9_occluded']:.0f}% "
+                                            f"({g['pairs']} pairs)" for g in m["occlusion"]["by_hidden_probability"]))
     if "occlusion_auroc" in m:
         lines.append(f"occlusion head: it tells a hidden joint from the same joint seen with AUROC "
                      f"{m['occlusion_auroc']:.3f} (within each joint)")
@@ -313,7 +319,8 @@ def _evaluate(checkpoint, data, out, split, overwrite, device, batch_size, num_w
         generator = SyntheticPoseDataset.from_config(data_cfg.synthetic, split)
         metrics["occlusion"] = occlusion_check(model, generator, data_cfg, dev, pairs=min(occlusions, len(generator)),
                                                batch_size=batch_size or data_cfg.batch_size, flip_coords=flip_coords)
-        metrics.update({f"occlusion_{k}": v for k, v in metrics["occlusion"].items() if k != "pairs"})
+        metrics.update({f"occlusion_{k}": v for k, v in metrics["occlusion"].items()
+                        if isinstance(v, float)})
     metrics["samples_given"] = len(records)
     metrics["unreadable_images"] = unreadable
     metrics["damaged_images"] = damaged

@@ -9,6 +9,7 @@ inside it. A covariance that sees the occluder widens where the labels and its o
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -71,7 +72,33 @@ def occlusion_check(model, generator: SyntheticPoseDataset, data_cfg, device: to
     if "occlusion_logits" in preds:  # does the occlusion head's score for the hidden joint rise too?
         logit = preds["occlusion_logits"][torch.arange(len(records)), torch.tensor(joints).repeat_interleave(2)]
         out["hidden_score_rise"] = float((logit[1::2] > logit[0::2]).double().mean())
+        out["by_hidden_probability"] = coverage_by_probability(preds, joints, torch.sigmoid(logit[1::2].double()),
+                                                               draws, seed)
     return out
+
+
+# Bins of the occlusion head's probability that the occluded joint is hidden, for ``coverage_by_probability``.
+PROBABILITY_BINS = (0.0, 0.2, 0.5, 0.8, 1.0)
+
+
+def coverage_by_probability(preds: dict, joints: list[int], probability: torch.Tensor, draws: int = 64,
+                            seed: int = 0) -> list[dict]:
+    """The pairs grouped by ``probability`` (P: the head's probability that each pair's occluded joint is hidden,
+    with the occluder), each group summarised as the whole check is (``summary_at_joints``). A covariance
+    calibrated to an uncertain detector widens by the probability, so it holds the occluded labels only where the
+    detector is sure: this shows how much of the occluded coverage the detector's confidence explains."""
+    groups = []
+    for lo, hi in itertools.pairwise(PROBABILITY_BINS):
+        pick = torch.nonzero((probability >= lo) & ((probability < hi) | (hi == PROBABILITY_BINS[-1])))[:, 0]
+        if len(pick) == 0:
+            continue
+        rows = torch.stack([2 * pick, 2 * pick + 1], 1).reshape(-1)
+        part = summary_at_joints(preds["mean"][rows], preds["cov"][rows], preds["target_true"][rows],
+                                 preds["cov_true"][rows], [joints[k] for k in pick.tolist()], draws, seed)
+        groups.append({"from": lo, "to": hi, "pairs": len(pick), "spread_rise": part["spread_rise"],
+                       "coverage@0.9_occluded": part["coverage@0.9_occluded"],
+                       "coverage@0.9_plain": part["coverage@0.9_plain"]})
+    return groups
 
 
 def summary_at_joints(mean: torch.Tensor, cov: torch.Tensor, truth: torch.Tensor, true_cov: torch.Tensor,
@@ -101,6 +128,9 @@ def occlusion_summary(mean: torch.Tensor, cov: torch.Tensor, truth: torch.Tensor
       the predicted spread, the label error |label - mean| and the labels' own spread sqrt(tr true_cov);
     - ``coverage@0.9_plain`` / ``coverage@0.9_occluded``: share of ``draws`` labels per figure, drawn from
       N(truth, true_cov), inside the predicted 90 % ellipse;
+    - ``scale_for_0.9_plain`` / ``scale_for_0.9_occluded``: the factor c that makes c x cov hold exactly 90 % of
+      those labels (the 90 % quantile of their squared Mahalanobis distances over the chi-square radius): above 1
+      the covariance is too small there, and c says by how much, where the coverage only says that it is;
     - ``error_plain`` / ``error_occluded``: mean label error."""
     n = mean.shape[0]
     gen = torch.Generator().manual_seed(seed)
@@ -114,6 +144,9 @@ def occlusion_summary(mean: torch.Tensor, cov: torch.Tensor, truth: torch.Tensor
     true_spread = torch.diagonal(true_cov, dim1=-2, dim2=-1).sum(-1).sqrt()
     plain, occluded = slice(0, None, 2), slice(1, None, 2)
 
+    def scale_for_90(rows: slice) -> float:  # every figure has as many draws: the pooled quantile is the mean's
+        return float(torch.quantile(maha[rows].flatten(), 0.9) / CHI2_2D_90)
+
     def ratio(x: torch.Tensor) -> float:
         return float((x[occluded] / x[plain]).median())
 
@@ -122,4 +155,5 @@ def occlusion_summary(mean: torch.Tensor, cov: torch.Tensor, truth: torch.Tensor
             "calibrated_spread_rise": float((calibrated[occluded] > calibrated[plain]).double().mean()),
             "spread_ratio": ratio(spread), "error_ratio": ratio(error), "true_spread_ratio": ratio(true_spread),
             "coverage@0.9_plain": float(inside[plain].mean()), "coverage@0.9_occluded": float(inside[occluded].mean()),
+            "scale_for_0.9_plain": scale_for_90(plain), "scale_for_0.9_occluded": scale_for_90(occluded),
             "error_plain": float(error[plain].mean()), "error_occluded": float(error[occluded].mean())}

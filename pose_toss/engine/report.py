@@ -139,10 +139,21 @@ def cue_section(metrics: dict) -> list[str]:
                        ["label error px", occ["error_plain"], occ["error_occluded"], occ["error_ratio"]],
                        ["labels' own spread", "", "", occ["true_spread_ratio"]],
                        ["labels inside the 90 % ellipse", occ["coverage@0.9_plain"], occ["coverage@0.9_occluded"],
-                        ""]]), "",
+                        ""],
+                       ["Σ × c holds 90 % at c =", occ.get("scale_for_0.9_plain", ""),
+                        occ.get("scale_for_0.9_occluded", ""), ""]]), "",
                 f"The predicted spread grew with the occluder in {100 * occ['spread_rise']:.0f} % of the pairs"
                 + (f"; that of a covariance exactly calibrated to this model's error on each figure (an oracle) in "
                    f"{100 * occ['calibrated_spread_rise']:.0f} %." if "calibrated_spread_rise" in occ else "."), ""]
+        if occ.get("by_hidden_probability"):
+            out += ["By the occlusion head's probability that the occluded joint is hidden (with the occluder). A "
+                    "covariance calibrated to an uncertain detector widens by that probability, so it holds the "
+                    "occluded labels only where the detector is sure:", "",
+                    table(["probability", "pairs", "spread rises", "labels inside the 90 % ellipse, occluded",
+                           "without"],
+                          [[f"{g['from']:.1f}–{g['to']:.1f}", str(g["pairs"]), g["spread_rise"],
+                            g["coverage@0.9_occluded"], g["coverage@0.9_plain"]]
+                           for g in occ["by_hidden_probability"]]), ""]
     return out
 
 
