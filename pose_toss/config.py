@@ -47,6 +47,11 @@ class SyntheticConfig:
     poses_from: str | None = opt(None, help="optional LSP / LSP-extended joints.mat to draw poses from")
     cue_prob: float = opt(0.6, min=0.0, max=1.0, help="probability that a figure carries noise cues")
     max_cues: int = opt(2, min=0, max=6, help="most limbs with a cue (occluder, blur, fade) per figure")
+    cue_kind_weights: tuple[float, float, float] = opt(
+        factory=lambda: (1.0, 1.0, 1.0),
+        help="relative frequency of each cue kind (occluder, blur, fade); an occluder hides its limb's distal joint "
+             "(occlusion flag 1), so its weight sets the share of hidden joints (equal weights: about 2%; "
+             "LSP flags 7.3%)")
     label_noise: str = opt("annotators", choices=("annotators", "height"),
                            help="annotators: each clean joint's per-axis std is its COCO OKS sigma x s / sqrt(2) "
                                 "(s^2 = half the person box's area), what real annotators disagree by; height: "
@@ -320,6 +325,10 @@ class Config:
             raise ConfigError(f"{source}: key 'model.occlusion_head': the occlusion head reads the heatmap head's "
                               f"trunk at each predicted joint; expected head heatmap and bottleneck_at head, got "
                               f"{m.head}, {m.bottleneck_at}")
+        weights = self.data.synthetic.cue_kind_weights
+        if not (all(w >= 0 for w in weights) and sum(weights) > 0):
+            raise ConfigError(f"{source}: key 'data.synthetic.cue_kind_weights': expected 3 weights >= 0 (occluder, "
+                              f"blur, fade) with a positive sum, got {list(weights)}")
         lo, hi = self.data.augment.scale
         if not 0 < lo <= hi:
             raise ConfigError(f"{source}: key 'data.augment.scale': expected (lo, hi) with 0 < lo <= hi, "

@@ -46,6 +46,11 @@ def test_out_of_range_and_choices(tmp_path):
         load_config(write(tmp_path, "data:\n  augment:\n    scale: [1.3, 0.9]\n"))
     with pytest.raises(ConfigError, match=r"multiple of heatmap_stride"):
         load_config(write(tmp_path, "data:\n  input_size: 130\n"))
+    weights = r"'data\.synthetic\.cue_kind_weights': expected 3 weights >= 0 .*got \[0\.0, 0\.0, 0\.0\]"
+    with pytest.raises(ConfigError, match=weights):
+        load_config(overrides=["data.synthetic.cue_kind_weights=[0, 0, 0]"])
+    with pytest.raises(ConfigError, match=r"cue_kind_weights.*a list of 3 values"):
+        load_config(overrides=["data.synthetic.cue_kind_weights=[1, 2]"])
 
 
 def test_missing_file_is_named(tmp_path):

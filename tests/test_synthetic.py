@@ -261,3 +261,29 @@ def test_limb_cues_name_each_limbs_strongest_cue():
     assert kinds[0, 0] == CUE_KINDS.index("blur") and strengths[0, 0] == pytest.approx(0.6)
     assert kinds[1, 1] == CUE_KINDS.index("fade") and strengths[1, 1] == pytest.approx(0.2)
     assert ((kinds >= 0) == (strengths > 0)).all() and (kinds[2] == -1).all()
+
+
+def test_cue_kind_weights_set_the_kinds_and_the_hidden_share():
+    """Each cue's kind is drawn with probability weight / sum, so a figure's occluders, and with them the share
+    of hidden joints, follow from cue_prob, the uniform number of cues in 1..max_cues and the occluder's weight."""
+    from scipy import stats
+
+    from pose_toss.data.synthetic import CUE_KINDS, J, occluded_joints
+
+    n, cue_prob, max_cues, weights = 6000, 0.8, 3, (3.5, 1.0, 1.0)
+    ds = SyntheticPoseDataset(n, 64, seed=2, cue_prob=cue_prob, max_cues=max_cues, cue_kind_weights=weights)
+    cues = [ds.annotation(i)["cues"] for i in range(n)]
+    counts = np.array([sum(c.kind == k for cs in cues for c in cs) for k in CUE_KINDS])
+    assert stats.chisquare(counts, counts.sum() * np.array(weights) / sum(weights)).pvalue > 1e-3
+    hidden = np.mean([occluded_joints(cs) for cs in cues])
+    expected = cue_prob * (1 + max_cues) / 2 * weights[0] / sum(weights) / J  # 0.0727, as LSP's 7.3 %
+    assert abs(hidden - expected) < 4 * np.sqrt(expected / (n * J)), (hidden, expected)
+    # equal weights of any size draw exactly the figures made without weights
+    for i in (0, 7, 31):
+        a = SyntheticPoseDataset(40, 64, seed=5).annotation(i)
+        b = SyntheticPoseDataset(40, 64, seed=5, cue_kind_weights=(2.0, 2.0, 2.0)).annotation(i)
+        assert a["cues"] == b["cues"] and a["joints"].tobytes() == b["joints"].tobytes()
+    only_blur = SyntheticPoseDataset(200, 64, seed=5, cue_kind_weights=(0, 1, 0))
+    assert {c.kind for i in range(200) for c in only_blur.annotation(i)["cues"]} == {"blur"}
+    with pytest.raises(ValueError, match="cue_kind_weights must be 3 weights >= 0"):
+        SyntheticPoseDataset(3, cue_kind_weights=(1.0, -1.0, 1.0))

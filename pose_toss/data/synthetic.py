@@ -197,8 +197,9 @@ class SyntheticPoseDataset(Sequence):
 
     def __init__(self, num_samples: int, image_size: int = 128, seed: int = 0, *,
                  poses_from: str | None = None, cue_prob: float = 0.6, max_cues: int = 2,
-                 label_noise: str = "annotators", cue_gain: float = 4.0, clean_noise: float = 0.006,
-                 cue_noise: float = 0.05, offset: int = 0, cache_images: bool = False) -> None:
+                 cue_kind_weights: Sequence[float] = (1.0, 1.0, 1.0), label_noise: str = "annotators",
+                 cue_gain: float = 4.0, clean_noise: float = 0.006, cue_noise: float = 0.05, offset: int = 0,
+                 cache_images: bool = False) -> None:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if image_size < 32:
@@ -210,8 +211,15 @@ class SyntheticPoseDataset(Sequence):
         self.num_samples = int(num_samples)
         self.image_size = int(image_size)
         self.seed = int(seed)
+        weights = np.asarray(cue_kind_weights, dtype=np.float64)
+        if weights.shape != (len(CUE_KINDS),) or not ((weights >= 0).all() and weights.sum() > 0):
+            raise ValueError(f"cue_kind_weights must be {len(CUE_KINDS)} weights >= 0 ({', '.join(CUE_KINDS)}) with "
+                             f"a positive sum, got {list(cue_kind_weights)}")
         self.cue_prob = float(cue_prob)
         self.max_cues = int(max_cues)
+        self.cue_kind_weights = tuple(float(w) for w in weights)
+        # Equal weights draw the kind as before (an integer draw), so figures made without weights are unchanged.
+        self._kind_probs = None if np.all(weights == weights[0]) else weights / weights.sum()
         self.label_noise = label_noise
         self.cue_gain = float(cue_gain)
         self.clean_noise = float(clean_noise)
@@ -229,14 +237,16 @@ class SyntheticPoseDataset(Sequence):
             raise ValueError(f"split must be one of {list(SPLIT_OFFSETS)}, got {split!r}")
         num = {"train": cfg.num_samples, "val": cfg.val_samples, "test": cfg.test_samples}[split]
         return cls(num, cfg.image_size, cfg.seed, poses_from=cfg.poses_from, cue_prob=cfg.cue_prob,
-                   max_cues=cfg.max_cues, label_noise=cfg.label_noise, cue_gain=cfg.cue_gain,
-                   clean_noise=cfg.clean_noise, cue_noise=cfg.cue_noise, offset=SPLIT_OFFSETS[split],
+                   max_cues=cfg.max_cues, cue_kind_weights=cfg.cue_kind_weights, label_noise=cfg.label_noise,
+                   cue_gain=cfg.cue_gain, clean_noise=cfg.clean_noise, cue_noise=cfg.cue_noise,
+                   offset=SPLIT_OFFSETS[split],
                    cache_images=cfg.cache_images)
 
     @property
     def generator_settings(self) -> dict:
         """What decides the labels besides the seed (written beside generated data)."""
-        return {"cue_prob": self.cue_prob, "max_cues": self.max_cues, "label_noise": self.label_noise,
+        return {"cue_prob": self.cue_prob, "max_cues": self.max_cues,
+                "cue_kind_weights": list(self.cue_kind_weights), "label_noise": self.label_noise,
                 "cue_gain": self.cue_gain, "clean_noise": self.clean_noise, "cue_noise": self.cue_noise,
                 "poses_from": self.poses_from}
 
@@ -285,7 +295,8 @@ class SyntheticPoseDataset(Sequence):
         if rng.random() < self.cue_prob and self.max_cues > 0:
             n = int(rng.integers(1, self.max_cues + 1))
             for k in rng.choice(len(CUE_LIMBS), size=n, replace=False):
-                cues.append(Cue(str(rng.choice(CUE_KINDS)), CUE_LIMBS[int(k)], float(rng.uniform(0.35, 1.0))))
+                kind = str(rng.choice(CUE_KINDS, p=self._kind_probs))
+                cues.append(Cue(kind, CUE_LIMBS[int(k)], float(rng.uniform(0.35, 1.0))))
 
         return self.labels(joints_true, height_px, cues, rng)
 
