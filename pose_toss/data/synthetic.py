@@ -239,8 +239,7 @@ class SyntheticPoseDataset(Sequence):
         return cls(num, cfg.image_size, cfg.seed, poses_from=cfg.poses_from, cue_prob=cfg.cue_prob,
                    max_cues=cfg.max_cues, cue_kind_weights=cfg.cue_kind_weights, label_noise=cfg.label_noise,
                    cue_gain=cfg.cue_gain, clean_noise=cfg.clean_noise, cue_noise=cfg.cue_noise,
-                   offset=SPLIT_OFFSETS[split],
-                   cache_images=cfg.cache_images)
+                   offset=SPLIT_OFFSETS[split], cache_images=cfg.cache_images)
 
     @property
     def generator_settings(self) -> dict:
