@@ -82,6 +82,36 @@ def test_fit_model_covariance_keeps_every_mean(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_covariance_of_the_lowest_validation_nll_is_kept():
+    """Fitted from scratch on the training split, the covariance overfits its residuals: as training keeps its
+    best model, fitting ends with the covariance networks of the epoch whose validation NLL was lowest."""
+    from pose_toss import build_pose_model
+    from pose_toss.engine.fit_covariance import COVARIANCE_MODULES
+
+    torch.manual_seed(0)
+    model = build_pose_model("resnet10t", num_joints=14, embed_dim=8, input_size=64, deconv_channels=16,
+                             cov_hidden=16, covariance="tic")
+    images = torch.rand(16, 3, 64, 64)
+    with torch.no_grad():
+        mean = model.eval()(images, with_covariance=False).mean
+    batches = [{"image": images[i:i + 8], "target": mean[i:i + 8] + 3 * torch.randn(8, 28),
+                "visibility": torch.ones(8, 14)} for i in (0, 8)]
+    scripted, states = iter([5.0, 3.0, 4.0, float("nan")]), []
+
+    def validate():  # what the covariance is after each epoch, and a made-up validation NLL for it
+        states.append({k: v.clone() for k, v in model.state_dict().items() if k.startswith(COVARIANCE_MODULES)})
+        return {"nll": next(scripted)}
+
+    history = fit_model_covariance(model, batches, epochs=4, lr=1e-2, validate=validate, log=lambda *_: None)
+    assert [h.get("kept", False) for h in history] == [False, True, False, False]
+    assert not all(torch.equal(states[1][k], states[3][k]) for k in states[1])  # the epochs differ
+    now = model.state_dict()
+    assert all(torch.equal(now[k], v) for k, v in states[1].items())  # epoch 2's, the lowest NLL, not the last
+    with torch.no_grad():
+        assert torch.equal(model.eval()(images, with_covariance=False).mean, mean)
+
+
+@pytest.mark.slow
 def test_fit_covariance_command(tmp_path, capsys):
     from conftest import train_args
 
@@ -102,7 +132,8 @@ def test_fit_covariance_command(tmp_path, capsys):
     assert refit["mean_joint_error"] == pytest.approx(plain["mean_joint_error"], abs=1e-9)
     assert refit["nll"] < plain["nll"]  # an identity covariance against a learnt one
     lines = (tmp_path / "fit" / "fit_covariance.jsonl").read_text().splitlines()
-    assert json.loads(lines[0])["val_nll"] > 0
+    assert json.loads(lines[0])["val_nll"] > 0 and json.loads(lines[0])["kept"] is True
+    assert json.loads((tmp_path / "fit" / "fit_covariance.json").read_text())["kept_epoch"] == 1
     # A batch larger than the training split leaves no step: refused before anything is written.
     capsys.readouterr()
     assert main(["fit-covariance", "--checkpoint", str(run), "--out", str(tmp_path / "big"), "--epochs", "1",

@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
 def fit_covariance_run(checkpoint, out, cfg, *, covariance: str = "tic", epochs: int = 3, lr: float | None = None,
                        device: str = "auto", overwrite: bool = False, config_file=None, log=print) -> dict:
     """`pose-toss fit-covariance`: ``checkpoint``'s model with a new ``covariance`` network trained on ``cfg``'s
-    training split (augmented, a new draw each epoch, validated on its val split), written to ``out``
+    training split (augmented, a new draw each epoch, validated on its val split; the epoch of the lowest validation
+    NLL is kept), written to ``out``
     (model, config, per-epoch log, a summary; staged, locked) and evaluated into ``out/eval``; returns the
     evaluation's metrics."""
     model_file, _ = resolve_checkpoint(checkpoint)
@@ -72,14 +73,17 @@ def fit_covariance_run(checkpoint, out, cfg, *, covariance: str = "tic", epochs:
         history = fit_model_covariance(model, EpochDraws(data.train_loader), epochs=epochs, lr=lr or cfg.train.lr,
                                        device=dev, validate=validate, log=log)
         seconds = time.perf_counter() - start
+        kept = next((h["epoch"] for h in history if h.get("kept")), len(history))
         with staged_output_dir(out, overwrite=overwrite, inputs=inputs) as stage:
             save_model(model, stage / MODEL_FILE)
             save_config(cfg, stage / CONFIG_FILE)
             atomic_write_text(stage / "fit_covariance.jsonl", "".join(json.dumps(jsonable(h)) + "\n" for h in history))
             atomic_write_text(stage / "fit_covariance.json", json.dumps(jsonable(
-                {"from": str(model_file), "covariance": covariance, "epochs": epochs, "seconds": seconds,
+                {"from": str(model_file), "covariance": covariance, "epochs": epochs, "kept_epoch": kept,
+                 "seconds": seconds,
                  "config": config_to_dict(cfg)}), indent=1))
     out = Path(out)
-    log(f"covariance ({covariance}) fitted in {seconds:.0f} s; model: {out / MODEL_FILE}")
+    log(f"covariance ({covariance}) fitted in {seconds:.0f} s, kept from epoch {kept} of {epochs} (lowest validation "
+        f"NLL); model: {out / MODEL_FILE}")
     data = "synthetic" if cfg.data.dataset == "synthetic" else str(out / CONFIG_FILE)
     return evaluate_checkpoint(out / MODEL_FILE, data, out / "eval", device=device, progress=False, pictures=0)

@@ -8,6 +8,7 @@ trained, with the Gaussian NLL of the frozen means. ``fit_covariance`` is the lo
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -96,7 +97,24 @@ def fit_model_covariance(model, loader, *, epochs: int = 3, lr: float = 1e-3, de
                          validate: Callable[[], dict] | None = None, log=print) -> list[dict]:
     """``fit_covariance`` on a pose-toss model: everything but its covariance networks (``model.cov_head`` and
     the local scale, if any) frozen and in eval mode (batch norm's statistics fixed), those trained (the
-    running J scale too)."""
+    running J scale too).
+
+    With ``validate`` returning ``nll``, the covariance networks end as they were at the epoch of the lowest
+    validation NLL, as training keeps its best model: fitted from scratch on the training split they overfit its
+    residuals, which are smaller than unseen ones. That epoch's history line has ``kept: True``."""
+    best: dict = {"nll": math.inf, "state": None, "epoch": 0}
+    calls = 0
+
+    def validate_and_keep() -> dict:
+        nonlocal calls
+        calls += 1
+        numbers = validate()
+        nll = numbers.get("nll", math.nan)
+        if math.isfinite(nll) and nll < best["nll"]:
+            best.update(nll=nll, epoch=calls, state={k: v.detach().clone() for k, v in model.state_dict().items()
+                                                     if k.startswith(COVARIANCE_MODULES)})
+        return numbers
+
     model.to(device).eval()
     trained = [p for name, p in model.named_parameters() if name.startswith(COVARIANCE_MODULES)]
     for name, p in model.named_parameters():
@@ -114,8 +132,12 @@ def fit_model_covariance(model, loader, *, epochs: int = 3, lr: float = 1e-3, de
         return model.covariance(z, feats, context, images=normalised)[0]
 
     try:
-        return fit_covariance(pose_fn, covariance_fn, trained, loader, epochs=epochs, lr=lr,
-                              device=device, validate=validate, log=log)
+        history = fit_covariance(pose_fn, covariance_fn, trained, loader, epochs=epochs, lr=lr, device=device,
+                                 validate=validate_and_keep if validate is not None else None, log=log)
+        if best["state"] is not None:
+            model.load_state_dict(best["state"], strict=False)
+            history[best["epoch"] - 1]["kept"] = True
+        return history
     finally:
         model.eval()
         for p in model.parameters():
