@@ -42,6 +42,24 @@ def test_compare_sweeps_seeds_and_lrs_and_resumes(tmp_path):
     said.clear()
     compare(base, ["mse"], tmp_path / "cmp", lrs=[2e-3], overwrite=True, log=said.append)
     assert any("already done" in s for s in said)
+    # The flip test: trained cells are evaluated again with it, not trained, beside their plain results.
+    said.clear()
+    plain_table = (tmp_path / "cmp" / "comparison.md").read_text()
+    flipped = compare(base, ["mse"], tmp_path / "cmp", lrs=[2e-3], seeds=2, log=said.append, flip_test=True)
+    assert not any("== " in s for s in said) and sum("evaluating it with the flip test" in s for s in said) == 2
+    for seed in (0, 1):
+        cell_dir = tmp_path / "cmp" / "lr_0.002" / f"seed_{seed}" / "mse"
+        plain = json.loads((cell_dir / "eval" / "metrics.json").read_text())
+        flip = json.loads((cell_dir / "eval_flip_test" / "metrics.json").read_text())
+        assert plain["flip_test"] is False and flip["flip_test"] is True
+        assert flip["mean_joint_error_no_flip"] == pytest.approx(plain["mean_joint_error"], abs=1e-9)
+        assert flip["mean_joint_error"] != plain["mean_joint_error"]
+        row = next(r for r in flipped["rows"] if r["seed"] == seed)
+        assert row["mean_joint_error"] == flip["mean_joint_error"]
+        assert row["train_seconds"] == cells[("mse", 2e-3, seed)]["train_seconds"]  # its training's, kept
+    assert (tmp_path / "cmp" / "comparison.md").read_text() == plain_table
+    assert "# Method comparison, flip test" in (tmp_path / "cmp" / "comparison_flip_test.md").read_text()
+    assert json.loads((tmp_path / "cmp" / "comparison_flip_test.json").read_text())["flip_test"] is True
     said.clear()
     compare(tiny_config("stages.0.epochs=1", "stages.1.epochs=1", "train.weight_decay=0.001"), ["mse"],
             tmp_path / "cmp", lrs=[5e-3], overwrite=True, log=said.append)

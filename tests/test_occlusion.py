@@ -123,7 +123,8 @@ def test_occlusion_check_with_the_flip_test_judges_the_merged_prediction():
     batch = next(iter(make_loader(PoseDataset.from_config(records, cfg.data, train=False, skeleton=LSP14), 10, None,
                                   shuffle=False)))
     images = batch["image"]
-    out, mirrored = model(images), model(images.flip(-1))
+    with torch.no_grad():
+        out, mirrored = model(images), model(images.flip(-1))
     rows, joint = torch.arange(10), torch.tensor(joints).repeat_interleave(2)
     twin = torch.tensor(LSP14.flip_index)[joint]  # the joint the mirrored crop calls by the other side's name
 

@@ -44,6 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=1, help="seeds per cell: train.seed, train.seed + 1, ...")
     p.add_argument("--jobs", type=int, default=1, help="cells trained at once (worker processes sharing the "
                                                       "device; the CPU threads and data workers are divided)")
+    p.add_argument("--flip-test", action="store_true",
+                   help="evaluate every cell with the flip test (each crop and its mirror merged), into the cell's "
+                        f"{FLIP_EVAL_DIR}/; cells trained already are evaluated without training again; tables in "
+                        f"{FLIP_TABLE}.md / .json")
     add_output(p, "output directory; running again into it resumes: finished cells are read back, interrupted "
                   "ones continue from their last checkpoint, new ones are trained")
     add_config(p)
@@ -54,9 +58,10 @@ def run(args: argparse.Namespace) -> int:
     lrs = parse_lrs(args.lrs) if args.lrs else None
     cfg = load_config(args.config, args.overrides)
     result = compare(cfg, methods, args.out, lrs=lrs, seeds=args.seeds, jobs=args.jobs, overwrite=args.overwrite,
-                     inputs=[args.config] if args.config else [])
+                     inputs=[args.config] if args.config else [], flip_test=args.flip_test)
+    table = FLIP_TABLE if args.flip_test else PLAIN_TABLE
     print(result["markdown"])
-    print(f"table: {Path(args.out) / 'comparison.md'} and comparison.json; curves: comparison_curves.png")
+    print(f"table: {Path(args.out) / (table + '.md')} and {table}.json; curves: comparison_curves.png")
     return 0
 
 
@@ -82,6 +87,9 @@ def parse_lrs(text: str) -> list[float]:
 
 
 DIVERGED_FILE = "diverged.json"  # a cell whose training stopped on divergence: read back as done
+# Where a cell's evaluation goes, and the sweep's tables, without and with the flip test: both can sit side by side.
+PLAIN_EVAL_DIR, FLIP_EVAL_DIR = "eval", "eval_flip_test"
+PLAIN_TABLE, FLIP_TABLE = "comparison", "comparison_flip_test"
 
 
 @dataclass(frozen=True)
@@ -98,24 +106,36 @@ class Cell:
         return f"{self.method} lr {self.lr:g} seed {self.seed}"
 
 
-def run_cell(cfg: Config, run_dir: Path, log=print) -> tuple[dict, float, bool]:
-    """Train and evaluate one cell -> (metrics, training seconds, whether it was already done).
+def run_cell(cfg: Config, run_dir: Path, log=print, flip_test: bool = False) -> tuple[dict, float, bool]:
+    """Train and evaluate one cell -> (metrics, training seconds, whether it was already trained).
 
-    A finished cell with the same config is read back; one interrupted during training resumes from its
-    last checkpoint; one whose config changed is trained again."""
-    done, timing = run_dir / "eval" / "metrics.json", run_dir / "wall_time.json"
+    A finished cell with the same config is read back, or evaluated when this evaluation (``flip_test`` or not)
+    is missing or cannot be read; one interrupted during training resumes from its last checkpoint; one whose
+    config changed is trained again."""
+    eval_dir = run_dir / (FLIP_EVAL_DIR if flip_test else PLAIN_EVAL_DIR)
+    done, timing = eval_dir / "metrics.json", run_dir / "wall_time.json"
     diverged = run_dir / DIVERGED_FILE
     same_config = _has_config(run_dir, cfg)
-    if same_config and done.is_file() and timing.is_file():
+
+    def evaluate() -> dict:
+        return evaluate_checkpoint(run_dir, "synthetic", eval_dir, overwrite=True, device=cfg.train.device,
+                                   progress=cfg.train.progress, flip_test=flip_test)
+
+    if same_config and timing.is_file():  # trained to the end (and timed) before
         try:
-            return json.loads(done.read_text()), json.loads(timing.read_text())["seconds"], True
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:  # damaged: evaluate again
-            log(f"warning: {run_dir}: its finished results cannot be read ({done.name} or {timing.name}: {e}); "
-                "evaluating it again")
-            metrics = evaluate_checkpoint(run_dir, "synthetic", run_dir / "eval", overwrite=True,
-                                          device=cfg.train.device, progress=cfg.train.progress)
-            atomic_write_text(timing, json.dumps({"seconds": math.nan}))
-            return metrics, math.nan, True
+            seconds = float(json.loads(timing.read_text())["seconds"])
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+            log(f"warning: {timing}: cannot be read ({e}); the cell's training time is unknown")
+            seconds = math.nan
+        if done.is_file():
+            try:
+                return json.loads(done.read_text()), seconds, True
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:  # damaged: evaluate again
+                log(f"warning: {run_dir}: its finished results cannot be read ({done.name}: {e}); evaluating it "
+                    "again")
+        else:
+            log(f"{run_dir}: trained already; evaluating it" + (" with the flip test" if flip_test else ""))
+        return evaluate(), seconds, True
     if same_config and diverged.is_file():
         return json.loads(diverged.read_text()), math.nan, True
     resume = same_config and latest_checkpoint(run_dir) is not None
@@ -131,8 +151,7 @@ def run_cell(cfg: Config, run_dir: Path, log=print) -> tuple[dict, float, bool]:
             atomic_write_text(diverged, json.dumps(result))
         return result, math.nan, False
     seconds = time.perf_counter() - start  # of this call: a resumed cell counts only its remaining epochs
-    metrics = evaluate_checkpoint(run_dir, "synthetic", run_dir / "eval", overwrite=True, device=cfg.train.device,
-                                  progress=cfg.train.progress)
+    metrics = evaluate()
     atomic_write_text(timing, json.dumps({"seconds": seconds}))
     return metrics, seconds, False
 
@@ -141,7 +160,8 @@ def _has_config(run_dir: Path, cfg: Config) -> bool:
     return (run_dir / CONFIG_FILE).is_file() and (run_dir / CONFIG_FILE).read_text() == dump_config(cfg)
 
 
-def _run_cell_in_worker(cfg: Config, run_dir: str, log_file: str, threads: int) -> tuple[dict, float, bool]:
+def _run_cell_in_worker(cfg: Config, run_dir: str, log_file: str, threads: int, flip_test: bool = False
+                        ) -> tuple[dict, float, bool]:
     """One cell in a worker process: its own thread count, its log in a file."""
     torch.set_num_threads(threads)
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
@@ -149,7 +169,7 @@ def _run_cell_in_worker(cfg: Config, run_dir: str, log_file: str, threads: int) 
         def log(msg: str) -> None:
             f.write(msg + "\n")
             f.flush()
-        return run_cell(cfg, Path(run_dir), log)
+        return run_cell(cfg, Path(run_dir), log, flip_test)
 
 
 def aggregate(cells: list[dict]) -> list[dict]:
@@ -176,9 +196,13 @@ def read_curves(run_dir: Path) -> dict[str, list[float]]:
 
 
 def compare(base: Config, methods: list[str], out, *, lrs: list[float] | None = None, seeds: int = 1,
-            jobs: int = 1, overwrite: bool = False, inputs=(), log=print) -> dict:
+            jobs: int = 1, overwrite: bool = False, inputs=(), log=print, flip_test: bool = False) -> dict:
     """Train and evaluate every method x learning rate x seed into ``out/lr_<lr>/seed_<s>/<method>/``;
     write ``comparison.md`` / ``.json`` (mean ± std over seeds) and ``comparison_curves.png``.
+
+    ``flip_test``: every cell is evaluated with the flip test, into its ``eval_flip_test/`` (cells trained before
+    are evaluated, not trained again), and the tables are ``comparison_flip_test.md`` / ``.json``: a sweep's plain
+    and flip-test results sit side by side.
 
     Seeds are ``train.seed`` .. ``train.seed + seeds - 1`` (weights, data order, augmentation); the data
     themselves are the config's for every cell. Re-running with the same ``out`` resumes: finished cells
@@ -195,20 +219,21 @@ def compare(base: Config, methods: list[str], out, *, lrs: list[float] | None = 
     cells = [Cell(m, lr, base.train.seed + s) for lr in lrs for s in range(seeds) for m in methods]
     configs = {c: method_config(base, c.method, c.lr, c.seed) for c in cells}  # every config checked first
     # An interrupted sweep resumes; a finished one is read back (its tables written again, new cells trained).
-    resuming = (out / "comparison.partial").is_file() or (out / "comparison.json").is_file()
+    resuming = (out / "comparison.partial").is_file() or any((out / f"{t}.json").is_file()
+                                                              for t in (PLAIN_TABLE, FLIP_TABLE))
     check_output_dir(out, overwrite or resuming, [*base.input_paths(), *inputs])  # ``inputs``: the config file
     with run_lock(out, log):
-        return _compare(base, methods, out, lrs, seeds, jobs, cells, configs, log)
+        return _compare(base, methods, out, lrs, seeds, jobs, cells, configs, log, flip_test)
 
 
 def _compare(base: Config, methods: list[str], out: Path, lrs: list[float], seeds: int, jobs: int, cells: list[Cell],
-             configs: dict, log) -> dict:
+             configs: dict, log, flip_test: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "comparison.partial", "in progress\n")
     results: dict[Cell, tuple[dict, float]] = {}
     if jobs == 1:
         for c in cells:
-            metrics, seconds, was_done = run_cell(configs[c], c.path(out), log)
+            metrics, seconds, was_done = run_cell(configs[c], c.path(out), log, flip_test)
             if was_done:
                 log(f"{c.name}: already done, reading {c.path(out) / 'eval' / 'metrics.json'}")
             results[c] = (metrics, seconds)
@@ -218,7 +243,8 @@ def _compare(base: Config, methods: list[str], out: Path, lrs: list[float], seed
             configs[c].data.num_workers = min(configs[c].data.num_workers, max(0, threads - 1))
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(_run_cell_in_worker, configs[c], str(c.path(out)),
-                                   str(out / "logs" / f"{c.method}_lr{c.lr:g}_seed{c.seed}.log"), threads): c
+                                   str(out / "logs" / f"{c.method}_lr{c.lr:g}_seed{c.seed}.log"), threads,
+                                   flip_test): c
                        for c in cells}
             log(f"{len(cells)} cells, {jobs} at a time ({threads} threads each); logs in {out / 'logs'}")
             for future in as_completed(futures):
@@ -240,11 +266,12 @@ def _compare(base: Config, methods: list[str], out: Path, lrs: list[float], seed
     summary = aggregate(rows)
     curves = {c: read_curves(c.path(out)) for c in cells}
     plot = write_sweep_curves(out / "comparison_curves.png", methods, lrs, curves)
-    md = comparison_markdown(base, methods, lrs, seeds, summary, plot)
-    atomic_write_text(out / "comparison.md", md)
+    md = comparison_markdown(base, methods, lrs, seeds, summary, plot, flip_test)
+    table = FLIP_TABLE if flip_test else PLAIN_TABLE
+    atomic_write_text(out / f"{table}.md", md)
     by_name = {f"{c.method}|{c.lr:g}|{c.seed}": v for c, v in curves.items()}
-    atomic_write_text(out / "comparison.json", json.dumps(jsonable({"cells": rows, "summary": summary,
-                                                                     "curves": by_name}), indent=1))
+    atomic_write_text(out / f"{table}.json", json.dumps(jsonable({"cells": rows, "summary": summary, "curves": by_name,
+                                                                   "flip_test": flip_test}), indent=1))
     (out / "comparison.partial").unlink()
     return {"rows": rows, "summary": summary, "markdown": md}
 
@@ -258,10 +285,12 @@ def write_sweep_curves(path: Path, methods: list[str], lrs: list[float], curves:
 
 
 def comparison_markdown(base: Config, methods: list[str], lrs: list[float], seeds: int, summary: list[dict],
-                        plot: str) -> str:
+                        plot: str, flip_test: bool = False) -> str:
     seed_list = ", ".join(str(base.train.seed + s) for s in range(seeds))
-    md = ["# Method comparison", "",
-          f"Same data and budget ({base.total_epochs} epochs) for every method; evaluated on the test split. "
+    evaluated = ("evaluated on the test split with the flip test (each crop and its mirror image predicted, the two "
+                 "Gaussians merged)" if flip_test else "evaluated on the test split")
+    md = ["# Method comparison" + (", flip test" if flip_test else ""), "",
+          f"Same data and budget ({base.total_epochs} epochs) for every method; {evaluated}. "
           f"Mean ± sample std over {seeds} seed{'s' if seeds > 1 else ''} ({seed_list}); best mean per column "
           "in bold (coverage: closest to nominal).", ""]
     for lr in lrs:
