@@ -5,6 +5,8 @@ method's mean ± sample std over seeds of the numbers that judge a covariance on
     python tools/sweep_summary.py runs/sweep 0.01       # one
     python tools/sweep_summary.py runs/sweep --val-epoch 27   # the validation split at epoch 27 of each cell's
                                                               # log: a sweep stopped before its cells finished
+    python tools/sweep_summary.py runs/sweep --flip-test      # the cells' flip-test evaluations
+                                                              # (`pose-toss compare --flip-test`)
 
 (The occlusion columns exist only for the test split's evaluation.)
 """
@@ -15,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from pose_toss.commands.compare import FLIP_EVAL_DIR, PLAIN_EVAL_DIR
 from pose_toss.metrics import mean_std
 
 # (header, metrics.json key or a function of (metrics, training log), digits)
@@ -31,10 +34,10 @@ COLUMNS = [
 ]
 
 
-def cell_values(cell: Path, val_epoch: int | None = None) -> dict | None:
+def cell_values(cell: Path, val_epoch: int | None = None, eval_dir: str = PLAIN_EVAL_DIR) -> dict | None:
     log = cell / "metrics.jsonl"
     if val_epoch is None:
-        metrics_file = cell / "eval" / "metrics.json"
+        metrics_file = cell / eval_dir / "metrics.json"
         if not metrics_file.is_file():
             return None
         m = json.loads(metrics_file.read_text())
@@ -61,10 +64,10 @@ def fmt(values, digits: int) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def table(root: Path, lr_dir: Path, val_epoch: int | None = None) -> str:
+def table(root: Path, lr_dir: Path, val_epoch: int | None = None, eval_dir: str = PLAIN_EVAL_DIR) -> str:
     methods: dict[str, list[dict]] = {}
     for cell in sorted(lr_dir.glob("seed_*/*")):
-        values = cell_values(cell, val_epoch)
+        values = cell_values(cell, val_epoch, eval_dir)
         if values is not None:
             methods.setdefault(cell.name, []).append(values)
     if not methods:
@@ -91,11 +94,13 @@ def main(argv: list[str]) -> int:
         at = argv.index("--val-epoch")
         val_epoch = int(argv[at + 1])
         argv = argv[:at] + argv[at + 2:]
+    eval_dir = FLIP_EVAL_DIR if "--flip-test" in argv else PLAIN_EVAL_DIR
+    argv = [a for a in argv if a != "--flip-test"]
     root = Path(argv[0])
     lrs = sorted(root.glob("lr_*"), key=lambda p: -float(p.name.removeprefix("lr_")))
     if len(argv) > 1:
         lrs = [root / f"lr_{argv[1]}"]
-    print("\n".join(t for t in (table(root, lr, val_epoch) for lr in lrs) if t))
+    print("\n".join(t for t in (table(root, lr, val_epoch, eval_dir) for lr in lrs) if t))
     return 0
 
 
