@@ -235,7 +235,8 @@ def _compare(base: Config, methods: list[str], out: Path, lrs: list[float], seed
         for c in cells:
             metrics, seconds, was_done = run_cell(configs[c], c.path(out), log, flip_test)
             if was_done:
-                log(f"{c.name}: already done, reading {c.path(out) / 'eval' / 'metrics.json'}")
+                log(f"{c.name}: already done; its results: "
+                    f"{c.path(out) / (FLIP_EVAL_DIR if flip_test else PLAIN_EVAL_DIR) / 'metrics.json'}")
             results[c] = (metrics, seconds)
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
