@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from pose_toss.commands.compare import FLIP_EVAL_DIR, PLAIN_EVAL_DIR
+from pose_toss.commands.compare import PLAIN_EVAL_DIR, evaluation_dir
 from pose_toss.metrics import mean_std
 
 # (header, metrics.json key or a function of (metrics, training log), digits)
@@ -94,7 +94,7 @@ def main(argv: list[str]) -> int:
         at = argv.index("--val-epoch")
         val_epoch = int(argv[at + 1])
         argv = argv[:at] + argv[at + 2:]
-    eval_dir = FLIP_EVAL_DIR if "--flip-test" in argv else PLAIN_EVAL_DIR
+    eval_dir = evaluation_dir("--flip-test" in argv)
     argv = [a for a in argv if a != "--flip-test"]
     root = Path(argv[0])
     lrs = sorted(root.glob("lr_*"), key=lambda p: -float(p.name.removeprefix("lr_")))

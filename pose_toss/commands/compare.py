@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     result = compare(cfg, methods, args.out, lrs=lrs, seeds=args.seeds, jobs=args.jobs, overwrite=args.overwrite,
                      inputs=[args.config] if args.config else [], flip_test=args.flip_test)
-    table = FLIP_TABLE if args.flip_test else PLAIN_TABLE
+    table = table_name(args.flip_test)
     print(result["markdown"])
     print(f"table: {Path(args.out) / (table + '.md')} and {table}.json; curves: comparison_curves.png")
     return 0
@@ -92,6 +92,16 @@ PLAIN_EVAL_DIR, FLIP_EVAL_DIR = "eval", "eval_flip_test"
 PLAIN_TABLE, FLIP_TABLE = "comparison", "comparison_flip_test"
 
 
+def evaluation_dir(flip_test: bool) -> str:
+    """A cell's evaluation folder, with or without the flip test."""
+    return FLIP_EVAL_DIR if flip_test else PLAIN_EVAL_DIR
+
+
+def table_name(flip_test: bool) -> str:
+    """The sweep's tables (``.md`` / ``.json``), with or without the flip test."""
+    return FLIP_TABLE if flip_test else PLAIN_TABLE
+
+
 @dataclass(frozen=True)
 class Cell:
     method: str
@@ -112,7 +122,7 @@ def run_cell(cfg: Config, run_dir: Path, log=print, flip_test: bool = False) -> 
     A finished cell with the same config is read back, or evaluated when this evaluation (``flip_test`` or not)
     is missing or cannot be read; one interrupted during training resumes from its last checkpoint; one whose
     config changed is trained again."""
-    eval_dir = run_dir / (FLIP_EVAL_DIR if flip_test else PLAIN_EVAL_DIR)
+    eval_dir = run_dir / evaluation_dir(flip_test)
     done, timing = eval_dir / "metrics.json", run_dir / "wall_time.json"
     diverged = run_dir / DIVERGED_FILE
     same_config = _has_config(run_dir, cfg)
@@ -235,8 +245,7 @@ def _compare(base: Config, methods: list[str], out: Path, lrs: list[float], seed
         for c in cells:
             metrics, seconds, was_done = run_cell(configs[c], c.path(out), log, flip_test)
             if was_done:
-                log(f"{c.name}: already done; its results: "
-                    f"{c.path(out) / (FLIP_EVAL_DIR if flip_test else PLAIN_EVAL_DIR) / 'metrics.json'}")
+                log(f"{c.name}: already done; its results: {c.path(out) / evaluation_dir(flip_test) / 'metrics.json'}")
             results[c] = (metrics, seconds)
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -268,7 +277,7 @@ def _compare(base: Config, methods: list[str], out: Path, lrs: list[float], seed
     curves = {c: read_curves(c.path(out)) for c in cells}
     plot = write_sweep_curves(out / "comparison_curves.png", methods, lrs, curves)
     md = comparison_markdown(base, methods, lrs, seeds, summary, plot, flip_test)
-    table = FLIP_TABLE if flip_test else PLAIN_TABLE
+    table = table_name(flip_test)
     atomic_write_text(out / f"{table}.md", md)
     by_name = {f"{c.method}|{c.lr:g}|{c.seed}": v for c, v in curves.items()}
     atomic_write_text(out / f"{table}.json", json.dumps(jsonable({"cells": rows, "summary": summary, "curves": by_name,

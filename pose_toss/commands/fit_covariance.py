@@ -80,8 +80,7 @@ def fit_covariance_run(checkpoint, out, cfg, *, covariance: str = "tic", epochs:
             atomic_write_text(stage / "fit_covariance.jsonl", "".join(json.dumps(jsonable(h)) + "\n" for h in history))
             atomic_write_text(stage / "fit_covariance.json", json.dumps(jsonable(
                 {"from": str(model_file), "covariance": covariance, "epochs": epochs, "kept_epoch": kept,
-                 "seconds": seconds,
-                 "config": config_to_dict(cfg)}), indent=1))
+                 "seconds": seconds, "config": config_to_dict(cfg)}), indent=1))
     out = Path(out)
     log(f"covariance ({covariance}) fitted in {seconds:.0f} s, kept from epoch {kept} of {epochs} (lowest validation "
         f"NLL); model: {out / MODEL_FILE}")
