@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from pose_toss.commands.compare import PLAIN_EVAL_DIR
 from pose_toss.metrics import mean_std
 
 
@@ -48,7 +49,7 @@ def fit_table(root: Path) -> str:
     groups: dict[str, dict[str, list]] = {}
     for seed_dir in sorted(root.glob("lr_*/seed_*")):
         for name, metrics_file, minutes in (
-                ("nll_tic end to end", seed_dir / "nll_tic" / "eval" / "metrics.json",
+                ("nll_tic end to end", seed_dir / "nll_tic" / PLAIN_EVAL_DIR / "metrics.json",
                  _seconds(seed_dir / "nll_tic" / "wall_time.json") / 60),
                 ("mse, then fit-covariance (TIC)", seed_dir / "mse" / "fit" / "eval" / "metrics.json",
                  (_seconds(seed_dir / "mse" / "wall_time.json")
