@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from pose_toss.data.synthetic import SyntheticPoseDataset
-from pose_toss.engine.occlusion import coverage_by_probability, occlusion_pairs, occlusion_summary
+from pose_toss.engine.occlusion import (
+    added_severities,
+    coverage_by_probability,
+    occlusion_pairs,
+    occlusion_summary,
+    summary_by_score_rise,
+    summary_by_severity,
+)
 
 
 def test_scale_for_90_percent_against_the_chi_square_law():
@@ -50,6 +57,9 @@ def test_pairs_differ_only_by_the_occluder_on_the_chosen_limb():
         assert (plain["image"] != occluded["image"]).any()
         b = 2 * joint  # the occluded joint's label noise grows along the limb
         assert np.trace(occluded["cov_true"][b:b + 2, b:b + 2]) > np.trace(plain["cov_true"][b:b + 2, b:b + 2])
+    assert added_severities(records) == [
+        next(c.severity for c in records[2 * n + 1]["cues"] if c.kind == "occluder" and c.limb[1] == joint)
+        for n, joint in enumerate(joints)]
 
 
 def test_summary_against_the_chi_square_law():
@@ -97,6 +107,7 @@ def test_occlusion_check_runs_on_a_model(tmp_path):
     model = build_pose_model("resnet18", 14, input_size=64, embed_dim=8, deconv_channels=16, local_covariance=True)
     got = occlusion_check(model, SyntheticPoseDataset(20, 64, seed=0), cfg.data, torch.device("cpu"), pairs=6)
     assert got["pairs"] == 6 and 0 <= got["spread_rise"] <= 1
+    assert sum(g["pairs"] for g in got["by_severity"]) == 6 and "by_hidden_score_rise" not in got  # no head
     assert 0 <= got["coverage@0.9_occluded"] <= 1 and got["true_spread_ratio"] > 1
 
 
@@ -168,3 +179,51 @@ def test_coverage_by_the_heads_probability_groups_pairs_by_their_bin():
         want = 0.9 if g["from"] == 0.8 else 1 - math.exp(-4.605 / 8)
         assert g["coverage@0.9_occluded"] == pytest.approx(want, abs=0.02)
         assert g["coverage@0.9_plain"] == pytest.approx(0.9, abs=0.02)
+
+
+def _pairs_with_known_spreads(pairs: int, joints_per_figure: int, seed: int):
+    """Hand-made predictions of ``pairs`` (plain, occluded) figures sharing one covariance B per pair, the means at
+    the truth: the plain figure predicts B, the occluded one f B, and the labels' covariance is B and g B, f and g
+    drawn in (0.5, 2). The spread rises exactly where f > 1, the exactly calibrated covariance's where g > 1."""
+    rng = np.random.default_rng(seed)
+    d = 2 * joints_per_figure
+    a = rng.normal(size=(pairs, d, d))
+    base = torch.from_numpy(a @ a.transpose(0, 2, 1) + np.eye(d)).repeat_interleave(2, 0)
+    truth = torch.from_numpy(rng.normal(size=(pairs, d)) * 5).repeat_interleave(2, 0)
+    factor, noise_factor = rng.uniform(0.5, 2.0, pairs), rng.uniform(0.5, 2.0, pairs)
+    cov, true_cov = base.clone(), base.clone()
+    cov[1::2] *= torch.from_numpy(factor)[:, None, None]
+    true_cov[1::2] *= torch.from_numpy(noise_factor)[:, None, None]
+    joints = rng.integers(0, joints_per_figure, pairs).tolist()
+    preds = {"mean": truth, "cov": cov, "target_true": truth, "cov_true": true_cov}
+    return preds, joints, factor, noise_factor, rng
+
+
+def test_spread_rise_split_by_whether_the_heads_score_rose():
+    """Each group's share of rising spreads is the share of its pairs whose factor exceeds 1, counted here with
+    numpy; the two groups hold every pair once, and a group with no pairs is left out."""
+    preds, joints, factor, _, rng = _pairs_with_known_spreads(300, 3, seed=5)
+    rose = rng.random(300) < np.where(factor > 1, 0.9, 0.2)  # a detector that mostly agrees with the spread
+    groups = summary_by_score_rise(preds, joints, torch.from_numpy(rose), draws=50)
+    assert [(g["score_rose"], g["pairs"]) for g in groups] == [(True, int(rose.sum())), (False, int((~rose).sum()))]
+    for g, pick in zip(groups, (rose, ~rose), strict=True):
+        assert g["spread_rise"] == pytest.approx(float((factor[pick] > 1).mean()))
+    only = summary_by_score_rise(preds, joints, torch.ones(300, dtype=torch.bool), draws=50)
+    assert len(only) == 1 and only[0]["pairs"] == 300
+
+
+def test_spread_rise_by_severity_bins_every_pair_once():
+    """Severities drawn over the check's range: each third holds exactly the pairs numpy puts there (the top edge
+    in the last), and its share of rising spreads and of the exactly calibrated covariance's are counted here."""
+    preds, joints, factor, noise_factor, rng = _pairs_with_known_spreads(240, 2, seed=6)
+    severity = rng.uniform(0.35, 1.0, 240)
+    severity[:3] = [0.35, 1.0, 0.35 + 0.65 / 3]  # the edges
+    groups = summary_by_severity(preds, joints, severity.tolist(), draws=50)
+    edges = np.linspace(0.35, 1.0, 4)
+    which = np.clip(np.searchsorted(edges, severity, side="right") - 1, 0, 2)
+    assert [g["pairs"] for g in groups] == [int((which == k).sum()) for k in range(3)]
+    assert which[0] == 0 and which[1] == 2 and which[2] == 1
+    for k, g in enumerate(groups):
+        assert (g["from"], g["to"]) == pytest.approx((edges[k], edges[k + 1]))
+        assert g["spread_rise"] == pytest.approx(float((factor[which == k] > 1).mean()))
+        assert g["calibrated_spread_rise"] == pytest.approx(float((noise_factor[which == k] > 1).mean()))

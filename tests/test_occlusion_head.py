@@ -256,5 +256,8 @@ def test_train_and_eval_with_an_occlusion_head_report_and_write_it(tmp_path, cap
     assert sum(g["pairs"] for g in groups) == 4 and all(0 <= g["coverage@0.9_occluded"] <= 1 for g in groups)
     assert "by the occlusion head's probability" in printed and metrics["occlusion"]["scale_for_0.9_occluded"] > 0
     assert "occlusion_by_hidden_probability" not in metrics  # only numbers are flattened beside the others
+    split = metrics["occlusion"]["by_hidden_score_rise"]  # every pair once, by whether the head's score rose
+    assert sum(g["pairs"] for g in split) == 4 and "pairs where the occlusion head's score" in printed
+    assert sum(g["pairs"] for g in metrics["occlusion"]["by_severity"]) == 4
     written = json.loads((ev / "predictions.json").read_text())
     assert all(len(r["occluded"]) == 14 and all(0 < p < 1 for p in r["occluded"]) for r in written)

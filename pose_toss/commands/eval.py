@@ -138,6 +138,10 @@ def summary_text(m: dict, out: Path, pictures: bool) -> str:
                      f"x{o['scale_for_0.9_plain']:.2f} without)"
                      + (f"; the occlusion head's score for it rose in {100 * o['hidden_score_rise']:.0f}%"
                         if "hidden_score_rise" in o else ""))
+    if m.get("occlusion", {}).get("by_hidden_score_rise"):
+        lines.append("the limb end's spread rose in " + " and in ".join(
+            f"{100 * g['spread_rise']:.0f}% of the {g['pairs']} pairs where the occlusion head's score "
+            f"{'rose' if g['score_rose'] else 'did not rise'}" for g in m["occlusion"]["by_hidden_score_rise"]))
     if m.get("occlusion", {}).get("by_hidden_probability"):
         lines.append("occluded labels inside the 90% ellipse by the occlusion head's probability that the joint is "
                      "hidden: " + ", ".join(f"{g['from']:.1f}-{g['to']:.1f} {100 * g['coverage@0.9_occluded']:.0f}% "

@@ -25,8 +25,12 @@ from pose_toss.metrics import calibrated_covariance, joint_blocks
 CHI2_2D_90 = -2.0 * math.log(0.1)  # squared Mahalanobis radius of the 90 % ellipse in two dimensions
 
 
+# The range the added occluder's severity is drawn from, uniformly.
+OCCLUDER_SEVERITY = (0.35, 1.0)
+
+
 def occlusion_pairs(generator: SyntheticPoseDataset, pairs: int, seed: int = 0,
-                    severity: tuple[float, float] = (0.35, 1.0)) -> tuple[list[dict], list[int]]:
+                    severity: tuple[float, float] = OCCLUDER_SEVERITY) -> tuple[list[dict], list[int]]:
     """``2 * pairs`` records, (plain, occluded) in turn, and each pair's occluded (distal) joint.
 
     Figure i keeps its own cues except any on the chosen limb; the limb is drawn among the cue limbs
@@ -69,12 +73,72 @@ def occlusion_check(model, generator: SyntheticPoseDataset, data_cfg, device: to
         raise RuntimeError("the occlusion check lost samples while predicting")
     out = {"pairs": pairs, **summary_at_joints(preds["mean"], preds["cov"], preds["target_true"], preds["cov_true"],
                                                joints, draws, seed)}
+    out["by_severity"] = summary_by_severity(preds, joints, added_severities(records), draws, seed)
     if "occlusion_logits" in preds:  # does the occlusion head's score for the hidden joint rise too?
         logit = preds["occlusion_logits"][torch.arange(len(records)), torch.tensor(joints).repeat_interleave(2)]
-        out["hidden_score_rise"] = float((logit[1::2] > logit[0::2]).double().mean())
+        score_rose = logit[1::2] > logit[0::2]
+        out["hidden_score_rise"] = float(score_rose.double().mean())
+        out["by_hidden_score_rise"] = summary_by_score_rise(preds, joints, score_rose, draws, seed)
         out["by_hidden_probability"] = coverage_by_probability(preds, joints, torch.sigmoid(logit[1::2].double()),
                                                                draws, seed)
     return out
+
+
+def added_severities(records: list[dict]) -> list[float]:
+    """The severity of the occluder each pair of ``occlusion_pairs`` adds: the one cue of the occluded record
+    (odd positions) that its plain twin lacks."""
+    return [next(c.severity for c in occluded["cues"] if c not in plain["cues"])
+            for plain, occluded in zip(records[0::2], records[1::2], strict=True)]
+
+
+def summary_of_pairs(preds: dict, joints: list[int], pick: torch.Tensor, draws: int = 64, seed: int = 0) -> dict:
+    """``summary_at_joints`` over the pairs numbered in ``pick`` (indices into the P pairs), with their count."""
+    rows = torch.stack([2 * pick, 2 * pick + 1], 1).reshape(-1)
+    return {"pairs": len(pick), **summary_at_joints(preds["mean"][rows], preds["cov"][rows], preds["target_true"][rows],
+                                                    preds["cov_true"][rows], [joints[k] for k in pick.tolist()],
+                                                    draws, seed)}
+
+
+def summary_by_bins(preds: dict, joints: list[int], values: torch.Tensor, edges: tuple[float, ...],
+                    keys: tuple[str, ...], draws: int = 64, seed: int = 0) -> list[dict]:
+    """The pairs grouped by ``values`` (one per pair) into the bins between ``edges``, the last bin closed: for
+    each bin with pairs, its edges, its count and the ``keys`` of its ``summary_of_pairs``."""
+    groups = []
+    for lo, hi in itertools.pairwise(edges):
+        pick = torch.nonzero((values >= lo) & ((values < hi) | (hi == edges[-1])))[:, 0]
+        if len(pick):
+            part = summary_of_pairs(preds, joints, pick, draws, seed)
+            groups.append({"from": lo, "to": hi, "pairs": part["pairs"], **{k: part[k] for k in keys}})
+    return groups
+
+
+# That range in thirds, for ``summary_by_severity``.
+SEVERITY_BINS = tuple(float(x) for x in np.linspace(*OCCLUDER_SEVERITY, 4))
+
+
+def summary_by_severity(preds: dict, joints: list[int], severity: list[float], draws: int = 64,
+                        seed: int = 0) -> list[dict]:
+    """The pairs grouped by the added occluder's severity (thirds of its range, the last bin closed): a stronger
+    occluder widens the labels more, so an exactly calibrated covariance rises more often with it; a covariance
+    whose rise does not grow with the severity misses occluders for another reason than their strength."""
+    return summary_by_bins(preds, joints, torch.tensor(severity, dtype=torch.float64), SEVERITY_BINS,
+                           ("spread_rise", "calibrated_spread_rise", "coverage@0.9_occluded"), draws, seed)
+
+
+def summary_by_score_rise(preds: dict, joints: list[int], score_rose: torch.Tensor, draws: int = 64,
+                          seed: int = 0) -> list[dict]:
+    """The pairs split by whether the occlusion head's score for the occluded joint rose with the occluder
+    (``score_rose``, P booleans): where the covariance follows the detector, its spread rises where the score
+    does, and the pairs the detector misses show how far the detector holds the spread's rise back."""
+    groups = []
+    for rose in (True, False):
+        pick = torch.nonzero(score_rose == rose)[:, 0]
+        if len(pick):
+            part = summary_of_pairs(preds, joints, pick, draws, seed)
+            groups.append({"score_rose": rose, "pairs": part["pairs"], "spread_rise": part["spread_rise"],
+                           "coverage@0.9_occluded": part["coverage@0.9_occluded"],
+                           "error_occluded": part["error_occluded"]})
+    return groups
 
 
 # Bins of the occlusion head's probability that the occluded joint is hidden, for ``coverage_by_probability``.
@@ -87,18 +151,8 @@ def coverage_by_probability(preds: dict, joints: list[int], probability: torch.T
     with the occluder), each group summarised as the whole check is (``summary_at_joints``). A covariance
     calibrated to an uncertain detector widens by the probability, so it holds the occluded labels only where the
     detector is sure: this shows how much of the occluded coverage the detector's confidence explains."""
-    groups = []
-    for lo, hi in itertools.pairwise(PROBABILITY_BINS):
-        pick = torch.nonzero((probability >= lo) & ((probability < hi) | (hi == PROBABILITY_BINS[-1])))[:, 0]
-        if len(pick) == 0:
-            continue
-        rows = torch.stack([2 * pick, 2 * pick + 1], 1).reshape(-1)
-        part = summary_at_joints(preds["mean"][rows], preds["cov"][rows], preds["target_true"][rows],
-                                 preds["cov_true"][rows], [joints[k] for k in pick.tolist()], draws, seed)
-        groups.append({"from": lo, "to": hi, "pairs": len(pick), "spread_rise": part["spread_rise"],
-                       "coverage@0.9_occluded": part["coverage@0.9_occluded"],
-                       "coverage@0.9_plain": part["coverage@0.9_plain"]})
-    return groups
+    return summary_by_bins(preds, joints, probability, PROBABILITY_BINS,
+                           ("spread_rise", "coverage@0.9_occluded", "coverage@0.9_plain"), draws, seed)
 
 
 def summary_at_joints(mean: torch.Tensor, cov: torch.Tensor, truth: torch.Tensor, true_cov: torch.Tensor,

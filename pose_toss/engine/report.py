@@ -145,6 +145,19 @@ def cue_section(metrics: dict) -> list[str]:
                 f"The predicted spread grew with the occluder in {100 * occ['spread_rise']:.0f} % of the pairs"
                 + (f"; that of a covariance exactly calibrated to this model's error on each figure (an oracle) in "
                    f"{100 * occ['calibrated_spread_rise']:.0f} %." if "calibrated_spread_rise" in occ else "."), ""]
+        if occ.get("by_severity"):
+            out += ["By the added occluder's severity (a stronger one widens the labels more):", "",
+                    table(["severity", "pairs", "spread rises", "exactly calibrated: rises",
+                           "labels inside the 90 % ellipse, occluded"],
+                          [[f"{g['from']:.2f}–{g['to']:.2f}", str(g["pairs"]), g["spread_rise"],
+                            g["calibrated_spread_rise"], g["coverage@0.9_occluded"]] for g in occ["by_severity"]]), ""]
+        if occ.get("by_hidden_score_rise"):
+            out += ["By whether the occlusion head's score for the occluded joint rose with the occluder:", "",
+                    table(["head's score", "pairs", "spread rises", "labels inside the 90 % ellipse, occluded",
+                           "label error px, occluded"],
+                          [["rose" if g["score_rose"] else "did not rise", str(g["pairs"]), g["spread_rise"],
+                            g["coverage@0.9_occluded"], g["error_occluded"]] for g in occ["by_hidden_score_rise"]]),
+                    ""]
         if occ.get("by_hidden_probability"):
             out += ["By the occlusion head's probability that the occluded joint is hidden (with the occluder). A "
                     "covariance calibrated to an uncertain detector widens by that probability, so it holds the "
