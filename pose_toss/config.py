@@ -174,6 +174,10 @@ class ModelConfig:
                                             "trunk at the predicted joint, trained by train.occlusion_weight x BCE; "
                                             "with local_covariance, the local term reads it; heatmap head, "
                                             "bottleneck_at head")
+    occlusion_neighbours: bool = opt(False, help="with occlusion_head and local_covariance: each joint's local "
+                                                  "term also reads the largest occlusion logit among the joints the "
+                                                  "skeleton links it to (an occluded wrist makes its elbow's label "
+                                                  "less sure too)")
     use_hessian: bool = opt(False, help="add TIC's Hessian term (costly)")
     cov_floor: float = opt(1e-2, min=0.0, help="added to every variance, px^2")
     jacobian_chunk: int | None = opt(None, min=1, help="cotangents vmapped at once for TIC's Jacobian")
@@ -207,6 +211,10 @@ class PseudoLabelConfig:
     labels_from: str = opt("targets", choices=LABELS_FROM,
                            help="targets: the covariance of the neighbours' targets (the paper); residuals: the "
                                 "second moment of the neighbours' errors y - mean (bottleneck source only)")
+    train_local_term: bool = opt(True, help="whether this stage trains the per-joint local term "
+                                            "(model.local_covariance) on the labels too; false leaves it to the "
+                                            "likelihood stages (labels from neighbours in z hold nothing of what the "
+                                            "image shows around a joint)")
 
 
 @dataclass
@@ -325,6 +333,10 @@ class Config:
             raise ConfigError(f"{source}: key 'model.occlusion_head': the occlusion head reads the heatmap head's "
                               f"trunk at each predicted joint; expected head heatmap and bottleneck_at head, got "
                               f"{m.head}, {m.bottleneck_at}")
+        if m.occlusion_neighbours and not (m.occlusion_head and m.local_covariance):
+            raise ConfigError(f"{source}: key 'model.occlusion_neighbours': the local term reads the linked joints' "
+                              "occlusion logits; expected model.occlusion_head and model.local_covariance true, got "
+                              f"{m.occlusion_head} and {m.local_covariance}")
         weights = self.data.synthetic.cue_kind_weights
         if not (all(w >= 0 for w in weights) and sum(weights) > 0):
             raise ConfigError(f"{source}: key 'data.synthetic.cue_kind_weights': expected 3 weights >= 0 (occluder, "

@@ -19,7 +19,7 @@ from pose_toss.data.synthetic import CUE_LIMBS, Cue, SyntheticPoseDataset
 from pose_toss.engine.prediction import metrics_from_predictions
 from pose_toss.losses import occlusion_bce
 from pose_toss.models import build_pose_model
-from pose_toss.models.heads import sample_at_joints
+from pose_toss.models.heads import neighbour_max, sample_at_joints
 from pose_toss.skeletons import COCO17, LSP14, MPII16, occlusion_to_common14
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -145,6 +145,49 @@ def test_model_occlusion_head_trains_the_backbone_and_feeds_the_local_scale():
     torch.testing.assert_close(after.mean, before.mean)
     torch.testing.assert_close(after.occlusion_logits, before.occlusion_logits + 3.0)
     assert not torch.allclose(after.cov, before.cov)
+
+
+def test_neighbour_max_takes_the_largest_value_among_the_linked_joints():
+    rng = np.random.default_rng(4)
+    values = rng.normal(size=(5, 14))
+    links = np.zeros((14, 14), dtype=bool)
+    for a, b in LSP14.limbs:
+        if 13 not in (a, b):  # head top (13) left linked to none
+            links[a, b] = links[b, a] = True
+    expected = np.array([[max((row[k] for k in np.flatnonzero(links[j])), default=-10.0) for j in range(14)]
+                         for row in values])
+    got = neighbour_max(torch.from_numpy(values), torch.from_numpy(links))
+    np.testing.assert_array_equal(got.numpy(), expected)
+    assert got[:, 13].eq(-10.0).all()
+
+
+def test_local_term_reads_the_linked_joints_occlusion_logits_and_keeps_them_through_a_model_file(tmp_path):
+    from pose_toss import load_model, save_model
+
+    model = _model(local_covariance=True, occlusion_neighbours=True).eval()
+    assert model.local_scale.feature_dim == 2
+    images = torch.rand(2, 3, 64, 64)
+    with pytest.raises(ValueError, match="skeleton"):
+        model(images)
+    model.skeleton = LSP14
+    seen = {}
+    model.local_scale.register_forward_pre_hook(lambda module, args: seen.update(features=args[4]))
+    with torch.no_grad():
+        model.local_scale.out.weight.normal_()
+        out = model(images)
+    own, linked = seen["features"].unbind(-1)
+    torch.testing.assert_close(own, out.occlusion_logits.clamp(-10, 10))
+    for j in range(14):
+        partners = [b for a, b in LSP14.limbs if a == j] + [a for a, b in LSP14.limbs if b == j]
+        torch.testing.assert_close(linked[:, j], own[:, partners].amax(1))
+    path = tmp_path / "model.safetensors"
+    save_model(model, path)
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(path)(images).cov, out.cov)
+    with pytest.raises(ValueError, match="occlusion_neighbours"):
+        _model(occlusion_neighbours=True)
+    with pytest.raises(ConfigError, match="model.occlusion_neighbours"):
+        load_config(None, overrides=["model.occlusion_neighbours=true", "model.occlusion_head=true"])
 
 
 def test_predict_gives_occlusion_probabilities_and_config_refuses_other_heads():

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pose_toss import build_pose_model, save_model
+from pose_toss.skeletons import LSP14
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -22,6 +23,7 @@ def _model(head: str, covariance: str, **kw):
     torch.manual_seed(0)
     model = build_pose_model("resnet10t", num_joints=14, embed_dim=8, input_size=64, deconv_channels=16,
                              cov_hidden=16, head=head, covariance=covariance, **kw)
+    model.skeleton = LSP14  # occlusion_neighbours reads its limbs
     model.train()
     model(torch.rand(4, 3, 64, 64))  # a training batch sets TIC's running J scale
     with torch.no_grad():  # away from the zero-initialised last layers: covariances that vary by sample
@@ -34,7 +36,7 @@ def _model(head: str, covariance: str, **kw):
 @pytest.mark.parametrize("head, covariance, local", [
     *((h, c, False) for h in ("heatmap", "regression") for c in ("tic", "full", "diagonal", "identity", "isotropic")),
     ("heatmap", "tic", True), ("heatmap", "diagonal", True), ("heatmap", "tic", "affine"),
-    ("heatmap", "tic", "features"), ("heatmap", "tic", "occlusion")])
+    ("heatmap", "tic", "features"), ("heatmap", "tic", "occlusion"), ("heatmap", "tic", "neighbours")])
 @pytest.mark.slow
 def test_onnx_runtime_equals_pytorch(head, covariance, local, tmp_path):
     from pose_toss.models.onnx import export_onnx
@@ -42,7 +44,8 @@ def test_onnx_runtime_equals_pytorch(head, covariance, local, tmp_path):
     model = _model(head, covariance, local_covariance=bool(local),
                    **({"local_form": "affine"} if local == "affine" else {}),
                    **({"local_features": True} if local == "features" else {}),
-                   **({"occlusion_head": True} if local == "occlusion" else {}))
+                   **({"occlusion_head": True} if local in ("occlusion", "neighbours") else {}),
+                   **({"occlusion_neighbours": True} if local == "neighbours" else {}))
     names = export_onnx(model, tmp_path / "m.onnx")
     assert not model.training  # the export hands the model back in the mode it had
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
@@ -55,7 +58,7 @@ def test_onnx_runtime_equals_pytorch(head, covariance, local, tmp_path):
         np.testing.assert_allclose(got["cov"], ref.cov.numpy(), rtol=1e-4, atol=1e-4 * float(ref.cov.abs().max()))
         if head == "heatmap":
             np.testing.assert_allclose(got["heatmaps"], ref.heatmaps.numpy(), rtol=1e-4, atol=1e-4)
-        if local == "occlusion":  # each joint's probability of being hidden, as PoseModel.predict gives it
+        if local in ("occlusion", "neighbours"):  # each joint's chance of being hidden, as predict gives it
             np.testing.assert_allclose(got["occluded"], torch.sigmoid(ref.occlusion_logits).numpy(), atol=1e-5)
 
 

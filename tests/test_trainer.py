@@ -22,6 +22,24 @@ def test_stage_at_maps_epochs_to_stages():
 
 
 
+@pytest.mark.parametrize("train_local_term", [False, True])
+def test_a_pseudo_label_stage_leaves_the_local_term_to_the_likelihood_when_told(tmp_path, train_local_term):
+    cfg = tiny_config("model.local_covariance=true", f"stages.0.pseudo_labels.train_local_term={train_local_term}")
+    trainer = Trainer(cfg, tmp_path / "run", log=quiet)
+    start = weights(trainer.model)
+    trainer.fit(max_epochs=1)  # the W2 stage
+    after_w2 = weights(trainer.model)
+    trainer.fit()  # the NLL stage
+    end = weights(trainer.model)
+
+    def moved(a, b, prefix):
+        return any(not torch.equal(a[k], b[k]) for k in a if k.startswith(prefix))
+
+    assert moved(start, after_w2, "cov_head.")  # TIC learns from the labels either way
+    assert moved(start, after_w2, "local_scale.") == train_local_term
+    assert moved(after_w2, end, "local_scale.")  # and the likelihood trains the local term
+
+
 @pytest.mark.slow
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     # W2 for two epochs with one refresh (epoch 2 reuses the bank saved in the checkpoint), then NLL.

@@ -48,6 +48,7 @@ from pose_toss.models.onnx import export_onnx, export_problem
 from pose_toss.outputs import atomic_write_text, check_output_dir, jsonable, staged_output_dir
 from pose_toss.pseudo_labels import pseudo_covariances
 from pose_toss.run_dir import resolve_checkpoint
+from pose_toss.skeletons import LSP14
 from pose_toss.tracking import OnlineSmoother, fit_noise
 
 
@@ -241,7 +242,7 @@ def _step_fn(cfg: Config, batch: int, name: str, device: torch.device, seed: int
     objective = StageObjective(loss, stage.beta, (cfg.data.input_size / 32.0) ** 2, cfg.train.heatmap_weight,
                                _FixedPseudoLabels(batch, 2 * j, device) if loss.needs_pseudo_labels else None)
     torch.manual_seed(seed)
-    model = build_model_from_config(method, j).to(device).train()
+    model = build_model_from_config(method, j, LSP14).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     amp = cfg.train.amp and device.type == "cuda"
 
@@ -328,7 +329,8 @@ def jacobian_times(cfg: Config, batch: int, repeats: int = 5, warmup: int = 2, d
 
     device = device or torch.device("cpu")
     torch.manual_seed(0)
-    model = build_model_from_config(replace(cfg, model=replace(cfg.model, covariance="tic")), 14).to(device).eval()
+    tic = replace(cfg, model=replace(cfg.model, covariance="tic"))
+    model = build_model_from_config(tic, 14, LSP14).to(device).eval()
     images = torch.rand(batch, 3, cfg.data.input_size, cfg.data.input_size, device=device)
     with torch.no_grad():
         feats = model.features(images)
@@ -424,7 +426,7 @@ def inference_throughput(cfg: Config, batches=(1, 32), repeats: int = 5, warmup:
 
     device = device or torch.device("cpu")
     torch.manual_seed(0)
-    model = build_model_from_config(cfg, 14).to(device).eval()
+    model = build_model_from_config(cfg, 14, LSP14).to(device).eval()
     out = {}
     for b in batches:
         images = torch.rand(b, 3, cfg.data.input_size, cfg.data.input_size, device=device)
@@ -459,7 +461,7 @@ def onnx_throughput(cfg: Config, batches=(1, 32), repeats: int = 5, warmup: int 
         return None
 
     torch.manual_seed(0)
-    model = build_model_from_config(cfg, 14)
+    model = build_model_from_config(cfg, 14, LSP14)
     if export_problem(model):
         return None
     model.train()

@@ -282,6 +282,12 @@ METHODS = {
 }
 
 
+def stage_trains_local_term(stage: StageConfig) -> bool:
+    """Whether a stage trains the model's per-joint local term: every stage but a pseudo-label one that leaves it to
+    the likelihood (``pseudo_labels.train_local_term: false``)."""
+    return not LOSSES[stage.loss].needs_pseudo_labels or stage.pseudo_labels.train_local_term
+
+
 def method_config(base: Config, method: str, lr: float | None = None, seed: int | None = None) -> Config:
     """The base config with the method's covariance, model keys and stages over the same total epochs (and, when
     given, this learning rate and training seed; the data stay the same). Two-stage methods split the budget as
@@ -310,6 +316,8 @@ def method_config(base: Config, method: str, lr: float | None = None, seed: int 
         setattr(cfg.model, key, value)
     if spec.covariance in ("identity", "isotropic"):  # nothing fitted for a local scale to act on
         cfg.model.local_covariance = False
+    if not cfg.model.local_covariance:
+        cfg.model.occlusion_neighbours = False  # what it feeds is gone
     cfg.stages = stages
     if lr is not None:
         cfg.train.lr = lr

@@ -34,6 +34,7 @@ from pose_toss.engine.objectives import (
     BankState,
     PseudoLabels,
     StageObjective,
+    stage_trains_local_term,
     stage_uses_pseudo_labels,
 )
 from pose_toss.engine.prediction import (
@@ -72,6 +73,7 @@ from pose_toss.run_dir import (
     latest_checkpoint,
     overwrite_stage,
 )
+from pose_toss.skeletons import Skeleton
 
 # Training figures (unaugmented) the cue metrics' constant reference is fitted on at each validation.
 VALIDATION_REFERENCE_SAMPLES = 256
@@ -106,10 +108,12 @@ class Progress:
         return cls(bank=bank, **saved)
 
 
-def build_model_from_config(cfg: Config, num_joints: int) -> PoseModel:
+def build_model_from_config(cfg: Config, num_joints: int, skeleton: Skeleton | None = None) -> PoseModel:
     """The config's model for a skeleton of ``num_joints`` (convolution weights channels-last when the config
-    trains that way)."""
+    trains that way); ``skeleton``, when given, is stored in it (its model files keep it, and
+    ``model.occlusion_neighbours`` reads its limbs)."""
     model = PoseModel(cfg.model, num_joints, cfg.data.input_size, cfg.data.heatmap_stride)
+    model.skeleton = skeleton
     if cfg.train.channels_last:  # convolutions then run channels-last whatever the input's layout
         model.to(memory_format=torch.channels_last)
     return model
@@ -199,13 +203,14 @@ class Trainer:
         self.objective: StageObjective | None = None
         self._objective_stage = -1
 
-        self.model = build_model_from_config(cfg, self.skeleton.num_joints).to(self.rt.device)
-        self.model.skeleton = self.skeleton  # stored in its model files
+        self.model = build_model_from_config(cfg, self.skeleton.num_joints, self.skeleton).to(self.rt.device)
         self.net = self.model
         if self.rt.distributed:
             ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
             # An MSE stage leaves the covariance head out of the loss; DDP must then look for unused parameters.
-            unused = any(st.loss == "mse" for st in cfg.stages) and cfg.model.covariance != "identity"
+            # So does a stage that leaves the local term out (pseudo_labels.train_local_term).
+            unused = ((any(st.loss == "mse" for st in cfg.stages) and cfg.model.covariance != "identity")
+                      or (cfg.model.local_covariance and not all(map(stage_trains_local_term, cfg.stages))))
             self.net = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=unused)
         t = cfg.train
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, t.weight_decay), lr=t.lr)
@@ -423,6 +428,8 @@ class Trainer:
             pl_seconds = 0.0
             if objective.pseudo_labels is not None:
                 pl_seconds = objective.pseudo_labels.refresh(self.model, epoch - stage_start, s.bank)
+            if self.model.local_scale is not None:
+                self.model.local_scale.requires_grad_(stage_trains_local_term(st))
             train = self._train_epoch(epoch, stage_idx)
             self._sync_buffers()
             train_seconds = time.perf_counter() - epoch_start

@@ -139,6 +139,13 @@ def pooled_under_heatmaps(prob: torch.Tensor, activation: torch.Tensor) -> torch
     return prob.reshape(b, j, -1).float() @ activation.float().reshape(b, activation.shape[1], -1).transpose(1, 2)
 
 
+def neighbour_max(values: torch.Tensor, links: torch.Tensor, empty: float = -10.0) -> torch.Tensor:
+    """B x J ``values`` -> B x J: each joint's largest value among the joints ``links`` (J x J bool) joins it to;
+    ``empty`` for a joint linked to none. A mask and a max, so it exports to ONNX as it runs."""
+    linked = links.to(values.device)[None]
+    return torch.where(linked, values[:, None, :], torch.full_like(values[:, None, :], empty)).amax(-1)
+
+
 def sample_at_joints(activation: torch.Tensor, joints: torch.Tensor, input_size: int) -> torch.Tensor:
     """A B x C x H x W map read (bilinearly) at B x J x 2 input-pixel points -> B x J x C. Pixel centres line up as
     the soft-argmax puts them: cell i of a stride-s map sits at input pixel (i + 0.5) s - 0.5."""

@@ -34,7 +34,14 @@ from pose_toss.models.covariance_heads import (
     eval_mode,
     heatmap_stats,
 )
-from pose_toss.models.heads import Bottleneck, HeatmapHead, OcclusionHead, RegressionHead, pooled_under_heatmaps
+from pose_toss.models.heads import (
+    Bottleneck,
+    HeatmapHead,
+    OcclusionHead,
+    RegressionHead,
+    neighbour_max,
+    pooled_under_heatmaps,
+)
 from pose_toss.skeletons import Skeleton
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -78,6 +85,9 @@ class PoseModel(nn.Module):
         if config.local_covariance and config.covariance not in FITTED_COVARIANCES:
             raise ValueError(f"local_covariance scales a fitted covariance ({', '.join(FITTED_COVARIANCES)}), not "
                              f"{config.covariance!r}")
+        if config.occlusion_neighbours and not (config.occlusion_head and config.local_covariance):
+            raise ValueError("occlusion_neighbours feeds the linked joints' occlusion logits to the local term: it "
+                             "needs occlusion_head and local_covariance")
         if config.head == "regression" and config.bottleneck_at == "head":
             # z enters the MLP's hidden layer, a vector: a per-unit offset there is not lost to a softmax.
             config.bottleneck_grid = 1
@@ -98,7 +108,8 @@ class PoseModel(nn.Module):
         self.cov_head = create_covariance_head(config, num_joints, init_std=input_size / 32.0)
         self.occlusion_head = OcclusionHead(self.head.out_channels, num_joints) if config.occlusion_head else None
         # The local term reads the head's activation under each joint (local_features) and the occlusion logit.
-        local_inputs = (self.head.out_channels if config.local_features else 0) + (1 if config.occlusion_head else 0)
+        local_inputs = ((self.head.out_channels if config.local_features else 0) + (1 if config.occlusion_head else 0)
+                        + (1 if config.occlusion_neighbours else 0))
         self.local_scale = (JointLocalScale(num_joints, cov_hidden=config.cov_hidden,
                                             outputs=3 if config.local_form == "affine" else 1,
                                             feature_dim=local_inputs)
@@ -197,11 +208,25 @@ class PoseModel(nn.Module):
                              joints: torch.Tensor) -> torch.Tensor | None:
         """What the local term reads beside its patch and heatmap statistics (B x J x F, or None): with
         ``local_features`` the head's ``activation`` pooled under each joint's heatmap distribution ``prob``, with
-        ``occlusion_head`` each joint's occlusion logit at ``joints``."""
+        ``occlusion_head`` each joint's occlusion logit at ``joints``, with ``occlusion_neighbours`` the largest logit
+        among the joints the skeleton links it to."""
         extra = [pooled_under_heatmaps(prob, activation)] if self.config.local_features else []
         if self.occlusion_head is not None:
-            extra.append(self.occlusion_logits(context, joints).clamp(-10.0, 10.0)[..., None])
+            logits = self.occlusion_logits(context, joints).clamp(-10.0, 10.0)
+            extra.append(logits[..., None])
+            if self.config.occlusion_neighbours:
+                extra.append(neighbour_max(logits, self.skeleton_links())[..., None])
         return torch.cat(extra, -1) if extra else None
+
+    def skeleton_links(self) -> torch.Tensor:
+        """J x J bool: which joints the skeleton links (its limbs, both ways)."""
+        if self.skeleton is None or self.skeleton.num_joints != self.num_joints:
+            raise ValueError("occlusion_neighbours reads the skeleton's limbs: set the model's skeleton "
+                             f"(model.skeleton = a Skeleton of its {self.num_joints} joints) before predicting")
+        links = torch.zeros(self.num_joints, self.num_joints, dtype=torch.bool)
+        for a, b in self.skeleton.limbs:
+            links[a, b] = links[b, a] = True
+        return links
 
     def occlusion_logits(self, context: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
         """B x J logits of each joint being hidden (``OcclusionHead``), read from the trunk's activation
