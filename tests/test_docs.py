@@ -28,9 +28,10 @@ def provide_what_the_snippet_reads(code: str, where: Path) -> None:
     if "runs/demo/run" in code:
         from pose_toss import load_config, save_model
         from pose_toss.engine.trainer import build_model_from_config
+        from pose_toss.skeletons import LSP14
 
         (where / "runs/demo/run").mkdir(parents=True)
-        save_model(build_model_from_config(load_config(ROOT / "configs" / "demo.yaml"), 14),
+        save_model(build_model_from_config(load_config(ROOT / "configs" / "demo.yaml"), 14, LSP14),
                    where / "runs/demo/run/model.safetensors")
     if "photo.jpg" in code:
         photo = np.random.default_rng(0).integers(0, 256, (180, 140, 3), dtype=np.uint8)

@@ -9,6 +9,7 @@ import torch
 
 from pose_toss.engine.fit_covariance import fit_covariance, fit_model_covariance, with_fresh_covariance
 from pose_toss.models.covariance_heads import FullCovariance
+from pose_toss.skeletons import LSP14
 
 
 def test_a_frozen_models_noise_is_learnt_by_the_covariance_alone():
@@ -64,11 +65,12 @@ def test_fit_model_covariance_keeps_every_mean(tmp_path):
                          shuffle=False)
     base = build_pose_model("resnet10t", num_joints=14, embed_dim=8, input_size=64, deconv_channels=16,
                             cov_hidden=16, covariance="diagonal").eval()
+    base.skeleton = LSP14
     images = torch.stack([loader.dataset[i]["image"] for i in range(8)])
     with torch.no_grad():
         before = base(images)
     model = with_fresh_covariance(base, "tic")
-    assert model.config.covariance == "tic"
+    assert model.config.covariance == "tic" and model.skeleton is LSP14  # the model file keeps its joint set
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     fit_model_covariance(model, loader, epochs=2, lr=1e-2, log=lambda *_: None)
     with torch.no_grad():

@@ -85,6 +85,7 @@ def with_fresh_covariance(model, covariance: str):
         raise ValueError(f"covariance must be one of {FITTED_COVARIANCES}, got {covariance!r}")
     fresh = PoseModel(replace(model.config, covariance=covariance, pretrained=False), model.num_joints,
                       model.input_size, model.heatmap_stride)
+    fresh.skeleton = model.skeleton  # its model file keeps the joint set (and occlusion_neighbours reads it)
     kept = {k: v for k, v in model.state_dict().items() if not k.startswith(COVARIANCE_MODULES)}
     missing, unexpected = fresh.load_state_dict(kept, strict=False)
     if unexpected or any(not k.startswith(COVARIANCE_MODULES) for k in missing):
