@@ -73,6 +73,14 @@ class Skeleton:
         return np.stack([2 * p, 2 * p + 1], axis=1).reshape(-1)
 
     @property
+    def link_matrix(self) -> np.ndarray:
+        """J x J bool: which joints a limb joins (both ways)."""
+        links = np.zeros((self.num_joints, self.num_joints), dtype=bool)
+        for a, b in self.limbs:
+            links[a, b] = links[b, a] = True
+        return links
+
+    @property
     def oks_sigmas(self) -> np.ndarray:
         """Per-joint OKS constants (COCO's ``sigmas``; kappa = 2 sigma): the skeleton's own, else ``OKS_SIGMAS``
         by joint name."""

@@ -28,6 +28,14 @@ def test_flip_pairs_swap_sides_by_name(sk):
 
 
 @pytest.mark.parametrize("sk", [LSP14, MPII16, COCO17])
+def test_link_matrix_joins_exactly_the_limbs_ends_both_ways(sk):
+    pairs = {(a, b) for a, b in sk.limbs} | {(b, a) for a, b in sk.limbs}
+    got = sk.link_matrix
+    assert got.shape == (sk.num_joints, sk.num_joints)
+    assert {(int(a), int(b)) for a, b in zip(*got.nonzero(), strict=True)} == pairs
+
+
+@pytest.mark.parametrize("sk", [LSP14, MPII16, COCO17])
 def test_limb_sides(sk):
     for (a, b), side in zip(sk.limbs, sk.limb_sides, strict=False):
         names = sk.joint_names[a] + sk.joint_names[b]

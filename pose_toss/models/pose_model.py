@@ -219,14 +219,11 @@ class PoseModel(nn.Module):
         return torch.cat(extra, -1) if extra else None
 
     def skeleton_links(self) -> torch.Tensor:
-        """J x J bool: which joints the skeleton links (its limbs, both ways)."""
+        """J x J bool: which joints the model's skeleton links (``Skeleton.link_matrix``)."""
         if self.skeleton is None or self.skeleton.num_joints != self.num_joints:
             raise ValueError("occlusion_neighbours reads the skeleton's limbs: set the model's skeleton "
                              f"(model.skeleton = a Skeleton of its {self.num_joints} joints) before predicting")
-        links = torch.zeros(self.num_joints, self.num_joints, dtype=torch.bool)
-        for a, b in self.skeleton.limbs:
-            links[a, b] = links[b, a] = True
-        return links
+        return torch.from_numpy(self.skeleton.link_matrix)
 
     def occlusion_logits(self, context: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
         """B x J logits of each joint being hidden (``OcclusionHead``), read from the trunk's activation
